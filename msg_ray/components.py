@@ -1,0 +1,173 @@
+"""Transformer building blocks that accept MSG growth masks (pure torch).
+
+Every mask is optional: ``None`` means "no growth is ramping here" and the block runs the plain computation
+with zero overhead. A mask is a :class:`GrowthMask` holding a value vector ``c`` whose first ``n_old`` entries
+are 1 (existing neurons/heads) and whose remaining entries ramp 0 → 1 (paper eq. 10/16).
+
+Shapes: B batch, T sequence, H hidden_dim, F ffn_dim, n head_num, d head_dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GrowthMask(nn.Module):
+    """External mask of one growth: ``value`` [N], entries ``>= n_old`` are the new ones that ramp to 1.
+
+    Both tensors are buffers, so a checkpoint taken mid-ramp restores the exact mask.
+    """
+
+    def __init__(self, size: int, n_old: int, c: float = 0.0) -> None:
+        super().__init__()
+        if not 0 <= n_old < size:
+            raise ValueError(f"GrowthMask: n_old must be in [0, {size}), got {n_old}")
+        value = torch.ones(size)
+        value[n_old:] = c
+        self.register_buffer("value", value)
+        self.register_buffer("n_old", torch.tensor(n_old, dtype=torch.long))
+
+    def set(self, c: float) -> None:
+        self.value[int(self.n_old) :].fill_(c)
+
+    @property
+    def c(self) -> float:
+        return float(self.value[int(self.n_old)])
+
+
+def _mask(x: torch.Tensor, mask: GrowthMask | None) -> torch.Tensor:
+    """Eq. 12: zero (then ramp) the new output neurons of an FC layer. mask [N] broadcasts over [..., N]."""
+    return x if mask is None else x * mask.value.to(x.dtype)
+
+
+class MaskedLayerNorm(nn.Module):
+    """LayerNorm over the last dim whose mean/variance ignore masked features (eq. 17) and whose output is
+    re-masked (eq. 19), so new hidden features neither change nor leak into existing ones."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, mask: GrowthMask | None = None) -> torch.Tensor:  # [..., H]
+        if mask is None:
+            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        c = mask.value.to(x.dtype)  # [H]
+        denom = c.sum()
+        mu = (x * c).sum(-1, keepdim=True) / denom  # eq. 17, [..., 1]
+        var = ((x - mu).pow(2) * c).sum(-1, keepdim=True) / denom
+        y = (x - mu) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        return y * c  # eq. 19
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with head size ``d`` decoupled from H (appendix A):
+    Q/K/V: H -> n*d, output projection n*d -> H. New heads are silenced by masking their values (eq. 23)."""
+
+    def __init__(self, hidden_dim: int, head_num: int, head_dim: int, dropout: float, causal: bool) -> None:
+        super().__init__()
+        inner = head_num * head_dim
+        self.q = nn.Linear(hidden_dim, inner)
+        self.k = nn.Linear(hidden_dim, inner)
+        self.v = nn.Linear(hidden_dim, inner)
+        self.proj = nn.Linear(inner, hidden_dim)
+        self.head_num, self.head_dim, self.causal, self.dropout = head_num, head_dim, causal, dropout
+
+    def forward(self, x: torch.Tensor, head_mask: GrowthMask | None, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        n, d = self.head_num, self.head_dim
+        q = self.q(x).view(B, T, n, d).transpose(1, 2)  # [B, n, T, d]
+        k = self.k(x).view(B, T, n, d).transpose(1, 2)
+        v = self.v(x).view(B, T, n, d)
+        if head_mask is not None:
+            v = v * head_mask.value.to(v.dtype)[:, None]  # eq. 23: new heads' values -> 0, [B, T, n, d]
+        v = v.transpose(1, 2)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=self.causal and attn_mask is None,
+        )  # [B, n, T, d]; new heads output 0 (eq. 24)
+        return self.proj(y.transpose(1, 2).reshape(B, T, n * d))  # eq. 25-26, [B, T, H]
+
+
+class MLP(nn.Module):
+    """GELU feed-forward H -> F -> H; new intermediate neurons are masked *after* the activation (eq. 12)."""
+
+    def __init__(self, hidden_dim: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_dim, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, hidden_dim)
+
+    def forward(self, x: torch.Tensor, ffn_mask: GrowthMask | None) -> torch.Tensor:
+        return self.fc2(_mask(F.gelu(self.fc1(x)), ffn_mask))  # [B, T, F] -> [B, T, H]
+
+
+class Block(nn.Module):
+    """One Transformer layer; ``pre_ln`` selects GPT's form (eq. 9) or BERT's post-LN form (eq. 8).
+
+    Optional per-layer masks: ``ffn_mask`` [F], ``head_mask`` [n], and ``layer_mask`` [1] for a newly inserted
+    layer, which mixes output and input as x_n = c·Layer(x) + (1−c)·x (eq. 20).
+    """
+
+    def __init__(
+        self, hidden_dim: int, ffn_dim: int, head_num: int, head_dim: int, *, pre_ln: bool, causal: bool,
+        dropout: float, ln_eps: float,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.pre_ln = pre_ln
+        self.ln1 = MaskedLayerNorm(hidden_dim, ln_eps)
+        self.attn = Attention(hidden_dim, head_num, head_dim, dropout, causal)
+        self.ln2 = MaskedLayerNorm(hidden_dim, ln_eps)
+        self.mlp = MLP(hidden_dim, ffn_dim)
+        self.drop = nn.Dropout(dropout)
+        self.ffn_mask: GrowthMask | None = None
+        self.head_mask: GrowthMask | None = None
+        self.layer_mask: GrowthMask | None = None
+
+    def _layer(self, x: torch.Tensor, hm: GrowthMask | None, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.pre_ln:  # x + Attn(LN(x)), then + FFN(LN(.)); residual additions masked so new dims stay 0
+            x = x + _mask(self.drop(self.attn(self.ln1(x, hm), self.head_mask, attn_mask)), hm)
+            return x + _mask(self.drop(self.mlp(self.ln2(x, hm), self.ffn_mask)), hm)
+        x = self.ln1(x + _mask(self.drop(self.attn(x, self.head_mask, attn_mask)), hm), hm)
+        return self.ln2(x + _mask(self.drop(self.mlp(x, self.ffn_mask)), hm), hm)
+
+    def forward(
+        self, x: torch.Tensor, hidden_mask: GrowthMask | None, attn_mask: torch.Tensor | None
+    ) -> torch.Tensor:  # [B, T, H] -> [B, T, H]
+        out = self._layer(x, hidden_mask, attn_mask)
+        if self.layer_mask is None:
+            return out
+        c = self.layer_mask.value.to(x.dtype)  # [1]
+        return c * out + (1 - c) * x  # eq. 20
+
+
+def init_weights(module: nn.Module, std: float, generator: torch.Generator | None = None) -> None:
+    """Default init (GPT-2/BERT style): Linear/Embedding weights N(0, std), biases 0, LayerNorm gain 1, bias 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            with torch.no_grad():
+                m.weight.normal_(0.0, std, generator=generator)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    m.bias.zero_()
+        elif isinstance(m, MaskedLayerNorm):
+            with torch.no_grad():
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+
+
+def attention_bias(padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, T] padding mask (1 = token, 0 = pad) -> additive key bias [B, 1, 1, T] for SDPA."""
+    if padding_mask.dim() != 2:
+        raise ValueError(f"attention_mask must be [B, T], got shape {tuple(padding_mask.shape)}")
+    neg = torch.finfo(dtype).min if dtype.is_floating_point else -math.inf
+    bias = torch.zeros(padding_mask.shape, dtype=dtype, device=padding_mask.device)
+    bias = bias.masked_fill(padding_mask == 0, neg)
+    return bias[:, None, None, :]
