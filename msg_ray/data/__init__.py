@@ -1,0 +1,25 @@
+"""Data layer: text sources (built-in offline corpora, local files, `datasets`), tokenizers, packing, loaders.
+
+from msg_ray.data import DataConfig, prepare, BlockLoader
+data = prepare(DataConfig(source="wikitext2", tokenizer="bpe8k", seq_len=64, objective="clm"))
+loader = BlockLoader(data.train_blocks, batch_size=16, rank=0, world_size=2, ...)  # or data.loader(...)
+"""
+
+from msg_ray.data.cache import FetchError, cache_root
+from msg_ray.data.loader import IGNORE_INDEX, BlockLoader, mask_tokens
+from msg_ray.data.pipeline import DataConfig, PreparedData, pack, prepare
+from msg_ray.data.tokenizer import SPECIAL_TOKENS, load_tokenizer
+
+__all__ = [
+    "IGNORE_INDEX",
+    "SPECIAL_TOKENS",
+    "BlockLoader",
+    "DataConfig",
+    "FetchError",
+    "PreparedData",
+    "cache_root",
+    "load_tokenizer",
+    "mask_tokens",
+    "pack",
+    "prepare",
+]
