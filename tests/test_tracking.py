@@ -1,0 +1,324 @@
+"""msg_ray.tracking against real MLflow stores (sqlite file, a real `mlflow server`), and msg_ray.plots output."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from msg_ray import plots
+from msg_ray.tracking import (
+    MAX_PARAM_VAL_LENGTH,
+    Tracker,
+    child_runs,
+    default_tracking_uri,
+    find_runs,
+    load_run_metrics,
+    resolve_tracking_uri,
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One sqlite store for the module (own experiment per test): creating its tables costs ~5 s, paid once
+    here; the mlflow server fixture serves the same file so its startup skips the migrations too."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlruns.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()
+    return uri
+
+
+def _history(n: int = 400, growths: tuple[int, ...] = (100, 250), seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    step = np.arange(n)
+    loss = 7 * np.exp(-step / 150) + 3 + 0.05 * rng.standard_normal(n)
+    for g in growths:  # a small bump after each growth, like a No-Mask run
+        loss[g : g + 20] += 0.3 * np.exp(-np.arange(len(loss[g : g + 20])) / 5)
+    wall = np.cumsum(np.where(step < growths[0], 0.05, 0.1))
+    return {
+        "step": step.tolist(),
+        "wall_s": wall.tolist(),
+        "flops": (step * 1e12).tolist(),
+        "train_loss": loss.tolist(),
+        "val_step": list(range(0, n, 50)),
+        "val_loss": loss[::50].tolist(),
+    }
+
+
+# -- URI resolution ------------------------------------------------------------------------------------------
+
+
+def test_resolve_tracking_uri(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri("sqlite:///sub/x.db") == f"sqlite:///{tmp_path}/sub/x.db"
+    assert resolve_tracking_uri("sqlite:////abs/x.db?timeout=30") == "sqlite:////abs/x.db?timeout=30"
+    assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
+    assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path}/env.db"
+    assert resolve_tracking_uri("http://h:1") == "http://h:1"  # explicit beats env
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("MSG_RAY_HOME", "home")
+    assert resolve_tracking_uri(None) == default_tracking_uri() == f"sqlite:///{tmp_path}/home/mlruns.db"
+    for bad in ("file:///tmp/mlruns", "./mlruns", "/abs/mlruns", "sqlite://", "sqlite:///:memory:"):
+        with pytest.raises(ValueError, match="sqlite:///"):
+            resolve_tracking_uri(bad)
+    with pytest.raises(ValueError, match="file store"):
+        Tracker(uri="file:./mlruns", experiment="e", run_name="r")
+
+
+# -- sqlite store ----------------------------------------------------------------------------------------------
+
+
+def test_log_everything_and_read_back(store, tmp_path, capsys):
+    tracker = Tracker(uri=store, experiment="logging", run_name="r1", tags={"operator": "msg"}, flush_every=50)
+    run_id = tracker.start()
+    assert run_id and tracker.healthy and not tracker.resumed
+    tracker.log_params({"model": {"hidden": 128, "ffn": 512}, "zero": 2, "notes": "x" * 10_000, "bad key!": 1})
+    for step in range(120):  # crosses flush_every twice; the rest waits for finish()
+        tracker.log_metrics({"train/loss": 5.0 - step / 100, "perf/tokens_per_s": 1000.0}, step=step)
+    tracker.set_tags({"growth.1": "step 40"})
+    (tmp_path / "schedule.txt").write_text("stage 1\nstage 2\n")
+    tracker.log_artifact(tmp_path / "schedule.txt")
+    tracker.log_artifact(tmp_path / "schedule.txt", artifact_path="sub")
+    tracker.log_dict({"model": {"hidden": 128}, "path": tmp_path}, "config.yaml")
+    tracker.log_dict({"a": [1, 2]}, "config.json")
+    fig = plots.loss_figure(_history(), [100, 250])
+    tracker.log_figure(fig, "loss.png")
+    tracker.log_metrics({"bad": "n/a", "a//b": 2.0}, step=0)  # non-number dropped, key normalised
+    tracker.log_figure("not a figure", "oops.png")  # refused, but tracking stays on
+    tracker.finish()
+    assert tracker.healthy and tracker.error is None
+    err = capsys.readouterr().err
+    assert "'bad'='n/a' is not a number" in err and "refused log figure" in err
+
+    client = MlflowClient(tracking_uri=store)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "r1"
+    params = run.data.params
+    assert params["model.hidden"] == "128" and params["model.ffn"] == "512" and params["zero"] == "2"
+    assert params["notes"] == "x" * MAX_PARAM_VAL_LENGTH and params["bad key_"] == "1"
+    assert run.data.tags["operator"] == "msg" and run.data.tags["growth.1"] == "step 40"
+    assert run.data.metrics["a/b"] == 2.0 and "bad" not in run.data.metrics
+    history = client.get_metric_history(run_id, "train/loss")
+    assert sorted(m.step for m in history) == list(range(120))
+    assert load_run_metrics(store, run_id, ["train/loss", "missing"])["train/loss"][-1] == (119, 5.0 - 1.19)
+    files = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "sub")}
+    assert files >= {"schedule.txt", "sub/schedule.txt", "config.yaml", "config.json", "loss.png"}
+    local = Path(client.download_artifacts(run_id, "config.yaml", str(tmp_path / "dl")))
+    assert yaml.safe_load(local.read_text()) == {"model": {"hidden": 128}, "path": str(tmp_path)}
+    png = Path(client.download_artifacts(run_id, "loss.png", str(tmp_path / "dl")))
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5_000
+    # local store: artifacts live next to the database, not in whatever cwd the run had
+    db_dir = Path(store[len("sqlite:///") :]).parent
+    assert client.get_experiment_by_name("logging").artifact_location.startswith((db_dir / "artifacts").as_uri())
+
+
+def test_resume_by_run_id_continues_the_same_run(store, capsys):
+    first = Tracker(uri=store, experiment="resume", run_name="r")
+    run_id = first.start()
+    first.log_params({"lr": 1e-3, "schedule": {"stages": 3}})
+    first.log_metrics({"train/loss": 4.0}, step=10)
+    first.finish("FAILED")  # e.g. a worker died
+
+    again = Tracker(uri=store, experiment="resume", run_name="r", run_id=run_id)
+    assert again.start() == run_id and again.resumed
+    assert MlflowClient(tracking_uri=store).get_run(run_id).info.status == "RUNNING"
+    again.log_params({"lr": 1e-3, "schedule": {"stages": 3}, "new": "yes"})  # same values: skipped, no error
+    again.log_params({"lr": 3e-3})  # immutable in MLflow: kept as a tag, with a warning
+    again.log_metrics({"train/loss": 3.0}, step=11)
+    again.finish()
+    assert again.healthy
+
+    runs = find_runs(store, "resume")
+    assert [r["run_id"] for r in runs] == [run_id]
+    (run,) = runs
+    assert run["status"] == "FINISHED" and run["params"] == {"lr": "0.001", "schedule.stages": "3", "new": "yes"}
+    assert run["tags"]["param_changed.lr"] == "0.003" and run["metrics"]["train/loss"] == 3.0
+    assert load_run_metrics(store, run_id, ["train/loss"]) == {"train/loss": [(10, 4.0), (11, 3.0)]}
+    assert "params changed" in capsys.readouterr().err
+    assert find_runs(store, "no-such-experiment") == []
+    stale = Tracker(uri=store, experiment="resume", run_name="r2", run_id="0" * 32)  # id from another store
+    assert stale.start() not in (None, "0" * 32) and not stale.resumed
+    assert "not found" in capsys.readouterr().err
+
+
+def test_parent_and_child_runs(store):
+    parent = Tracker(uri=store, experiment="compare", run_name="compare")
+    parent_id = parent.start()
+    ids = []
+    for op in ("msg", "nomask"):
+        child = Tracker(uri=store, experiment="compare", run_name=op, parent_run_id=parent_id, tags={"op": op})
+        ids.append(child.start())
+        child.log_metrics({"val/loss": 4.5}, step=100)
+        child.finish()
+    parent.finish()
+    children = child_runs(store, parent_id)
+    assert sorted(c["run_id"] for c in children) == sorted(ids)
+    assert {c["tags"]["mlflow.parentRunId"] for c in children} == {parent_id}
+    assert {c["name"] for c in children} == {"msg", "nomask"}
+    assert len(find_runs(store, "compare", "tags.op = 'msg'")) == 1
+
+
+def test_disabled_tracker_does_nothing(store):
+    tracker = Tracker(uri=store, experiment="off", run_name="rank1", enabled=False)
+    assert tracker.start() is None
+    tracker.log_params({"a": 1})
+    tracker.log_metrics({"x": 1.0}, step=0)
+    tracker.finish()
+    assert find_runs(store, "off") == []
+
+
+# -- failures --------------------------------------------------------------------------------------------------
+
+
+def test_unreachable_server_warns_once_and_stays_fast(tmp_path, capsys):
+    uri = f"http://127.0.0.1:{_free_port()}"
+    t0 = time.monotonic()
+    tracker = Tracker(uri=uri, experiment="e", run_name="r", flush_every=10)
+    assert tracker.start() is None and not tracker.healthy
+    tracker.log_params({"a": {"b": 1}})
+    for step in range(500):
+        tracker.log_metrics({"train/loss": 1.0}, step=step)
+    tracker.set_tags({"t": 1})
+    (tmp_path / "f.txt").write_text("x")
+    tracker.log_artifact(tmp_path / "f.txt")
+    tracker.log_dict({"a": 1}, "c.json")
+    tracker.log_figure(plots.gamma_vs_time({"t": ([0, 1], [1, 2])}), "g.png")
+    tracker.flush()
+    tracker.finish("FAILED")
+    elapsed = time.monotonic() - t0
+    assert elapsed < 20, elapsed
+    err = capsys.readouterr().err
+    assert err.count("MLflow tracking unavailable") == 1, err
+    assert f"unavailable at {uri}" in err and "training continues without tracking" in err
+    assert tracker.error and tracker.error in err
+    # failure at startup never leaves msg_ray's short HTTP settings behind
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
+
+
+@pytest.fixture
+def mlflow_server(store, tmp_path):
+    """A real `mlflow server` on a free loopback port, started on demand (`start()`), killed at teardown."""
+    port = _free_port()
+    procs: list[subprocess.Popen] = []
+
+    def start(timeout: float = 120.0) -> None:  # ~10 s idle, ~40 s on a loaded 2-core box
+        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
+               "--artifacts-destination", str(tmp_path / "srv-artifacts"), "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1"]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if procs[0].poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(tmp_path / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"mlflow server not healthy after {timeout} s")
+
+    yield port, start
+    for proc in procs:  # the server forks workers: end the whole process group it leads
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def test_real_server_outage_then_reconnect_with_artifacts(mlflow_server, tmp_path, capsys):
+    port, start_server = mlflow_server
+    uri = f"http://127.0.0.1:{port}"
+    tracker = Tracker(uri=uri, experiment="server", run_name="r", retry_after_s=3600, flush_every=1000)
+    assert tracker.start() is None and not tracker.healthy  # server not up yet: training would go on
+    tracker.log_params({"operator": "msg"})  # kept for the reconnection too
+    for step in range(5):
+        tracker.log_metrics({"train/loss": 5.0 - step}, step=step)  # kept for the one reconnection
+
+    t0 = time.monotonic()
+    start_server()
+    startup_s = time.monotonic() - t0
+    tracker.retry_after_s = 0.0  # as if the retry delay had passed
+    tracker.flush()  # reconnects once, creates the run, delivers the buffered points
+    assert tracker.healthy and tracker.run_id, capsys.readouterr().err
+    (tmp_path / "config.json").write_text(json.dumps({"phi": 50}))
+    tracker.log_artifact(tmp_path / "config.json", artifact_path="config")
+    tracker.log_figure(plots.loss_curves({"msg": _history()}, growth_steps={"msg": [100, 250]}), "loss.png")
+    tracker.finish()
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"operator": "msg"}
+    assert load_run_metrics(uri, tracker.run_id, ["train/loss"])["train/loss"] == [(s, 5.0 - s) for s in range(5)]
+    downloaded = Path(client.download_artifacts(tracker.run_id, "config/config.json", str(tmp_path / "dl")))
+    assert json.loads(downloaded.read_text()) == {"phi": 50}
+    # proxied artifact upload: the bytes landed in the server's --artifacts-destination
+    stored = list((tmp_path / "srv-artifacts").rglob("loss.png"))
+    assert len(stored) == 1 and stored[0].stat().st_size > 5_000
+    err = capsys.readouterr().err
+    assert err.count("MLflow tracking unavailable") == 1 and "reachable again" in err
+    print(f"mlflow server startup: {startup_s:.1f} s")
+
+
+# -- plots -----------------------------------------------------------------------------------------------------
+
+
+def test_plots_write_nontrivial_pngs(tmp_path):
+    msg, nomask = _history(seed=0), _history(seed=1)
+    full = _history(growths=(10_000,), seed=2)
+    growths = {"msg": [100, 250], "nomask": [100, 250]}
+    figures = {
+        f"curves_{x}.png": plots.loss_curves(
+            {"msg": msg, "nomask": nomask, "full": full}, growth_steps=growths, x=x, log_x=x == "flops"
+        )
+        for x in ("step", "wall", "flops")
+    }
+    figures["run.png"] = plots.loss_figure(msg, [100, 250])
+    zoom = plots.growth_zoom({"msg": msg, "nomask": nomask}, growths, window=50)
+    assert len(zoom.axes) == 2
+    figures["zoom.png"] = zoom
+    t = np.linspace(1, 100, 50)
+    figures["gamma.png"] = plots.gamma_vs_time({"a": (t, -1 / t), "b": (t, -2 / t)}, log_y=True)
+    for name, fig in figures.items():
+        path = plots.save(fig, tmp_path / "figs" / name)
+        assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 10_000, name
+    # growth lines are drawn at the growth's x position on the wall-clock axis
+    fig = plots.loss_curves({"msg": msg}, growth_steps={"msg": [100]}, x="wall")
+    vlines = [line for line in fig.axes[0].lines if len(set(line.get_xdata())) == 1]
+    assert [line.get_xdata()[0] for line in vlines] == [pytest.approx(msg["wall_s"][100])]
+
+
+def test_plots_reject_bad_input():
+    with pytest.raises(ValueError, match="x: must be one of"):
+        plots.loss_curves({"a": _history()}, x="tokens")
+    with pytest.raises(ValueError, match="missing 'train_loss'"):
+        plots.loss_curves({"a": {"step": [0, 1]}})
+    with pytest.raises(ValueError, match="histories"):
+        plots.loss_curves({})
+    with pytest.raises(ValueError, match="no run has a growth"):
+        plots.growth_zoom({"a": _history()}, {})
