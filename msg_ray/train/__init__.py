@@ -1,0 +1,1 @@
+"""One training run: DeepSpeed engine (``engine``), worker loop, checkpoints. Imports DeepSpeed lazily."""
