@@ -1,0 +1,175 @@
+"""The typed configuration of one training run (schedule, data, engine, tracking), validated before Ray starts.
+
+``RunConfig.to_dict()`` is the resolved config saved with every run and checkpoint; ``RunConfig.from_dict`` reads
+it back. ``apply_overrides`` implements the CLI's ``--set key=value`` (dotted keys into the nested dict).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from msg_ray.data import DataConfig
+from msg_ray.schedule import Schedule, get_schedule
+from msg_ray.train.engine import EngineConfig
+
+LR_DECAYS = ("cosine", "linear", "constant")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    schedule: Schedule
+    data: DataConfig
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    name: str = "msg-run"
+    workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    storage_path: str = ""  # "" -> $MSG_RAY_HOME/ray or ./runs/ray, made absolute (shared storage on a cluster)
+    tracking_uri: str | None = None  # None -> $MLFLOW_TRACKING_URI or the local sqlite store
+    experiment: str = "msg_ray"
+    seed: int = 0
+    warmup_steps: int = 50
+    lr_decay: str = "cosine"
+    min_lr_ratio: float = 0.1
+    lr_reset_growths: int = 2  # appendix D: LR back to max at the 1st and 2nd growth
+    dropout: float = 0.0
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 8
+    ckpt_every: int = 0  # 0: only at stage boundaries and the end
+    report_every: int = 0  # >0: also report metrics (no checkpoint) to Ray every N steps (Tune/ASHA); 0: never
+    gamma_window: int = 50  # optimizer steps in the γ/α/τ window (eq. 21)
+    growth_check_tol: float = 1e-4  # |loss after - loss before| allowed for msg growth (fp32)
+    max_failures: int = 0  # Ray FailureConfig retries (resume from the last checkpoint)
+    export_hf: bool = True
+    kill_rank_at_step: tuple[int, int] | None = None  # fault injection for tests: (rank, step), first attempt only
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"RunConfig.{name}: {why}")
+
+        if not self.name or any(c in self.name for c in "/\\ "):
+            raise bad("name", f"must be non-empty without '/', '\\' or spaces, got {self.name!r}")
+        for name in ("workers", "log_every", "eval_every", "eval_batches", "gamma_window"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise bad(name, f"must be an int >= 1, got {v!r}")
+        for name in ("warmup_steps", "ckpt_every", "report_every", "lr_reset_growths", "max_failures", "seed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise bad(name, f"must be an int >= 0, got {v!r}")
+        if self.lr_decay not in LR_DECAYS:
+            raise bad("lr_decay", f"must be one of {LR_DECAYS}, got {self.lr_decay!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise bad("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        if self.cpus_per_worker <= 0:
+            raise bad("cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
+        if self.data.seq_len > 4096:
+            raise bad("data.seq_len", f"must be <= 4096 (learned positions), got {self.data.seq_len}")
+        objective = "clm" if self.schedule.arch == "gpt" else "mlm"
+        if self.data.objective != objective:
+            raise bad(
+                "data.objective", f"arch {self.schedule.arch!r} trains with {objective!r}, got {self.data.objective!r}"
+            )
+        if not self.storage_path:
+            root = Path(os.environ.get("MSG_RAY_HOME", "runs"))
+            object.__setattr__(self, "storage_path", str((root / "ray").resolve()))
+        elif "://" not in self.storage_path:
+            object.__setattr__(self, "storage_path", str(Path(self.storage_path).resolve()))
+
+    @property
+    def total_steps(self) -> int:
+        return self.schedule.total_steps
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.engine.micro_batch_size * self.engine.grad_accum * self.workers * self.data.seq_len
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "schedule":
+                v = v.to_dict()
+            elif f.name in ("data", "engine"):
+                v = asdict(v)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        d = dict(d)
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"RunConfig: unknown field(s) {sorted(unknown)}")
+        if "schedule" not in d:
+            raise ValueError("RunConfig.schedule is required")
+        sched = d["schedule"]
+        d["schedule"] = Schedule.from_dict(sched) if isinstance(sched, dict) else get_schedule(sched)
+        data = d.get("data", {})
+        if isinstance(data, dict) and "objective" not in data:  # the arch decides the objective
+            data = {**data, "objective": "clm" if d["schedule"].arch == "gpt" else "mlm"}
+        d["data"] = _sub(DataConfig, data, "data")
+        d["engine"] = _sub(EngineConfig, d.get("engine", {}), "engine")
+        if d.get("kill_rank_at_step") is not None:
+            d["kill_rank_at_step"] = tuple(d["kill_rank_at_step"])
+        return cls(**d)
+
+
+def _sub(cls: type, value: Any, name: str) -> Any:
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"RunConfig.{name} must be a mapping, got {type(value).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = set(value) - known
+    if unknown:
+        raise ValueError(f"RunConfig.{name}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+    value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+    return cls(**value)
+
+
+def parse_value(text: str) -> Any:
+    """CLI value: Python literal when it parses (ints, floats, bools, lists), else the raw string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings to a nested config dict (returns a new dict)."""
+    out = _deep_copy(d)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {} if node.get(p) is None else _not_nested(key, p)
+            node = node[p]
+        node[parts[-1]] = parse_value(text.strip())
+    return out
+
+
+def _not_nested(key: str, part: str) -> dict:
+    raise ValueError(f"--set {key}: {part!r} is not a nested section")
+
+
+def _deep_copy(d: Any) -> Any:
+    return {k: _deep_copy(v) for k, v in d.items()} if isinstance(d, dict) else d
+
+
+def with_schedule(config: RunConfig, schedule: Schedule) -> RunConfig:
+    return replace(config, schedule=schedule)

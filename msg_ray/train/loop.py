@@ -1,0 +1,317 @@
+"""The per-worker training function run by Ray Train: batches, mask ramp, growth events, rates, checkpoints.
+
+One ``WorkerRun`` per Ray Train worker. Steps count *optimizer* steps (gradient accumulation runs
+``engine.grad_accum`` micro-batches per step), and growth and the mask ramp follow optimizer steps.
+At a stage start every rank: probes the loss on its next batch, gathers the full fp32 state (collective),
+grows the model with the core operator (same seed on every rank, so identical new weights), carries the
+AdamW moments by name, rebuilds the DeepSpeed engine and probes the same batch again; with ``msg`` the two
+losses must agree (``growth/loss_jump``), which catches a broken operator in a real run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from msg_ray import growth as G
+from msg_ray.data import BlockLoader, prepare
+from msg_ray.flops import flops_per_token
+from msg_ray.model import GrowableTransformer, ModelConfig, build_from_config
+from msg_ray.train import checkpoint as C
+from msg_ray.train.config import RunConfig
+from msg_ray.train.engine import TrainState, build_engine, carry_train_state, gather_state, release, restore_state
+from msg_ray.train.metrics import LRSchedule, RateMeter
+from msg_ray.train.progress import StepLog, WorkerTracker
+
+
+class Session:
+    """Where a run reports to: Ray Train (``ray.train.*``, any number of workers) or, for one-worker Tune trials
+    run in-process, Ray Tune (``ray.tune.*``). Train V2 keeps the two APIs apart."""
+
+    def __init__(self, kind: str = "train") -> None:
+        if kind == "train":
+            import ray.train as api
+
+            ctx = api.get_context()
+            self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        elif kind == "tune":
+            import ray.tune as api
+
+            self.rank, self.world = 0, 1
+        else:
+            raise ValueError(f"Session kind must be 'train' or 'tune', got {kind!r}")
+        self.api = api
+
+    def get_checkpoint(self):
+        return self.api.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], directory: str | None = None, name: str | None = None) -> None:
+        if directory is None:
+            self.api.report(metrics)
+        else:
+            self.api.report(metrics, checkpoint=self.api.Checkpoint.from_directory(directory), checkpoint_dir_name=name)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point (``TorchTrainer(train_loop_per_worker, train_loop_config={"run": cfg.to_dict()})``)."""
+    from msg_ray.train.run import worker_env
+
+    os.environ.update(worker_env(bool(config["run"].get("use_gpu"))))  # before deepspeed is imported
+    session = Session(config.get("session", "train"))
+    WorkerRun(RunConfig.from_dict(config["run"]), run_id=config.get("mlflow_run_id"), session=session).train()
+
+
+class WorkerRun:
+    def __init__(self, cfg: RunConfig, run_id: str | None, session: Session) -> None:
+        self.session = session
+        self.rank, self.world = session.rank, session.world
+        self.attempt_dir = Path(cfg.storage_path) / cfg.name
+        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+        self.cfg, self.sched = cfg, cfg.schedule
+        self.data = prepare(cfg.data)
+        self.loader = self._loader(self.data.train_blocks, cfg.seed, self.rank, self.world)
+        self.lr = LRSchedule(
+            lr=cfg.engine.lr, total_steps=cfg.total_steps, warmup_steps=cfg.warmup_steps, decay=cfg.lr_decay,
+            min_ratio=cfg.min_lr_ratio, reset_steps=tuple(self.sched.growth_steps()[: cfg.lr_reset_growths]),
+        )  # fmt: skip
+        self.meter = RateMeter(cfg.gamma_window)
+        self.step, self.stage, self.wall, self.flops = 0, 0, 0.0, 0.0
+        self.ramp: G.MaskRamp | None = None
+        self.history: dict[str, list] = {"step": [], "wall_s": [], "flops": [], "train_loss": [], "val_step": [],
+                                          "val_loss": [], "growth_steps": [], "growth_events": []}  # fmt: skip
+        self.tracker = WorkerTracker(cfg, run_id, enabled=self.rank == 0)
+        self.log = StepLog(cfg, enabled=self.rank == 0)
+
+    # -- set-up ---------------------------------------------------------------------------------------------
+    def _loader(self, blocks: torch.Tensor, seed: int, rank: int, world: int) -> BlockLoader:
+        d = self.data
+        return BlockLoader(
+            blocks, batch_size=self.cfg.engine.micro_batch_size, seed=seed, rank=rank, world_size=world,
+            objective=self.cfg.data.objective, mask_id=d.mask_id, vocab_size=d.vocab_size,
+            special_ids=d.special_ids, mlm_probability=self.cfg.data.mlm_probability,
+        )  # fmt: skip
+
+    def _model_config(self, structure) -> ModelConfig:
+        return ModelConfig(
+            arch=self.sched.arch, structure=structure, vocab_size=self.data.vocab_size,
+            max_seq_len=self.cfg.data.seq_len, head_dim=self.sched.head_dim, dropout=self.cfg.dropout,
+        )  # fmt: skip
+
+    def _engine_for(self, model: GrowableTransformer, state: TrainState | None):
+        engine = build_engine(model, self.cfg.engine)
+        if state is not None:
+            restore_state(engine, state)
+        return engine
+
+    def _start(self) -> None:
+        ckpt = self.session.get_checkpoint()
+        if ckpt is None:
+            model = build_from_config(self._model_config(self.sched.stages[0].structure), seed=self.cfg.seed)
+            self.engine = self._engine_for(model, None)
+            return
+        with ckpt.as_directory() as d:
+            loaded = C.load(d, self.rank)
+        self._restore(loaded)
+
+    def _restore(self, loaded: C.Loaded) -> None:
+        m = loaded.meta
+        self.step, self.stage, self.wall, self.flops = m["step"], m["stage"], m["wall_s"], m["flops"]
+        self.history = m["history"]
+        model = build_from_config(self._model_config(self.structure))
+        model.load_state_dict({**loaded.params, **loaded.buffers})  # recreates masks mid-ramp
+        self.ramp = G.MaskRamp(**m["ramp"]) if m["ramp"] else None
+        mom = loaded.moments
+        state = TrainState(params=loaded.params, exp_avg=mom["exp_avg"], exp_avg_sq=mom["exp_avg_sq"], step=mom["step"])
+        self.engine = self._engine_for(model, state)
+        rs = loaded.rank_state
+        self.loader.load_state_dict(rs["loader"])
+        if rs.get("rng"):  # absent when this rank did not exist when the checkpoint was taken
+            C.set_rng_state(rs["rng"])
+        self.log.line(f"resumed from {m['folder']} (stage {self.stage}, step {self.step})")
+
+    # -- one optimizer step ----------------------------------------------------------------------------------
+    def _forward_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        device = self.engine.device
+        logits = self.engine(batch["input_ids"].to(device))
+        return self.engine.module.loss(logits, batch["labels"].to(device))
+
+    def _train_step(self) -> float:
+        lr = self.lr(self.step)
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for _ in range(self.cfg.engine.grad_accum):
+            loss = self._forward_loss(next(self.loader))
+            self.engine.backward(loss)
+            self.engine.step()
+            total += loss.item()
+        return total / self.cfg.engine.grad_accum
+
+    @torch.no_grad()
+    def _probe(self, batch: dict[str, torch.Tensor]) -> float:
+        """Mean loss over ranks on a fixed batch, in eval mode (no dropout)."""
+        module = self.engine.module
+        module.eval()
+        loss = self._forward_loss(batch).detach().float().reshape(1)
+        module.train()
+        if self.world > 1:
+            torch.distributed.all_reduce(loss)
+            loss /= self.world
+        return loss.item()
+
+    def _evaluate(self) -> float:
+        loader = self._loader(self.data.valid_blocks, 1234, self.rank, self.world)
+        losses = []
+        for _ in range(self.cfg.eval_batches):
+            losses.append(self._probe(next(loader)))
+        return sum(losses) / len(losses)
+
+    # -- growth ------------------------------------------------------------------------------------------------
+    def _grow(self, stage: int) -> None:
+        target = self.sched.stages[stage].structure
+        probe = next(self._loader(self.data.train_blocks, self.cfg.seed + 7919 * stage, self.rank, self.world))
+        before = self._probe(probe)
+        t0 = time.perf_counter()
+        state = gather_state(self.engine)
+        old = build_from_config(self._model_config(self.sched.stages[stage - 1].structure))
+        old.load_state_dict(state.params)
+        new = G.grow(
+            old, target, self.sched.operator, depth_init=self.sched.depth_init, seed=self.cfg.seed * 1000 + stage
+        )
+        carried = carry_train_state(state, dict(new.named_parameters()))  # old moments by name, new ones 0
+        release(self.engine)
+        del old, state
+        self.engine = self._engine_for(new, carried)
+        self.ramp = G.MaskRamp(start_step=self.step, phi=self.sched.phi) if self.sched.operator == "msg" else None
+        seconds = time.perf_counter() - t0
+        after = self._probe(probe)
+        self.stage = stage
+        self.meter.reset()
+        event = {"step": self.step, "stage": stage, "structure": str(target), "loss_before": before,
+                 "loss_after": after, "seconds": seconds}  # fmt: skip
+        self.history["growth_steps"].append(self.step)
+        self.history["growth_events"].append(event)
+        self.tracker.growth(event, self._n_params())
+        jump = abs(after - before)
+        if self.sched.operator == "msg" and jump > self.cfg.growth_check_tol:
+            self.log.line(f"WARNING: msg growth changed the loss by {jump:.3g} (> {self.cfg.growth_check_tol}); "
+                          "the operator is not preserving the function")  # fmt: skip
+        self.log.line(f"grew to {target} at step {self.step}: loss {before:.5f} -> {after:.5f} in {seconds:.2f}s")
+
+    @property
+    def structure(self):
+        """The structure trained now (stage-driven, so schedules whose growth times are decided online work)."""
+        return self.sched.stages[self.stage].structure
+
+    def _n_params(self) -> int:
+        s = self.structure
+        from msg_ray.flops import param_count
+
+        return param_count(self.sched.arch, s, self.data.vocab_size, self.cfg.data.seq_len, self.sched.head_dim)
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def _checkpoint(self, final: bool = False) -> None:
+        state = gather_state(self.engine)  # collective: every rank takes part
+        folder = C.folder_name(self.stage, self.step, final)
+        module = self.engine.module
+        buffers = {
+            k: v.detach().float().cpu() for k, v in module.state_dict().items() if k.endswith((".value", ".n_old"))
+        }
+        buffers = {k: (v.long() if k.endswith(".n_old") else v) for k, v in buffers.items()}
+        meta = {
+            "folder": folder, "step": self.step, "stage": self.stage, "wall_s": self.wall, "flops": self.flops,
+            "structure": self.structure.as_dict(), "mask_c": G.mask_value(module),
+            "ramp": None if self.ramp is None else {"start_step": self.ramp.start_step, "phi": self.ramp.phi},
+            "mlflow_run_id": self.tracker.run_id, "history": self.history, "config": self.cfg.to_dict(),
+            "world_size": self.world,
+        }  # fmt: skip
+        rank_state = {"loader": self.loader.state_dict(), "rng": C.rng_state()}
+        moments = {"exp_avg": state.exp_avg, "exp_avg_sq": state.exp_avg_sq, "step": state.step}
+        with tempfile.TemporaryDirectory() as tmp:
+            C.save(tmp, rank=self.rank, rank_state=rank_state, meta=meta, params=state.params, buffers=buffers,
+                   moments=moments)  # fmt: skip
+            if final and self.rank == 0:
+                self.tracker.export(tmp, module, self._model_config(self.sched.target), self.cfg.export_hf)
+            self.session.report(self._metrics(), tmp, folder)
+
+    def _last_loss(self) -> float:
+        return self.history["train_loss"][-1] if self.history["train_loss"] else float("nan")
+
+    # -- main loop -------------------------------------------------------------------------------------------
+    def train(self) -> None:
+        self._start()
+        self.tracker.start(self._n_params(), self.structure)
+        try:
+            while self.step < self.cfg.total_steps:
+                self._maybe_fault()
+                t0 = time.perf_counter()
+                if self.ramp is not None:
+                    self.tracker.mask(self.ramp.apply(self.engine.module, self.step), self.step)
+                if self._growth_due():
+                    self._grow(self.stage + 1)
+                    self.wall += time.perf_counter() - t0
+                    self._checkpoint()
+                    t0 = time.perf_counter()
+                    if self.ramp is not None:
+                        self.ramp.apply(self.engine.module, self.step)
+                loss = self._train_step()
+                self.wall += time.perf_counter() - t0
+                self._after_step(loss)
+            self._checkpoint(final=True)
+            self.tracker.finish(self.history)
+        except BaseException:
+            self.tracker.flush()
+            raise
+
+    def _growth_due(self) -> bool:
+        nxt = self.stage + 1
+        return nxt < len(self.sched.stages) and self.step >= self.sched.boundaries()[nxt]
+
+    def _after_step(self, loss: float) -> None:
+        s = self.structure
+        fpt = flops_per_token(self.sched.arch, s, self.data.vocab_size, self.cfg.data.seq_len, self.sched.head_dim)
+        self.flops += fpt * self.cfg.tokens_per_step
+        self.step += 1
+        self.meter.update(self.step, self.wall, loss)
+        h = self.history
+        for k, v in (("step", self.step), ("wall_s", self.wall), ("flops", self.flops), ("train_loss", loss)):
+            h[k].append(v)
+        if self.step % self.cfg.log_every == 0 or self.step == self.cfg.total_steps:
+            rates = self.meter.rates()
+            self.tracker.step(self.step, loss, self.wall, self.flops, rates, s)
+            self.log.step(self.step, self.stage, s, loss, rates, self.wall)
+        if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.total_steps:
+            val = self._evaluate()
+            h["val_step"].append(self.step)
+            h["val_loss"].append(val)
+            self.tracker.metric("val/loss", val, self.step)
+        if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and self.step < self.cfg.total_steps:
+            self._checkpoint()
+        elif self.cfg.report_every and self.step % self.cfg.report_every == 0 and self.step < self.cfg.total_steps:
+            self.session.report(self._metrics())
+
+    def _metrics(self) -> dict[str, Any]:
+        """What Ray (and Tune's schedulers) see: progress on every time axis plus the current rates."""
+        h = self.history
+        out = {"step": self.step, "stage": self.stage, "train_loss": self._last_loss(), "wall_s": self.wall,
+               "flops": self.flops, "val_loss": h["val_loss"][-1] if h["val_loss"] else float("nan"),
+               **{k.split("/")[-1]: v for k, v in self.meter.rates().items()}}  # fmt: skip
+        out.update(self.structure.as_dict())
+        return out
+
+    def _maybe_fault(self) -> None:
+        """Fault injection for resume tests: kill this worker process once at (rank, step)."""
+        kill = self.cfg.kill_rank_at_step
+        if kill is None or (self.rank, self.step) != tuple(kill):
+            return
+        marker = self.attempt_dir / ".fault-injected"
+        if marker.exists():
+            return
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(self.step))
+        os._exit(1)

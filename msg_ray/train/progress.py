@@ -1,0 +1,138 @@
+"""What a training worker reports: rank-0 MLflow metrics/artifacts (via ``msg_ray.tracking``) and one-line step logs.
+
+Metric names (per optimizer step): ``train/loss``, ``val/loss``, ``growth/gamma|alpha|tau`` (eq. 21),
+``growth/mask`` (c), ``perf/tokens_per_s``, ``perf/wall_s``, ``perf/flops``, ``perf/mfu`` (GPU only),
+``model/n_params``, ``model/hidden_dim|ffn_dim|head_num|layer_num``; at each growth ``growth/stage``,
+``growth/loss_before``, ``growth/loss_after``, ``growth/loss_jump``, ``growth/seconds`` and a ``growth.<k>`` tag.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from msg_ray import plots
+from msg_ray.flops import peak_flops_per_gpu
+from msg_ray.model import ModelConfig
+from msg_ray.structure import Structure
+from msg_ray.tracking import Tracker
+
+
+class WorkerTracker:
+    def __init__(self, cfg, run_id: str | None, enabled: bool) -> None:
+        self.cfg, self.enabled = cfg, enabled
+        self.t = Tracker(
+            uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.name, run_id=run_id, enabled=enabled
+        )
+        self.run_id = run_id
+        self.c: float | None = None
+        self._last: tuple[int, float] | None = None
+        self.peak = 0.0
+        if cfg.use_gpu and torch.cuda.is_available():
+            self.peak = peak_flops_per_gpu(torch.cuda.get_device_name()) * cfg.workers
+
+    def start(self, n_params: int, structure: Structure) -> None:
+        if not self.enabled:
+            return
+        self.run_id = self.t.start() or self.run_id
+        if not self.t.healthy:
+            print(f"msg_ray: training continues WITHOUT MLflow tracking ({self.t.error})", file=sys.stderr, flush=True)
+
+    def mask(self, c: float, step: int) -> None:
+        self.c = c
+
+    def step(self, step: int, loss: float, wall: float, flops: float, rates: dict, s: Structure) -> None:
+        if not self.enabled:
+            return
+        m = {"train/loss": loss, "perf/wall_s": wall, "perf/flops": flops, **rates}
+        m.update({f"model/{k}": v for k, v in s.as_dict().items()})
+        if self.c is not None:
+            m["growth/mask"] = self.c
+            self.c = None if self.c >= 1.0 else self.c
+        if self._last is not None and wall > self._last[1]:
+            dsteps, dt = step - self._last[0], wall - self._last[1]
+            m["perf/tokens_per_s"] = dsteps * self.cfg.tokens_per_step / dt
+            if self.peak:
+                m["perf/mfu"] = (flops - self._last_flops) / dt / self.peak
+        self._last, self._last_flops = (step, wall), flops
+        self.t.log_metrics(m, step)
+
+    def metric(self, key: str, value: float, step: int) -> None:
+        if self.enabled:
+            self.t.log_metrics({key: value}, step)
+
+    def growth(self, event: dict[str, Any], n_params: int) -> None:
+        if not self.enabled:
+            return
+        jump = abs(event["loss_after"] - event["loss_before"])
+        self.t.log_metrics({"growth/stage": event["stage"], "growth/loss_before": event["loss_before"],
+                            "growth/loss_after": event["loss_after"], "growth/loss_jump": jump,
+                            "growth/seconds": event["seconds"], "model/n_params": n_params}, event["step"])  # fmt: skip
+        self.t.set_tags({f"growth.{event['stage']}": json.dumps(event)})
+
+    def export(self, directory: str, module: torch.nn.Module, config: ModelConfig, hf: bool) -> None:
+        """Final model as a plain state_dict + config (and a Hugging Face checkpoint when the shapes allow)."""
+        out = Path(directory) / "export"
+        out.mkdir(exist_ok=True)
+        sd = {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
+        torch.save(sd, out / "model.pt")
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        if hf and config.structure.head_num * config.head_dim == config.structure.hidden_dim:
+            try:
+                from msg_ray.export import export_hf
+
+                export_hf(sd, config, out / "hf")
+            except Exception as exc:  # export is a convenience; never lose the run over it
+                print(f"msg_ray: Hugging Face export skipped: {exc}", file=sys.stderr, flush=True)
+
+    def finish(self, history: dict[str, list]) -> None:
+        if not self.enabled:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            fig = plots.loss_figure(history, history.get("growth_steps", []), label=self.cfg.schedule.operator)
+            self.t.log_figure(fig, "loss_curve.png")
+            (Path(tmp) / "history.json").write_text(json.dumps(history))
+            self.t.log_artifact(str(Path(tmp) / "history.json"))
+        self.t.log_dict(self.cfg.to_dict(), "resolved_config.yaml")
+        self.t.finish("FINISHED")
+
+    def flush(self) -> None:
+        if self.enabled:
+            self.t.flush()
+
+
+class StepLog:
+    """One line per ``log_every`` steps on rank 0: stage k/K, structure, loss, γ, tokens/s, ETA."""
+
+    def __init__(self, cfg, enabled: bool) -> None:
+        self.cfg, self.enabled = cfg, enabled
+        self.n_stages = len(cfg.schedule.stages)
+        self.t0 = time.perf_counter()
+        self.last: tuple[int, float] | None = None
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            print(f"[msg_ray {self.cfg.name}] {text}", flush=True)
+
+    def step(self, step: int, stage: int, s: Structure, loss: float, rates: dict, wall: float) -> None:
+        if not self.enabled:
+            return
+        total = self.cfg.total_steps
+        tps = ""
+        if self.last and wall > self.last[1]:
+            rate = (step - self.last[0]) / (wall - self.last[1])
+            tps = f" tok/s {rate * self.cfg.tokens_per_step:,.0f} ETA {_fmt((total - step) / rate)}"
+        self.last = (step, wall)
+        gamma = f" γ {rates['growth/gamma']:.4f}/s" if "growth/gamma" in rates else ""
+        self.line(f"stage {stage + 1}/{self.n_stages} {s} step {step}/{total} loss {loss:.4f}{gamma}{tps}")
+
+
+def _fmt(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m < 60 else f"{m // 60}h{m % 60:02d}m"

@@ -1,0 +1,104 @@
+"""Driver side of one training run: validate and prepare (before Ray), open the MLflow run, launch Ray Train.
+
+``run(config) -> RunResult`` is the single entry the CLI, the pipelines, Tune and the comparison use.
+The MLflow run is created (or found again, by the run-name tag) here in the driver, so a Ray retry or a user
+re-running the same ``name`` continues the same MLflow run instead of opening a duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from msg_ray.data import prepare
+from msg_ray.tracking import Tracker, find_runs, resolve_tracking_uri
+from msg_ray.train.config import RunConfig
+
+RUN_TAG = "msg_ray.run_name"
+
+
+@dataclass
+class RunResult:
+    name: str
+    mlflow_run_id: str | None
+    tracking_uri: str
+    checkpoint_path: str | None
+    metrics: dict[str, Any]
+    history: dict[str, list]
+
+    @property
+    def export_dir(self) -> Path | None:
+        return Path(self.checkpoint_path) / "export" if self.checkpoint_path else None
+
+
+def worker_env(use_gpu: bool) -> dict[str, str]:
+    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if not use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+def _open_mlflow_run(cfg: RunConfig) -> str | None:
+    """Find the unfinished MLflow run of this run name (resume) or create it; log params, config, schedule."""
+    existing = [
+        r for r in find_runs(cfg.tracking_uri, cfg.experiment, f"tags.`{RUN_TAG}` = '{cfg.name}'")
+        if r.get("status") != "FINISHED"
+    ]  # fmt: skip
+    tracker = Tracker(
+        uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.name,
+        run_id=existing[0]["run_id"] if existing else None, tags={RUN_TAG: cfg.name},
+    )  # fmt: skip
+    run_id = tracker.start()
+    s = cfg.schedule
+    tracker.log_params({**cfg.to_dict(), "operator": s.operator, "phi": s.phi, "zero_stage": cfg.engine.zero_stage,
+                        "target": str(s.target), "n_stages": len(s.stages)})  # fmt: skip
+    tracker.log_dict(cfg.to_dict(), "resolved_config.json")
+    tracker.log_dict(s.to_dict(), "schedule.yaml")
+    tracker.flush()
+    return run_id
+
+
+def run(cfg: RunConfig, *, ray_address: str | None = None) -> RunResult:
+    """Train one schedule with Ray Train + DeepSpeed; returns where the results are."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from msg_ray.train.loop import train_loop_per_worker
+
+    data = prepare(cfg.data)  # fetch/tokenise/pack in the driver: data errors surface before Ray starts
+    cfg = replace(cfg, tracking_uri=resolve_tracking_uri(cfg.tracking_uri))
+    print(f"[msg_ray {cfg.name}] data: {json.dumps(data.stats, default=str)}", flush=True)
+    run_id = _open_mlflow_run(cfg)
+    if not ray.is_initialized():
+        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"))
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": cfg.to_dict(), "mlflow_run_id": run_id},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.name,
+            storage_path=cfg.storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        ),  # fmt: skip
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+    )
+    try:
+        result = trainer.fit()
+    except Exception:
+        Tracker(uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.name, run_id=run_id).finish("FAILED")
+        raise
+    ckpt = result.checkpoint
+    history: dict[str, list] = {}
+    if ckpt is not None:
+        meta = Path(ckpt.path) / "meta.json"
+        history = json.loads(meta.read_text())["history"] if meta.exists() else {}
+    return RunResult(
+        name=cfg.name, mlflow_run_id=run_id, tracking_uri=cfg.tracking_uri,
+        checkpoint_path=ckpt.path if ckpt else None, metrics=dict(result.metrics or {}), history=history,
+    )  # fmt: skip

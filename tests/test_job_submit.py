@@ -1,0 +1,96 @@
+"""A real ``ray start --head`` + ``ray job submit`` of pipelines/pretrain.py, tracked by a real ``mlflow server``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Head node on loopback (own ports and temp dir) and an MLflow server; both torn down after the test."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    gcs, dash, mlf = _free_port(), _free_port(), _free_port()
+    ray_tmp = Path("/tmp") / f"rayjob{gcs}"  # short: Ray's socket paths have a length limit
+    subprocess.run(
+        [BIN / "ray", "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+         "--num-cpus=4", f"--temp-dir={ray_tmp}", "--include-dashboard=true", "--disable-usage-stats"],
+        check=True, env=env, capture_output=True,
+    )  # fmt: skip
+    log = open(tmp_path / "mlflow.log", "w")
+    server = subprocess.Popen(
+        [BIN / "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'db.sqlite'}",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(mlf)],
+        stdout=log, stderr=log, env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_http(f"http://127.0.0.1:{mlf}/health", 120)
+        _wait_http(f"http://127.0.0.1:{dash}/api/version", 60)
+        yield {"env": env, "dashboard": f"http://127.0.0.1:{dash}", "mlflow": f"http://127.0.0.1:{mlf}"}
+    finally:
+        os.killpg(server.pid, 15)
+        subprocess.run([BIN / "ray", "stop", "--force"], env=env, capture_output=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_ray_job_submit_pretrain_with_mlflow_server(cluster, tmp_path):
+    schedule = tmp_path / "sched.json"
+    schedule.write_text(json.dumps({
+        "arch": "gpt", "name": "job-tiny", "total_steps": 16, "phi": 4, "head_dim": 16,
+        "stages": [{"structure": [32, 64, 2, 1], "start": 0}, {"structure": [32, 64, 2, 2], "start": 8}],
+    }))  # fmt: skip
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": cluster["mlflow"], "RAY_AUTH_MODE": "disabled"}}
+    cmd = [
+        BIN / "ray", "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT),
+        "--runtime-env-json", json.dumps(runtime_env), "--",
+        "python", "pipelines/pretrain.py", "--schedule", str(schedule), "--arch", "gpt", "--workers", "2",
+        "--tokenizer", "bpe:1024", "--name", "jobrun", "--set", f"storage_path={tmp_path / 'storage'}",
+        "--set", "data.seq_len=32", "--set", "data.max_train_tokens=200000", "--set", "engine.micro_batch_size=4",
+        "--set", "eval_every=8", "--set", "log_every=4", "--set", "experiment=jobs",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert "succeeded" in out.stdout + out.stderr
+    client = mlflow.MlflowClient(cluster["mlflow"])
+    exp = client.get_experiment_by_name("jobs")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["operator"] == "msg"
+    losses = client.get_metric_history(run.info.run_id, "train/loss")
+    assert len(losses) == 4
+    jumps = client.get_metric_history(run.info.run_id, "growth/loss_jump")
+    assert len(jumps) == 1 and jumps[0].value <= 1e-5
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "loss_curve.png" in artifacts  # uploaded through the server's artifact proxy
+    assert (tmp_path / "storage" / "jobrun" / "final-stage1-step0000016" / "meta.json").exists()

@@ -1,0 +1,139 @@
+"""End-to-end training: real Ray Train (2 workers), real DeepSpeed ZeRO-2 on gloo, real MLflow (sqlite).
+
+One uninterrupted run and one run whose rank-1 worker is killed after a growth are trained side by side;
+the resumed run must continue exactly (same losses), in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from msg_ray import build_model
+from msg_ray.model import ModelConfig
+from msg_ray.tracking import find_runs, load_run_metrics
+from msg_ray.train.config import RunConfig
+
+pytestmark = pytest.mark.slow
+
+SCHEDULE = {  # 3 stages touching all four dimensions: hidden+ffn, then heads+layers
+    "arch": "gpt",
+    "name": "tiny-3stage",
+    "total_steps": 30,
+    "phi": 4,
+    "head_dim": 16,
+    "operator": "msg",
+    "stages": [
+        {"structure": [32, 64, 2, 1], "start": 0},
+        {"structure": [48, 96, 2, 1], "start": 10},
+        {"structure": [48, 96, 3, 2], "start": 20},
+    ],
+}
+
+
+def tiny_config(tmp: Path, name: str, **kw) -> RunConfig:
+    d = {
+        "name": name,
+        "schedule": SCHEDULE,
+        "data": {"source": "wikitext2", "tokenizer": "bpe:1024", "seq_len": 32, "max_train_tokens": 200_000},
+        "engine": {"zero_stage": 2, "micro_batch_size": 4, "lr": 3e-3},
+        "workers": 2,
+        "storage_path": str(tmp / "ray"),
+        "tracking_uri": f"sqlite:///{tmp / 'mlruns.db'}",
+        "experiment": "test-train",
+        "warmup_steps": 3,
+        "log_every": 2,
+        "eval_every": 10,
+        "eval_batches": 2,
+        "gamma_window": 6,
+        **kw,
+    }
+    return RunConfig.from_dict(d)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, ray_local):
+    from msg_ray.train.run import run
+
+    tmp = tmp_path_factory.mktemp("train")
+    plain = run(tiny_config(tmp, "plain"))
+    killed = run(tiny_config(tmp, "killed", kill_rank_at_step=[1, 14], max_failures=1))
+    return tmp, plain, killed
+
+
+def test_growths_preserve_loss_and_reach_target(runs):
+    _, plain, _ = runs
+    events = plain.history["growth_events"]
+    assert [e["step"] for e in events] == [10, 20]
+    for e in events:
+        assert abs(e["loss_after"] - e["loss_before"]) <= 1e-5, e
+    meta = json.loads((Path(plain.checkpoint_path) / "meta.json").read_text())
+    assert meta["structure"] == {"hidden_dim": 48, "ffn_dim": 96, "head_num": 3, "layer_num": 2}
+    assert meta["mask_c"] is None  # ramp finished and folded
+    assert len(plain.history["train_loss"]) == 30
+    assert plain.history["train_loss"][-1] < plain.history["train_loss"][0]
+
+
+def test_checkpoint_folders_and_export(runs):
+    _, plain, _ = runs
+    folder = Path(plain.checkpoint_path)
+    assert folder.name == "final-stage2-step0000030"
+    names = {p.name for p in folder.parent.iterdir() if p.is_dir()}
+    assert {"stage1-step0000010", "stage2-step0000020"} <= names
+    export = plain.export_dir
+    cfg = ModelConfig.from_dict(json.loads((export / "config.json").read_text()))
+    model = build_model(cfg.arch, cfg.structure, vocab_size=cfg.vocab_size, max_seq_len=cfg.max_seq_len,
+                        head_dim=cfg.head_dim)  # fmt: skip
+    model.load_state_dict(torch.load(export / "model.pt"))
+    x = torch.randint(0, cfg.vocab_size, (2, 16))
+    assert torch.isfinite(model(x)).all()
+
+
+def test_mlflow_has_metrics_params_and_artifacts(runs):
+    _, plain, _ = runs
+    m = load_run_metrics(plain.tracking_uri, plain.mlflow_run_id,
+                         ["train/loss", "val/loss", "growth/gamma", "growth/loss_jump", "perf/tokens_per_s",
+                          "perf/flops", "growth/mask", "model/hidden_dim"])  # fmt: skip
+    assert len(m["train/loss"]) == 15  # every log_every=2 steps
+    assert [s for s, _ in m["val/loss"]] == [10, 20, 30]
+    assert len(m["growth/loss_jump"]) == 2 and max(v for _, v in m["growth/loss_jump"]) <= 1e-5
+    assert m["growth/gamma"] and m["perf/tokens_per_s"] and m["growth/mask"]
+    assert {v for _, v in m["model/hidden_dim"]} == {32.0, 48.0}
+    flops = [v for _, v in m["perf/flops"]]
+    assert flops == sorted(flops) and flops[0] > 0
+    client = mlflow.MlflowClient(plain.tracking_uri)
+    run = client.get_run(plain.mlflow_run_id)
+    assert run.data.params["operator"] == "msg" and run.data.params["zero_stage"] == "2"
+    assert run.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(plain.mlflow_run_id)}
+    assert {"loss_curve.png", "resolved_config.json", "schedule.yaml"} <= artifacts
+
+
+def test_killed_worker_resumes_exactly_in_the_same_mlflow_run(runs):
+    tmp, plain, killed = runs
+    assert (tmp / "ray" / "killed" / ".fault-injected").read_text() == "14"
+    a, b = plain.history["train_loss"], killed.history["train_loss"]
+    assert len(b) == 30
+    # resumed from the stage-1 boundary checkpoint (step 10): same structure, masks, optimizer and data
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 1e-6
+    runs_named = find_runs(killed.tracking_uri, "test-train", "tags.`msg_ray.run_name` = 'killed'")
+    assert len(runs_named) == 1 and runs_named[0]["run_id"] == killed.mlflow_run_id
+
+
+def test_invalid_configs_fail_before_ray(tmp_path):
+    with pytest.raises(ValueError, match="RunConfig.workers"):
+        tiny_config(tmp_path, "x", workers=0)
+    with pytest.raises(ValueError, match="data.objective"):
+        RunConfig.from_dict({"schedule": SCHEDULE, "data": {"source": "wikitext2", "objective": "mlm"}})
+    with pytest.raises(ValueError, match="engine: unknown field"):
+        tiny_config(tmp_path, "x", engine={"zero": 2})
+    bad = {
+        **SCHEDULE,
+        "stages": [{"structure": [32, 64, 2, 1], "start": 0}, {"structure": [16, 64, 2, 1], "start": 10}],
+    }
+    with pytest.raises(ValueError, match="hidden_dim"):
+        tiny_config(tmp_path, "x", schedule=bad)
