@@ -137,3 +137,16 @@ def test_invalid_configs_fail_before_ray(tmp_path):
     }
     with pytest.raises(ValueError, match="hidden_dim"):
         tiny_config(tmp_path, "x", schedule=bad)
+
+
+def test_cli_reports_bad_input_in_one_line_before_ray(capsys):
+    from msg_ray.cli import main
+
+    assert main(["train", "--schedule", "no-such-preset"]) == 2
+    assert "no-such-preset" in capsys.readouterr().err
+    assert main(["train", "--schedule", "mini-sch1-b", "--arch", "gpt"]) == 2
+    assert "does not match schedule" in capsys.readouterr().err
+    assert main(["train", "--set", "engine.zero_stage=5"]) == 2
+    assert "zero_stage" in capsys.readouterr().err
+    assert main(["train", "--data", "/nonexistent/corpus.txt", "--set", "workers=1"]) == 2
+    assert "/nonexistent/corpus.txt" in capsys.readouterr().err

@@ -117,8 +117,9 @@ class StepLog:
         self.last: tuple[int, float] | None = None
 
     def line(self, text: str) -> None:
-        if self.enabled:
-            print(f"[msg_ray {self.cfg.name}] {text}", flush=True)
+        if self.enabled:  # sys.stdout, not print: Ray Train V2 patches print() and the line would show twice
+            sys.stdout.write(f"[msg_ray {self.cfg.name}] {text}\n")
+            sys.stdout.flush()
 
     def step(self, step: int, stage: int, s: Structure, loss: float, rates: dict, wall: float) -> None:
         if not self.enabled:
