@@ -150,3 +150,20 @@ def test_cli_reports_bad_input_in_one_line_before_ray(capsys):
     assert "zero_stage" in capsys.readouterr().err
     assert main(["train", "--data", "/nonexistent/corpus.txt", "--set", "workers=1"]) == 2
     assert "/nonexistent/corpus.txt" in capsys.readouterr().err
+
+
+def test_adaptive_mode_grows_when_gamma_falls_below_target(tmp_path, ray_local):
+    """A target γ no small model can reach: the policy grows as soon as window, patience and φ allow, well
+    before the scheduled starts (which act as deadlines); growth still preserves the loss."""
+    from msg_ray.train.run import run
+
+    adaptive = {"target_gamma": 1e9, "window": 4, "patience": 2, "min_stage_steps": 5}
+    res = run(tiny_config(tmp_path, "adaptive", workers=1, adaptive=adaptive, eval_every=30))
+    steps = [e["step"] for e in res.history["growth_events"]]
+    assert len(steps) == 2 and steps[0] < 10 and steps[1] - steps[0] < 10, steps
+    assert steps[0] >= 5 and steps[1] - steps[0] >= 5  # min_stage_steps honoured
+    assert all(abs(e["loss_after"] - e["loss_before"]) <= 1e-5 for e in res.history["growth_events"])
+    with pytest.raises(ValueError, match="min_stage_steps must be >= phi"):
+        tiny_config(tmp_path, "x", adaptive={"target_gamma": 1.0, "min_stage_steps": 1})
+    with pytest.raises(ValueError, match="adaptive: unknown field"):
+        tiny_config(tmp_path, "x", adaptive={"target_gamma": 1.0, "patient": 1})

@@ -46,6 +46,7 @@ class RunConfig:
     growth_check_tol: float = 1e-4  # |loss after - loss before| allowed for msg growth (fp32)
     max_failures: int = 0  # Ray FailureConfig retries (resume from the last checkpoint)
     export_hf: bool = True
+    adaptive: dict[str, Any] | None = None  # online growth times, see msg_ray.train.adaptive and _check_adaptive
     kill_rank_at_step: tuple[int, int] | None = None  # fault injection for tests: (rank, step), first attempt only
 
     def __post_init__(self) -> None:
@@ -75,6 +76,8 @@ class RunConfig:
             raise bad(
                 "data.objective", f"arch {self.schedule.arch!r} trains with {objective!r}, got {self.data.objective!r}"
             )
+        if self.adaptive is not None:
+            _check_adaptive(self.adaptive, self.schedule)
         if not self.storage_path:
             root = Path(os.environ.get("MSG_RAY_HOME", "runs"))
             object.__setattr__(self, "storage_path", str((root / "ray").resolve()))
@@ -118,6 +121,29 @@ class RunConfig:
         if d.get("kill_rank_at_step") is not None:
             d["kill_rank_at_step"] = tuple(d["kill_rank_at_step"])
         return cls(**d)
+
+
+ADAPTIVE_KEYS = {"target_gamma", "window", "patience", "min_stage_steps", "margin"}
+
+
+def _check_adaptive(a: Any, schedule: Schedule) -> None:
+    """``adaptive``: grow to the next stage once the running γ stays below the target structure's γ
+    (``target_gamma``: a number, or ``{"times": [...], "gammas": [...]}`` measured by a probe/sweep), never
+    before ``min_stage_steps`` (>= φ) and at the latest at the stage's scheduled start."""
+    if not isinstance(a, dict):
+        raise ValueError(f"RunConfig.adaptive must be a mapping, got {type(a).__name__}")
+    unknown = set(a) - ADAPTIVE_KEYS
+    if unknown:
+        raise ValueError(f"RunConfig.adaptive: unknown field(s) {sorted(unknown)}; known: {sorted(ADAPTIVE_KEYS)}")
+    if "target_gamma" not in a:
+        raise ValueError("RunConfig.adaptive.target_gamma is required (a number or {times, gammas})")
+    tg = a["target_gamma"]
+    if isinstance(tg, dict) and set(tg) != {"times", "gammas"}:
+        raise ValueError("RunConfig.adaptive.target_gamma: a curve needs exactly the keys 'times' and 'gammas'")
+    if a.get("min_stage_steps", schedule.phi) < schedule.phi:
+        raise ValueError(f"RunConfig.adaptive.min_stage_steps must be >= phi ({schedule.phi}) so ramps finish")
+    if len(schedule.stages) < 2:
+        raise ValueError("RunConfig.adaptive needs a schedule with at least 2 stages")
 
 
 def _sub(cls: type, value: Any, name: str) -> Any:

@@ -29,6 +29,20 @@ from msg_ray.train.metrics import LRSchedule, RateMeter
 from msg_ray.train.progress import StepLog, WorkerTracker
 
 
+def _adaptive_policy(cfg: RunConfig):
+    if cfg.adaptive is None:
+        return None
+    from msg_ray.train.adaptive import AdaptiveGrowth, gamma_curve
+
+    a = cfg.adaptive
+    tg = a["target_gamma"]
+    target = gamma_curve(tg["times"], tg["gammas"]) if isinstance(tg, dict) else float(tg)
+    return AdaptiveGrowth(
+        target, window=a.get("window", cfg.gamma_window), patience=a.get("patience", 3),
+        min_stage_steps=a.get("min_stage_steps", cfg.schedule.phi), margin=a.get("margin", 0.05),
+    )  # fmt: skip
+
+
 class Session:
     """Where a run reports to: Ray Train (``ray.train.*``, any number of workers) or, for one-worker Tune trials
     run in-process, Ray Tune (``ray.tune.*``). Train V2 keeps the two APIs apart."""
@@ -84,6 +98,7 @@ class WorkerRun:
         self.ramp: G.MaskRamp | None = None
         self.history: dict[str, list] = {"step": [], "wall_s": [], "flops": [], "train_loss": [], "val_step": [],
                                           "val_loss": [], "growth_steps": [], "growth_events": []}  # fmt: skip
+        self.policy = _adaptive_policy(cfg)
         self.tracker = WorkerTracker(cfg, run_id, enabled=self.rank == 0)
         self.log = StepLog(cfg, enabled=self.rank == 0)
 
@@ -125,6 +140,8 @@ class WorkerRun:
         model = build_from_config(self._model_config(self.structure))
         model.load_state_dict({**loaded.params, **loaded.buffers})  # recreates masks mid-ramp
         self.ramp = G.MaskRamp(**m["ramp"]) if m["ramp"] else None
+        if self.policy is not None and m.get("adaptive"):
+            self.policy.load_state_dict(m["adaptive"])
         mom = loaded.moments
         state = TrainState(params=loaded.params, exp_avg=mom["exp_avg"], exp_avg_sq=mom["exp_avg_sq"], step=mom["step"])
         self.engine = self._engine_for(model, state)
@@ -192,6 +209,8 @@ class WorkerRun:
         after = self._probe(probe)
         self.stage = stage
         self.meter.reset()
+        if self.policy is not None:
+            self.policy.reset(self.step)
         event = {"step": self.step, "stage": stage, "structure": str(target), "loss_before": before,
                  "loss_after": after, "seconds": seconds}  # fmt: skip
         self.history["growth_steps"].append(self.step)
@@ -228,7 +247,7 @@ class WorkerRun:
             "structure": self.structure.as_dict(), "mask_c": G.mask_value(module),
             "ramp": None if self.ramp is None else {"start_step": self.ramp.start_step, "phi": self.ramp.phi},
             "mlflow_run_id": self.tracker.run_id, "history": self.history, "config": self.cfg.to_dict(),
-            "world_size": self.world,
+            "world_size": self.world, "adaptive": self.policy.state_dict() if self.policy else None,
         }  # fmt: skip
         rank_state = {"loader": self.loader.state_dict(), "rng": C.rng_state()}
         moments = {"exp_avg": state.exp_avg, "exp_avg_sq": state.exp_avg_sq, "step": state.step}
@@ -269,8 +288,14 @@ class WorkerRun:
             raise
 
     def _growth_due(self) -> bool:
+        """Fixed schedule: at the next stage's start. Adaptive: when the policy says, at the latest at that start."""
         nxt = self.stage + 1
-        return nxt < len(self.sched.stages) and self.step >= self.sched.boundaries()[nxt]
+        if nxt >= len(self.sched.stages):
+            return False
+        if self.step >= self.sched.boundaries()[nxt]:
+            return True
+        stage_start = self.history["growth_steps"][-1] if self.history["growth_steps"] else 0
+        return self.policy is not None and self.policy.should_grow(self.step, stage_start)
 
     def _after_step(self, loss: float) -> None:
         s = self.structure
@@ -278,6 +303,8 @@ class WorkerRun:
         self.flops += fpt * self.cfg.tokens_per_step
         self.step += 1
         self.meter.update(self.step, self.wall, loss)
+        if self.policy is not None:
+            self.policy.update(self.step, self.wall, loss)
         h = self.history
         for k, v in (("step", self.step), ("wall_s", self.wall), ("flops", self.flops), ("train_loss", loss)):
             h[k].append(v)
