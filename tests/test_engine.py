@@ -6,6 +6,7 @@ DeepSpeed's start-up is paid twice rather than per case; the tests then assert o
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -210,7 +211,12 @@ def job_memory(rank: int, stage: int) -> dict:
         train(eng, 1 + i, 1, rank)
         rss.append(rss_mb())
     release(eng)
-    return {"rss": rss, "seconds": secs}
+    del eng
+    gc.collect()
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    live = sum(isinstance(o, DeepSpeedEngine) for o in gc.get_objects())  # a leak keeps old engines reachable
+    return {"rss": rss, "seconds": secs, "live_engines": live}
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -312,6 +318,7 @@ def test_many_rebuilds_do_not_grow_memory(runs, world, stage):
             f"ws={world} stage={stage} rank={rank}: RSS {r['rss'][0]:.0f} -> {r['rss'][-1]:.0f} MB, median rebuild {secs:.3f} s"
         )
         assert growth < 150, r["rss"]
+        assert r["live_engines"] == 0
 
 
 def test_config_validation_and_ds_config():

@@ -342,7 +342,15 @@ def restore_state(engine, state: TrainState) -> None:
 
 def release(engine) -> None:
     """Destroy the engine and drop its optimizer, partitions and hooks so repeated rebuilds do not grow memory."""
+    module = engine.module
     engine.destroy()
+    try:  # ZeRO-3 (DeepSpeed 0.19.8) keeps every wrapped module in a module-level list destroy() never clears
+        from deepspeed.runtime.zero import parameter_offload as po
+
+        po.FWD_MODULE_STACK[:] = [m for m in po.FWD_MODULE_STACK if m is not module]
+    except (ImportError, AttributeError):
+        pass
+    del module
     for attr in ("optimizer", "basic_optimizer", "lr_scheduler", "client_optimizer", "client_lr_scheduler"):
         if hasattr(engine, attr):
             setattr(engine, attr, None)
