@@ -51,9 +51,7 @@ def gamma_curve(times: Sequence[float], gammas: Sequence[float]) -> Callable[[fl
     return at
 
 
-def gamma_from_history(
-    wall_s: Sequence[float], loss: Sequence[float], window: int
-) -> tuple[list[float], list[float]]:
+def gamma_from_history(wall_s: Sequence[float], loss: Sequence[float], window: int) -> tuple[list[float], list[float]]:
     """Sliding-window γ of a recorded run (e.g. the target probe): ``(times, gammas)`` for ``gamma_curve``."""
     if len(wall_s) != len(loss):
         raise ValueError(f"gamma_from_history: {len(wall_s)} times but {len(loss)} losses")
