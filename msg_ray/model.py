@@ -91,9 +91,9 @@ class GrowableTransformer(nn.Module):
     def arch(self) -> str:
         return self.config.arch
 
-    def forward(
+    def hidden(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:  # [B, T] -> logits [B, T, V]
+    ) -> torch.Tensor:  # [B, T] -> final hidden states [B, T, H] (after GPT's ln_f / BERT's last block)
         B, T = input_ids.shape
         if T > self.config.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.config.max_seq_len}")
@@ -112,10 +112,15 @@ class GrowableTransformer(nn.Module):
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, hm, bias)
+        return self.ln_f(x, hm) if self.arch == "gpt" else x
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:  # [B, T] -> logits [B, T, V]
+        x = self.hidden(input_ids, attention_mask)
         if self.arch == "gpt":
-            x = self.ln_f(x, hm)
-            return x @ self.tok_emb.weight.t()  # [B, T, V]
-        x = self.mlm_ln(F.gelu(self.mlm_dense(x)), hm)  # new features re-masked by the LN (eq. 19)
+            return x @ self.tok_emb.weight.t()  # tied output embedding
+        x = self.mlm_ln(F.gelu(self.mlm_dense(x)), self.hidden_mask)  # new features re-masked by the LN (eq. 19)
         return x @ self.tok_emb.weight.t() + self.mlm_bias
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import posixpath
@@ -416,6 +417,25 @@ def load_run_metrics(uri: str | None, run_id: str, keys: list[str]) -> dict[str,
             history = client.get_metric_history(run_id, key)
             out[key] = sorted((int(m.step), float(m.value)) for m in history)
     return out
+
+
+def load_json_artifact(uri: str | None, run_id: str, artifact_path: str) -> Any:
+    """A JSON artifact of a run, parsed (raises when the run has none or the store is unreachable)."""
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+
+    quiet = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ
+    if quiet:  # one progress bar per run would drown a report
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        with tempfile.TemporaryDirectory() as tmp, _short_http():
+            path = download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp,
+                                      tracking_uri=resolve_tracking_uri(uri))  # fmt: skip
+            return json.loads(Path(path).read_text())
+    finally:
+        if quiet:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
 
 
 def _run_dict(run) -> dict[str, Any]:

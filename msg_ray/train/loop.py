@@ -59,16 +59,22 @@ class Session:
             self.rank, self.world = 0, 1
         else:
             raise ValueError(f"Session kind must be 'train' or 'tune', got {kind!r}")
-        self.api = api
+        self.api, self.kind = api, kind
 
     def get_checkpoint(self):
         return self.api.get_checkpoint()
 
     def report(self, metrics: dict[str, Any], directory: str | None = None, name: str | None = None) -> None:
+        """Metrics, and a checkpoint folder when given. Ray Train names the folder ``name``; ray.tune.report takes
+        no folder name in Ray 2.60 (the stage/step stays in the checkpoint's meta.json)."""
         if directory is None:
             self.api.report(metrics)
+            return
+        ckpt = self.api.Checkpoint.from_directory(directory)
+        if self.kind == "train":
+            self.api.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
         else:
-            self.api.report(metrics, checkpoint=self.api.Checkpoint.from_directory(directory), checkpoint_dir_name=name)
+            self.api.report(metrics, checkpoint=ckpt)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
