@@ -1,4 +1,4 @@
-"""``msg-ray`` command line: ``train`` (and the experiment subcommands as they land). Thin: parse, call one function.
+"""``msg-ray`` command line: ``train``, ``tune``, ``compare``, ``eval``, ``report``. Thin: parse, call one function.
 
 Config loading is shared with ``pipelines/*.py``: ``build_run_config(args)`` turns the common flags
 (``--schedule``, ``--arch``, ``--data``, ``--workers``, ``--config``, ``--set key=value``) into a validated
@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="pretrain one schedule (Ray Train + DeepSpeed), tracked in MLflow")
     add_run_args(p)
     p.set_defaults(func=cmd_train)
+    from msg_ray.compare.cli import register_cli as register_compare
+    from msg_ray.tune.cli import register_cli as register_tune
+
+    register_tune(sub)
+    register_compare(sub)  # compare, eval, report
     args = parser.parse_args(argv)
     try:
         return args.func(args)

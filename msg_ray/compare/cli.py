@@ -1,0 +1,125 @@
+"""``msg-ray compare | eval | report``: argument parsing only; each command calls one function of msg_ray.compare.
+
+Wire into ``msg_ray.cli.main`` with ``register_cli(sub)`` after the ``train`` parser is added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    """``3`` -> (0, 1, 2); ``0,4,7`` -> those seeds."""
+    if "," in text:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    n = int(text)
+    if n < 1:
+        raise ValueError(f"--seeds must be >= 1, got {n}")
+    return tuple(range(n))
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    """Add the ``compare``, ``eval`` and ``report`` subcommands to ``msg-ray``'s subparsers."""
+    from msg_ray.cli import add_run_args
+
+    p = sub.add_parser("compare", help="MSG vs Net2Net vs No-Mask vs full: train, evaluate, speed-up table + plots")
+    add_run_args(p)
+    p.add_argument("--operators", default="msg,net2net,nomask,full", help="comma list; must include full")
+    p.add_argument("--seeds", default="1", help="N (seeds 0..N-1) or a comma list")
+    p.add_argument("--lrs", default=None, help="comma list: the same LR search for every operator (best kept)")
+    p.add_argument("--mode", choices=["auto", "parallel", "sequential"], default="auto")
+    p.add_argument("--max-concurrent", type=int, default=None)
+    p.add_argument("--evaluate", action="store_true", help="run the downstream evaluators on every final model")
+    p.add_argument("--eval-set", dest="eval_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="EvalConfig override, dotted (lm.steps=100, cls.steps=200, seeds=[0,1,2])")  # fmt: skip
+    p.add_argument("--out", default="", help="folder for the table and plots")
+    p.add_argument("--extend-steps", type=int, default=0,
+                   help="continue schedule runs that miss the full run's final loss by up to N steps (time-to-target)")  # fmt: skip
+    p.set_defaults(func=cmd_compare)
+
+    e = sub.add_parser("eval", help="downstream evaluation of checkpoint/export folders (parallel Ray tasks)")
+    e.add_argument("checkpoints", nargs="+")
+    e.add_argument("--set", dest="eval_overrides", action="append", default=[], metavar="KEY=VALUE")
+    e.add_argument("--no-log", action="store_true", help="do not log scores to the producing MLflow run")
+    e.add_argument("--address", default=None)
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("report", help="rebuild a comparison's table and plots from MLflow alone")
+    r.add_argument("experiment")
+    r.add_argument("--parent", default=None, help="comparison run id or name (default: the newest)")
+    r.add_argument("--tracking-uri", default=None)
+    r.add_argument("--out", default=None)
+    r.add_argument("--extend-steps", type=int, default=0,
+                   help="first continue runs that missed the full run's loss by up to N steps (trains; logged)")  # fmt: skip
+    r.set_defaults(func=cmd_report)
+
+
+def eval_config(overrides: list[str]):
+    from msg_ray.compare.evaluate import EvalConfig
+    from msg_ray.train.config import apply_overrides
+
+    return EvalConfig.from_dict(apply_overrides({}, overrides))
+
+
+def compare_config(args: argparse.Namespace, default_name: str = "compare"):
+    """The `CompareConfig` of parsed ``compare`` flags (``--name`` names the comparison, not one run)."""
+    from msg_ray.cli import build_run_config
+    from msg_ray.compare.runner import CompareConfig
+
+    return CompareConfig(
+        base=build_run_config(replace_ns(args, name=None)),
+        operators=tuple(x.strip() for x in args.operators.split(",") if x.strip()),
+        seeds=_seeds(args.seeds), lrs=_floats(args.lrs) if args.lrs else None, name=args.name or default_name,
+        mode=args.mode, max_concurrent=args.max_concurrent, evaluate=args.evaluate,
+        eval=eval_config(args.eval_overrides), out_dir=args.out, extend_steps=args.extend_steps,
+    )  # fmt: skip
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from msg_ray.compare.runner import run_comparison
+
+    result = run_comparison(compare_config(args), ray_address=args.address)
+    _print({"parent_run_id": result.parent_run_id, "report": str(result.out_dir), "tracking_uri": result.tracking_uri})
+    return 0
+
+
+def replace_ns(ns: argparse.Namespace, **changes: Any) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(ns), **changes})
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import os
+
+    from msg_ray.compare.evaluate import evaluate_many
+
+    if args.address:
+        os.environ["RAY_ADDRESS"] = args.address
+    results = evaluate_many(args.checkpoints, eval_config(args.eval_overrides), log=not args.no_log)
+    for res in results:
+        res = replace_dict(res, summary={k: f"{m:.4g} ({s:.2g})" for k, (m, s) in res["summary"].items()})
+        _print({k: v for k, v in res.items() if k != "scores"})
+    return 0
+
+
+def replace_dict(d: dict, **changes: Any) -> dict:
+    return {**d, **changes}
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from msg_ray.compare.runner import rebuild_report
+
+    report, info = rebuild_report(args.experiment, tracking_uri=args.tracking_uri, parent=args.parent, out_dir=args.out,
+                                  extend_steps=args.extend_steps)  # fmt: skip
+    print(report.markdown)
+    _print({"parent_run_id": info["run_id"], "files": [str(f) for f in report.files]})
+    return 0
+
+
+def _print(d: dict) -> None:
+    print(json.dumps(d, indent=1, default=str), flush=True)

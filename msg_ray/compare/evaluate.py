@@ -1,0 +1,235 @@
+"""Downstream evaluation of any checkpoint or export folder, as Ray tasks, logged to the run that produced it.
+
+- GPT: WikiText-2 valid/test perplexity zero-shot (``ppl_zs/*``) and after fine-tuning on WikiText-2 train
+  (``ppl_ft/*``, paper table 5).
+- BERT: fine-tune + test on ``movie_snippets`` (binary: accuracy, F1, MCC) and ``bbc_news`` (5-way: accuracy,
+  macro-F1), one value per fine-tuning seed (paper appendix F: mean (std) over 3 seeds).
+Results are ``{metric: [value per seed]}``. Text is tokenised with the producing run's tokenizer (its resolved
+config travels in the checkpoint's ``meta.json``); a bare export folder needs ``EvalConfig.data``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from msg_ray.compare.finetune import (
+    FinetuneConfig,
+    SequenceClassifier,
+    classification_metrics,
+    encode,
+    finetune_lm,
+    perplexity,
+    predict,
+    train_classifier,
+)  # fmt: skip
+from msg_ray.model import GrowableTransformer, ModelConfig, build_from_config
+
+GPT_TASKS = ("wikitext2_ppl",)
+BERT_TASKS = ("movie_snippets", "bbc_news")
+EVAL_PREFIX = "eval/"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    tasks: tuple[str, ...] | None = None  # None: by arch (GPT_TASKS / BERT_TASKS)
+    lm: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(steps=200, lr=1e-4, batch_size=16))
+    cls: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(steps=300, lr=2e-4, batch_size=32))
+    seeds: tuple[int, ...] = (0, 1, 2)  # fine-tuning seeds for the classification tasks
+    lm_seeds: tuple[int, ...] = (0,)  # fine-tuning seeds for PPL-ft (one: the LM fine-tune is long and stable)
+    cls_seq_len: int = 128
+    max_eval_blocks: int | None = None  # cap on valid/test blocks for PPL (None: all)
+    max_train_examples: int | None = None  # cap on classification train examples (None: all)
+    split_seed: int | None = None  # None: the run's data.split_seed (keeps eval texts out of pretraining)
+    data: dict[str, Any] | None = None  # DataConfig fields, for export folders that carry no run config
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        known = GPT_TASKS + BERT_TASKS
+        if self.tasks is not None and (not self.tasks or set(self.tasks) - set(known)):
+            raise ValueError(f"EvalConfig.tasks must be a non-empty subset of {known}, got {self.tasks!r}")
+        if not self.seeds or not self.lm_seeds:
+            raise ValueError("EvalConfig.seeds and lm_seeds must be non-empty")
+        if self.cls_seq_len < 3:
+            raise ValueError(f"EvalConfig.cls_seq_len must be >= 3, got {self.cls_seq_len}")
+        if self.threads < 1:
+            raise ValueError(f"EvalConfig.threads must be >= 1, got {self.threads}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvalConfig:
+        d = dict(d)
+        for key in ("lm", "cls"):
+            if isinstance(d.get(key), dict):
+                d[key] = replace(getattr(cls(), key), **d[key])
+        for key in ("tasks", "seeds", "lm_seeds"):
+            if isinstance(d.get(key), list):
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+@dataclass
+class LoadedModel:
+    model: GrowableTransformer
+    run_config: dict[str, Any] | None  # RunConfig.to_dict() of the producing run, when known
+    mlflow_run_id: str | None
+    path: Path
+
+
+def load_model(path: str | os.PathLike) -> LoadedModel:
+    """A checkpoint folder (``meta.json`` + ``model.pt``, optional ``export/``) or an export folder."""
+    p = Path(path)
+    if (p / "export" / "config.json").is_file():
+        p_export, meta_file = p / "export", p / "meta.json"
+    elif (p / "config.json").is_file():
+        p_export, meta_file = p, p.parent / "meta.json"
+    else:
+        p_export, meta_file = None, p / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    if p_export is not None:
+        from msg_ray.export import load_exported
+
+        model = load_exported(p_export)
+    elif meta and (p / "model.pt").is_file():
+        model = _from_checkpoint(p, meta)
+    else:
+        raise ValueError(
+            f"{p}: neither a checkpoint folder (meta.json + model.pt) nor an export (config.json + model.pt)"
+        )
+    return LoadedModel(model.eval(), meta.get("config"), meta.get("mlflow_run_id"), p)
+
+
+def _from_checkpoint(p: Path, meta: dict[str, Any]) -> GrowableTransformer:
+    from msg_ray.data import prepare
+    from msg_ray.train.config import RunConfig
+
+    cfg = RunConfig.from_dict(meta["config"])
+    vocab = prepare(cfg.data).vocab_size
+    mc = ModelConfig(arch=cfg.schedule.arch, structure=meta["structure"], vocab_size=vocab,
+                     max_seq_len=cfg.data.seq_len, head_dim=cfg.schedule.head_dim)  # fmt: skip
+    model = build_from_config(mc)
+    state = torch.load(p / "model.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict({**state["params"], **state["buffers"]})
+    return model
+
+
+def _data_config(loaded: LoadedModel, cfg: EvalConfig):
+    from msg_ray.data import DataConfig
+
+    if cfg.data is not None:
+        d = dict(cfg.data)
+    elif loaded.run_config is not None:
+        d = dict(loaded.run_config["data"])
+    else:
+        raise ValueError(f"{loaded.path}: no run config next to this export; pass EvalConfig.data (tokenizer, seq_len)")
+    return DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def evaluate_model(loaded: LoadedModel, cfg: EvalConfig) -> dict[str, list[float]]:
+    """Run every task of ``cfg`` for the loaded model; ``{metric: [value per fine-tuning seed]}``."""
+    torch.set_num_threads(cfg.threads)
+    arch = loaded.model.arch
+    tasks = cfg.tasks or (GPT_TASKS if arch == "gpt" else BERT_TASKS)
+    data_cfg = _data_config(loaded, cfg)
+    out: dict[str, list[float]] = {}
+    for task in tasks:
+        if task == "wikitext2_ppl":
+            out.update(evaluate_lm(loaded.model, data_cfg, cfg))
+        else:
+            out.update(evaluate_classification(loaded.model, task, data_cfg, cfg))
+    return out
+
+
+def evaluate_lm(model: GrowableTransformer, data_cfg, cfg: EvalConfig) -> dict[str, list[float]]:
+    """PPL-zs and PPL-ft on WikiText-2 valid/test, tokenised like the pretraining run."""
+    from msg_ray.data import DataConfig, prepare
+    from msg_ray.data.tokenizer import tokenizer_digest
+
+    if model.arch != "gpt":
+        raise ValueError("wikitext2_ppl needs a GPT checkpoint")
+    wt = prepare(DataConfig(source="wikitext2", tokenizer=data_cfg.tokenizer, seq_len=data_cfg.seq_len,
+                            cache_dir=data_cfg.cache_dir))  # fmt: skip
+    digest = tokenizer_digest(wt.tokenizer)
+    same = data_cfg.source == "wikitext2" or tokenizer_digest(prepare(data_cfg).tokenizer) == digest
+    if not same or wt.vocab_size != model.config.vocab_size:  # a corpus-trained BPE differs per corpus
+        raise ValueError(f"tokenizer {data_cfg.tokenizer!r} of source {data_cfg.source!r} is not the one WikiText-2 "
+                         "is tokenised with here; evaluate PPL on models pretrained with 'gpt2' or on wikitext2")  # fmt: skip
+    n = cfg.max_eval_blocks
+    splits = {"valid": wt.valid_blocks[:n], "test": wt.test_blocks[:n]}
+    out = {f"ppl_zs/{s}": [perplexity(model, b)] for s, b in splits.items()}
+    for seed in cfg.lm_seeds:
+        tuned = copy.deepcopy(model)
+        finetune_lm(tuned, wt.train_blocks, replace(cfg.lm, seed=seed))
+        for s, b in splits.items():
+            out.setdefault(f"ppl_ft/{s}", []).append(perplexity(tuned, b))
+    return out
+
+
+def evaluate_classification(model: GrowableTransformer, task: str, data_cfg, cfg: EvalConfig) -> dict[str, list[float]]:
+    """Fine-tune a classifier per seed on the task's train split, score it on the test split."""
+    from msg_ray.data import prepare
+    from msg_ray.data.downstream import load_classification, num_labels
+
+    data = prepare(data_cfg)  # the pretraining run's tokenizer and special ids
+    split_seed = data_cfg.split_seed if cfg.split_seed is None else cfg.split_seed
+    splits = load_classification(task, seed=split_seed, cache_dir=data_cfg.cache_dir)
+    seq_len = min(cfg.cls_seq_len, model.config.max_seq_len)
+    args = (data.tokenizer, seq_len, data.cls_id, data.sep_id, data.pad_id)
+    train = encode(args[0], splits["train"][: cfg.max_train_examples], *args[1:])
+    test = encode(args[0], splits["test"], *args[1:])
+    out: dict[str, list[float]] = {}
+    for seed in cfg.seeds:
+        torch.manual_seed(seed)
+        clf = SequenceClassifier(copy.deepcopy(model), num_labels(task))
+        train_classifier(clf, train, replace(cfg.cls, seed=seed))
+        for k, v in classification_metrics(predict(clf, test), test.labels, num_labels(task)).items():
+            out.setdefault(f"{task}/{k}", []).append(v)
+    return out
+
+
+def evaluate_checkpoint(path: str | os.PathLike, cfg: EvalConfig | None = None, log: bool = True) -> dict[str, Any]:
+    """Load, evaluate and (``log``) record the scores in the producing MLflow run; returns a summary dict."""
+    cfg = cfg or EvalConfig()
+    loaded = load_model(path)
+    scores = evaluate_model(loaded, cfg)
+    logged = log_scores(loaded, scores) if log else False
+    return {"path": str(path), "mlflow_run_id": loaded.mlflow_run_id, "scores": scores, "logged": logged,
+            "summary": summarize_scores(scores)}  # fmt: skip
+
+
+def summarize_scores(scores: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
+    """{metric: (mean, std)} (std 0 for a single value)."""
+    return {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for k, v in scores.items()}
+
+
+def log_scores(loaded: LoadedModel, scores: dict[str, list[float]]) -> bool:
+    """Write ``eval/<metric>`` (one point per seed, step = seed index) to the run that made the checkpoint.
+
+    The run is reopened by id and closed again with the status it had, so a finished run stays FINISHED.
+    """
+    from msg_ray.compare.mlflow_io import append_metrics
+
+    if loaded.run_config is None or loaded.mlflow_run_id is None:
+        return False
+    series = {EVAL_PREFIX + k: list(enumerate(v)) for k, v in scores.items()}
+    return append_metrics(loaded.run_config, loaded.mlflow_run_id, series)
+
+
+def evaluate_many(
+    paths: list[str | os.PathLike], cfg: EvalConfig | None = None, *, log: bool = True, num_cpus: float = 1.0
+) -> list[dict[str, Any]]:
+    """Evaluate several checkpoints in parallel, one Ray task each (results in the order of ``paths``)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    cfg = cfg or EvalConfig()
+    env = {"OMP_NUM_THREADS": str(cfg.threads), "TOKENIZERS_PARALLELISM": "false"}
+    task = ray.remote(num_cpus=num_cpus, runtime_env={"env_vars": env})(evaluate_checkpoint)
+    return ray.get([task.remote(str(p), cfg, log) for p in paths])

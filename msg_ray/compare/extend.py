@@ -1,0 +1,104 @@
+"""Continue a finished schedule run at its final (full) size until it reaches a target validation loss.
+
+The time-to-target speed-up needs the wall time at which a schedule run reaches the full run's final validation
+loss; a run that has not reached it by the end of its budget is continued, like the paper's Sch1-G, which keeps
+training at full size. The continuation restores the final checkpoint exactly (weights, AdamW moments and step,
+data-loader position) and trains one process with torch AdamW (what the DeepSpeed engine wraps for one worker)
+at the schedule's last learning rate (its decayed floor), evaluating on the same validation batches every
+``eval_every`` steps. Its wall clock continues the run's own; run it side by side with comparable load.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from msg_ray.model import ModelConfig, build_from_config
+
+
+def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threads: int = 1) -> dict[str, list]:
+    """Train on from ``checkpoint`` for at most ``max_steps`` steps, stopping once val loss <= ``target_loss``.
+
+    Returns ``{"step", "wall_s", "train_loss", "val_step", "val_loss"}`` continuing the run's own step and wall-time axes.
+    """
+    from msg_ray.data import prepare
+    from msg_ray.train import checkpoint as C
+    from msg_ray.train.config import RunConfig
+    from msg_ray.train.engine import param_groups
+    from msg_ray.train.metrics import LRSchedule
+
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    torch.set_num_threads(threads)
+    loaded = C.load(checkpoint, rank=0)
+    meta = loaded.meta
+    cfg = RunConfig.from_dict(meta["config"])
+    if cfg.workers != 1 or cfg.engine.grad_accum != 1:
+        raise ValueError("extend_run continues 1-worker runs without gradient accumulation")
+    data = prepare(cfg.data)
+    s, e = cfg.schedule, cfg.engine
+    model = build_from_config(ModelConfig(arch=s.arch, structure=meta["structure"], vocab_size=data.vocab_size,
+                                          max_seq_len=cfg.data.seq_len, head_dim=s.head_dim, dropout=cfg.dropout))  # fmt: skip
+    model.load_state_dict({**loaded.params, **loaded.buffers})
+    opt = torch.optim.AdamW(param_groups(model, e.weight_decay), lr=e.lr, betas=e.betas, eps=e.eps)
+    _restore_moments(model, opt, loaded.moments)
+    lr = LRSchedule(lr=e.lr, total_steps=cfg.total_steps, warmup_steps=cfg.warmup_steps, decay=cfg.lr_decay,
+                    min_ratio=cfg.min_lr_ratio)(cfg.total_steps)  # fmt: skip
+    for g in opt.param_groups:
+        g["lr"] = lr
+    loader = data.loader("train", batch_size=e.micro_batch_size, seed=cfg.seed)
+    loader.load_state_dict(loaded.rank_state["loader"])
+    out: dict[str, list] = {"step": [], "wall_s": [], "train_loss": [], "val_step": [], "val_loss": []}
+    step, wall = int(meta["step"]), float(meta["wall_s"])
+    for _ in range(max_steps):
+        t0 = time.perf_counter()
+        batch = next(loader)
+        model.train()
+        loss = model.loss(model(batch["input_ids"]), batch["labels"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if e.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), e.grad_clip)
+        opt.step()
+        wall += time.perf_counter() - t0
+        step += 1
+        out["step"].append(step)
+        out["wall_s"].append(wall)
+        out["train_loss"].append(loss.item())
+        if step % cfg.eval_every == 0:
+            val = _validate(model, data, cfg)
+            out["val_step"].append(step)
+            out["val_loss"].append(val)
+            if val <= target_loss:
+                break
+    return out
+
+
+def _restore_moments(model: torch.nn.Module, opt: torch.optim.Optimizer, moments: dict[str, Any]) -> None:
+    names = {p: n for n, p in model.named_parameters()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            n = names[p]
+            opt.state[p] = {"step": torch.tensor(float(moments["step"])), "exp_avg": moments["exp_avg"][n].clone(),
+                            "exp_avg_sq": moments["exp_avg_sq"][n].clone()}  # fmt: skip
+
+
+@torch.no_grad()
+def _validate(model: torch.nn.Module, data, cfg) -> float:
+    """The training loop's validation: the same ``eval_batches`` batches (seed 1234) every time."""
+    model.eval()
+    loader = data.loader("valid", batch_size=cfg.engine.micro_batch_size, seed=1234)
+    losses = [
+        model.loss(model(b["input_ids"]), b["labels"]).item() for b in (next(loader) for _ in range(cfg.eval_batches))
+    ]
+    return sum(losses) / len(losses)
+
+
+def compact(ext: dict[str, list]) -> dict[str, list]:
+    """Keep the evaluated steps only (all a time-to-target needs; what MLflow holds as ``extend/*``)."""
+    wall = dict(zip(ext["step"], ext["wall_s"], strict=True))
+    return {"step": list(ext["val_step"]), "wall_s": [wall[s] for s in ext["val_step"]],
+            "val_step": list(ext["val_step"]), "val_loss": list(ext["val_loss"])}  # fmt: skip

@@ -1,0 +1,250 @@
+"""The comparison report: speed-ups, the table of paper tables 4/5 (Markdown + CSV) and figure 3/5-style plots.
+
+Input is a list of `RunRecord` (one per operator x learning rate x seed), built either from the runs just
+trained or from MLflow alone (``msg_ray.compare.mlflow_io``), so both paths give the same table.
+Definitions (paired by seed, at each operator's best learning rate = lowest mean final validation loss):
+- equal-steps speed-up = wall(full) / wall(schedule), both for the same step budget (the paper's);
+- time-to-target speed-up = wall(full) / wall at which the schedule run's validation loss first reaches the full
+  run's final validation loss (linear interpolation between evaluations). A run that does not reach it within
+  its budget is continued at full size when the comparison has ``extend_steps`` (the paper's Sch1-G keeps
+  training; ``msg_ray.compare.extend``), else it counts as not reached; ``ttt_reached`` says how many seeds
+  reached it and how many extra steps the longest continuation took;
+- FLOPs limit = FLOPs(full, same steps) / FLOPs(schedule); efficiency = equal-steps speed-up / limit.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msg_ray import plots
+
+FULL = "full"
+
+
+@dataclass
+class RunRecord:
+    operator: str
+    seed: int
+    lr: float
+    name: str
+    history: dict[str, list]
+    flops_limit: float = 1.0
+    run_id: str | None = None
+    scores: dict[str, list[float]] = field(default_factory=dict)  # downstream: metric -> value per fine-tune seed
+    extension: dict[str, list] | None = None  # continued training past the budget (msg_ray.compare.extend)
+
+    @property
+    def wall(self) -> float:
+        return float(self.history["wall_s"][-1])
+
+    @property
+    def flops(self) -> float:
+        return float(self.history["flops"][-1])
+
+    @property
+    def final_val(self) -> float:
+        return float(self.history["val_loss"][-1]) if self.history.get("val_loss") else math.nan
+
+    @property
+    def growth_steps(self) -> list[int]:
+        return [int(s) for s in self.history.get("growth_steps", [])]
+
+
+def time_to_reach(history: dict[str, list], target: float, extension: dict[str, list] | None = None) -> float | None:
+    """Wall seconds at which validation loss first gets to ``target`` (interpolated), or None if never.
+
+    ``extension`` (same keys, later steps) continues the run past its budget on the same axes.
+    """
+    ext = extension or {}
+    vs = list(history.get("val_step") or []) + list(ext.get("val_step") or [])
+    vl = list(history.get("val_loss") or []) + list(ext.get("val_loss") or [])
+    if not vs:
+        return None
+    steps = np.asarray(list(history["step"]) + list(ext.get("step") or []), float)
+    walls = np.interp(
+        np.asarray(vs, float), steps, np.asarray(list(history["wall_s"]) + list(ext.get("wall_s") or []), float)
+    )
+    for i, loss in enumerate(vl):
+        if loss <= target:
+            if i == 0 or vl[i - 1] == loss:
+                return float(walls[i])
+            frac = (vl[i - 1] - target) / (vl[i - 1] - loss)
+            return float(walls[i - 1] + frac * (walls[i] - walls[i - 1]))
+    return None
+
+
+def reach_target(record: RunRecord, full: RunRecord) -> float | None:
+    return time_to_reach(record.history, full.final_val, record.extension)
+
+
+def _ms(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def best_lrs(records: list[RunRecord]) -> dict[str, float]:
+    """Per operator, the learning rate with the lowest mean final validation loss over seeds."""
+    by: dict[tuple[str, float], list[float]] = {}
+    for r in records:
+        by.setdefault((r.operator, r.lr), []).append(r.final_val)
+    best: dict[str, tuple[float, float]] = {}
+    for (op, lr), losses in by.items():
+        m = _ms(losses)[0]
+        if op not in best or m < best[op][1]:
+            best[op] = (lr, m)
+    return {op: lr for op, (lr, _) in best.items()}
+
+
+def operator_order(records: list[RunRecord]) -> list[str]:
+    """Fixed row order (msg, net2net, nomask, full), so a live report and one rebuilt from MLflow agree."""
+    rank = {op: i for i, op in enumerate(("msg", "net2net", "nomask", FULL))}
+    return sorted({r.operator for r in records}, key=lambda op: (rank.get(op, 3), op) if op != FULL else (9, op))
+
+
+def summarize(records: list[RunRecord]) -> list[dict[str, Any]]:
+    """One row per operator (best LR), numbers as (mean, std) tuples or plain values."""
+    if not any(r.operator == FULL for r in records):
+        raise ValueError("the comparison needs a 'full' run to compute speed-ups")
+    lrs = best_lrs(records)
+    full = {r.seed: r for r in records if r.operator == FULL and r.lr == lrs[FULL]}
+    rows = []
+    for op in operator_order(records):
+        runs = sorted((r for r in records if r.operator == op and r.lr == lrs[op]), key=lambda r: r.seed)
+        paired = [r for r in runs if r.seed in full]
+        eq = [full[r.seed].wall / r.wall for r in paired]
+        reach = [reach_target(r, full[r.seed]) for r in paired]
+        extra = max(
+            (r.extension["step"][-1] - r.history["step"][-1] for r in paired if r.extension and r.extension["step"]),
+            default=0,
+        )
+        ttt = [full[r.seed].wall / t for r, t in zip(paired, reach, strict=True) if t]
+        limit = runs[0].flops_limit
+        row: dict[str, Any] = {
+            "operator": op, "lr": lrs[op], "seeds": len(runs), "wall_s": _ms([r.wall for r in runs]),
+            "speedup_equal_steps": _ms(eq), "speedup_time_to_target": _ms(ttt),
+            "ttt_reached": f"{len(ttt)}/{len(paired)}" + (f" (+{extra} steps)" if extra else ""), "flops": _ms([r.flops for r in runs]),
+            "flops_limit": limit, "efficiency": _ms([e / limit for e in eq]),
+            "final_val_loss": _ms([r.final_val for r in runs]),
+        }  # fmt: skip
+        for key in sorted({k for r in runs for k in r.scores}):
+            row[f"{key}"] = _ms([v for r in runs for v in r.scores.get(key, [])])
+        rows.append(row)
+    return rows
+
+
+def lr_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
+    """The learning-rate search: final validation loss and wall time per operator and LR."""
+    keys = sorted({(r.operator, r.lr) for r in records}, key=lambda k: (operator_order(records).index(k[0]), k[1]))
+    best = best_lrs(records)
+    rows = []
+    for op, lr in keys:
+        runs = [r for r in records if r.operator == op and r.lr == lr]
+        rows.append({"operator": op, "lr": lr, "seeds": len(runs), "final_val_loss": _ms([r.final_val for r in runs]),
+                     "wall_s": _ms([r.wall for r in runs]), "chosen": "yes" if best[op] == lr else ""})  # fmt: skip
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, tuple):
+        m, s = v
+        if math.isnan(m):
+            return "n/a"  # e.g. time-to-target when no seed reached the full run's loss
+        return f"{_num(m)} ({_num(s)})"
+    return _num(v) if isinstance(v, float) else str(v)
+
+
+def _num(x: float) -> str:
+    if math.isnan(x):
+        return "nan"
+    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
+        return f"{x:.3g}"
+    return f"{x:.4g}" if abs(x) < 10 else f"{x:.1f}"
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    """Tuples split into ``<col>_mean`` / ``<col>_std`` columns (machine-readable)."""
+    flat = []
+    for r in rows:
+        d: dict[str, Any] = {}
+        for k, v in r.items():
+            if isinstance(v, tuple):
+                d[f"{k}_mean"], d[f"{k}_std"] = v
+            else:
+                d[k] = v
+        flat.append(d)
+    cols = list(dict.fromkeys(k for d in flat for k in d))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(flat)
+    return buf.getvalue()
+
+
+def representative(records: list[RunRecord]) -> dict[str, RunRecord]:
+    """For plots: each operator's best-LR run with the lowest seed."""
+    lrs = best_lrs(records)
+    out = {}
+    for op in operator_order(records):
+        runs = sorted((r for r in records if r.operator == op and r.lr == lrs[op]), key=lambda r: r.seed)
+        out[op] = runs[0]
+    return out
+
+
+def make_plots(records: list[RunRecord], out_dir: str | Path, zoom_window: int = 200) -> list[Path]:
+    """loss vs wall time, loss vs FLOPs (growths dashed) and the post-growth zoom, as PNG files."""
+    out = Path(out_dir)
+    reps = representative(records)
+    hist = {op: r.history for op, r in reps.items()}
+    growths = {op: r.growth_steps for op, r in reps.items()}
+    paths = [plots.save(plots.loss_curves(hist, growth_steps=growths, x=x), out / f"loss_vs_{x}.png")
+             for x in ("wall", "flops")]  # fmt: skip
+    grown = {op: h for op, h in hist.items() if growths[op]}
+    if grown:
+        fig = plots.growth_zoom(grown, {op: growths[op] for op in grown}, window=zoom_window)
+        paths.append(plots.save(fig, out / "growth_zoom.png"))
+    return paths
+
+
+@dataclass
+class Report:
+    rows: list[dict[str, Any]]
+    lr_rows: list[dict[str, Any]]
+    markdown: str
+    csv: str
+    files: list[Path]
+
+
+def write_report(records: list[RunRecord], out_dir: str | Path, *, title: str = "", zoom_window: int = 200) -> Report:
+    """Table (Markdown + CSV), the LR-search table and the plots under ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, search = summarize(records), lr_rows(records)
+    md = (f"## {title}\n\n" if title else "") + to_markdown(rows)
+    if len({r["lr"] for r in search}) > 1 or len(search) > len(rows):
+        md += "\nLearning-rate search (final validation loss):\n\n" + to_markdown(search)
+    text = to_csv(rows)
+    files = [out / "comparison.md", out / "comparison.csv", out / "lr_search.csv"]
+    files[0].write_text(md)
+    files[1].write_text(text)
+    files[2].write_text(to_csv(search))
+    files += make_plots(records, out, zoom_window)
+    return Report(rows=rows, lr_rows=search, markdown=md, csv=text, files=files)

@@ -1,0 +1,293 @@
+"""Run a comparison: one base RunConfig -> operator x learning rate x seed runs, trained, evaluated, reported.
+
+Every run shares the base's data, data order (seed), step budget and evaluation set; "full" trains the target
+structure from scratch (``schedule.full`` with the same head_dim). Execution modes:
+- ``parallel``: one Ray Tune trial per run, each training in-process with DeepSpeed world size 1 (the loop's
+  "tune" session), ``max_concurrent`` at a time. Runs side by side see the same machine load, which is what a
+  wall-time ratio needs on a shared CPU (platform notes: a lone run is faster than two side by side);
+- ``sequential``: ``msg_ray.train.run.run`` one after another, any number of Ray Train workers per run.
+``auto`` picks parallel for 1-worker runs, sequential otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from msg_ray.compare import mlflow_io
+from msg_ray.compare.evaluate import EvalConfig, evaluate_many
+from msg_ray.compare.report import FULL, Report, RunRecord, best_lrs, reach_target, write_report
+from msg_ray.schedule import OPERATORS, full
+from msg_ray.train.config import RunConfig
+
+MODES = ("auto", "parallel", "sequential")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareConfig:
+    base: RunConfig  # its schedule is the growth schedule compared; its operator is replaced per run
+    operators: tuple[str, ...] = ("msg", "net2net", "nomask", FULL)
+    seeds: tuple[int, ...] = (0,)
+    lrs: tuple[float, ...] | None = None  # None: the base lr; several: every operator gets the same LR search
+    name: str = "compare"
+    mode: str = "auto"
+    max_concurrent: int | None = None  # parallel mode: trials at once (None: as many as Ray's CPUs allow)
+    evaluate: bool = False
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    out_dir: str = ""  # "" -> <storage_path>/../compare/<name>-<parent id>
+    extend_steps: int = 0  # >0: continue schedule runs that miss the full run's loss by up to this many steps
+    zoom_window: int = 200
+
+    def __post_init__(self) -> None:
+        ops = self.operators
+        if not ops or len(set(ops)) != len(ops) or set(ops) - {*OPERATORS, FULL}:
+            raise ValueError(f"CompareConfig.operators must be distinct names from {(*OPERATORS, FULL)}, got {ops!r}")
+        if FULL not in ops:
+            raise ValueError("CompareConfig.operators must include 'full' (the baseline of every speed-up)")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"CompareConfig.seeds must be distinct ints, got {self.seeds!r}")
+        if self.lrs is not None and (not self.lrs or any(not lr > 0 for lr in self.lrs)):
+            raise ValueError(f"CompareConfig.lrs must be positive floats, got {self.lrs!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"CompareConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "parallel" and self.base.workers != 1:
+            raise ValueError("CompareConfig.mode 'parallel' trains each run in one Tune trial: base.workers must be 1")
+        if set(ops) - {FULL} and self.base.schedule.is_full:
+            raise ValueError("CompareConfig.base.schedule has one stage: give a growth schedule to compare operators")
+        if self.extend_steps < 0:
+            raise ValueError(f"CompareConfig.extend_steps must be >= 0, got {self.extend_steps}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ValueError(f"CompareConfig.max_concurrent must be >= 1, got {self.max_concurrent}")
+        if not self.name or any(c in self.name for c in "/\\ "):
+            raise ValueError(f"CompareConfig.name must be non-empty without '/', '\\' or spaces, got {self.name!r}")
+
+
+@dataclass
+class PlannedRun:
+    operator: str
+    seed: int
+    lr: float
+    config: RunConfig
+    flops_limit: float = 1.0
+    run_id: str | None = None
+
+
+def plan(cfg: CompareConfig, tag: str = "") -> list[PlannedRun]:
+    """The runs of a comparison (names ``<name>[-tag]-<operator>-lr<lr>-s<seed>``), without running them."""
+    base, sched = cfg.base, cfg.base.schedule
+    if base.data.cache_dir:  # Tune trials run in their own cwd
+        base = replace(base, data=replace(base.data, cache_dir=str(Path(base.data.cache_dir).resolve())))
+    schedules = {}
+    for op in cfg.operators:
+        if op == FULL:
+            schedules[op] = full(sched.arch, sched.target, sched.total_steps, head_dim=sched.head_dim, phi=sched.phi,
+                                 name=f"full-{sched.name or sched.arch}")  # fmt: skip
+        else:
+            schedules[op] = sched.replace(operator=op)
+    # Order: per (lr, seed), full first, then the schedules. Parallel mode launches trials in this order, so the
+    # full run trains side by side with the first schedule (same machine load for the ratio that matters).
+    ops = [FULL, *(op for op in cfg.operators if op != FULL)]
+    out = []
+    for lr in cfg.lrs or (base.engine.lr,):
+        for seed in cfg.seeds:
+            for op in ops:
+                name = "-".join(x for x in (cfg.name, tag, op, f"lr{lr:g}", f"s{seed}") if x)
+                rc = replace(base, schedule=schedules[op], seed=seed, name=name, engine=replace(base.engine, lr=lr),
+                             data=replace(base.data, seed=seed))  # fmt: skip
+                out.append(PlannedRun(operator=op, seed=seed, lr=lr, config=rc))
+    return out
+
+
+@dataclass
+class ComparisonResult:
+    parent_run_id: str | None
+    tracking_uri: str
+    experiment: str
+    records: list[RunRecord]
+    report: Report
+    out_dir: Path
+    eval_results: list[dict[str, Any]]
+
+
+def run_comparison(cfg: CompareConfig, *, ray_address: str | None = None) -> ComparisonResult:
+    """Train every planned run, evaluate (optional), write and log the report; returns where it all is."""
+    import ray
+
+    from msg_ray.data import prepare
+    from msg_ray.flops import flops_ratio
+    from msg_ray.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(cfg.base.tracking_uri)
+    base = replace(cfg.base, tracking_uri=uri)
+    cfg = replace(cfg, base=base)
+    data = prepare(base.data)  # fetch/tokenise once, before any trial starts
+    parent = mlflow_io.open_parent(uri, base.experiment, cfg.name, _params(cfg))
+    tag = (parent.run_id or "")[:8]
+    runs = plan(cfg, tag)
+    for r in runs:
+        r.flops_limit = flops_ratio(r.config.schedule, data.vocab_size, base.data.seq_len)
+        r.config = replace(r.config, tracking_uri=uri)
+        r.run_id = mlflow_io.open_child(r.config, parent.run_id, operator=r.operator, seed=r.seed, lr=r.lr,
+                                        flops_limit=r.flops_limit)  # fmt: skip
+    if not ray.is_initialized():
+        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"))
+    mode = cfg.mode if cfg.mode != "auto" else ("parallel" if base.workers == 1 else "sequential")
+    try:
+        paths = _run_parallel(runs, cfg, tag) if mode == "parallel" else _run_sequential(runs, ray_address)
+        records = [_record(r, p) for r, p in zip(runs, paths, strict=True)]
+        if cfg.extend_steps:
+            _extend(records, paths, cfg.extend_steps)
+        evals = _evaluate(records, paths, cfg) if cfg.evaluate else []
+        out = Path(cfg.out_dir or Path(base.storage_path).parent / "compare" / f"{cfg.name}-{tag}")
+        report = write_report(records, out, title=f"{cfg.name} ({base.schedule.name or base.schedule.arch})",
+                              zoom_window=cfg.zoom_window)  # fmt: skip
+        mlflow_io.log_report(parent, report)
+    except BaseException:
+        mlflow_io.fail_unfinished(uri, base.experiment, [r.run_id for r in runs])
+        parent.finish("FAILED")
+        raise
+    parent.finish("FINISHED")
+    print(report.markdown, flush=True)
+    return ComparisonResult(parent.run_id, uri, base.experiment, records, report, out, evals)
+
+
+def _params(cfg: CompareConfig) -> dict[str, Any]:
+    return {"compare.operators": ",".join(cfg.operators), "compare.seeds": ",".join(map(str, cfg.seeds)),
+            "compare.lrs": ",".join(f"{x:g}" for x in cfg.lrs or (cfg.base.engine.lr,)), "compare.mode": cfg.mode,
+            "base": cfg.base.to_dict()}  # fmt: skip
+
+
+def _record(r: PlannedRun, checkpoint: str) -> RunRecord:
+    meta = json.loads((Path(checkpoint) / "meta.json").read_text())
+    return RunRecord(operator=r.operator, seed=r.seed, lr=r.lr, name=r.config.name, history=meta["history"],
+                     flops_limit=r.flops_limit, run_id=r.run_id)  # fmt: skip
+
+
+def _extend(records: list[RunRecord], paths: list[str | None], max_steps: int) -> int:
+    """Continue (Ray tasks, in parallel) the best-LR schedule runs that did not reach their full run's loss;
+    the continuation is logged to each run as ``extend/val_loss`` and ``extend/wall_s``. Returns how many."""
+    import ray
+
+    from msg_ray.compare.extend import compact, extend_run
+
+    lrs = best_lrs(records)
+    full_by_seed = {r.seed: r for r in records if r.operator == FULL and r.lr == lrs[FULL]}
+    todo = [i for i, r in enumerate(records) if r.operator != FULL and r.lr == lrs[r.operator] and paths[i]
+            and r.seed in full_by_seed and reach_target(r, full_by_seed[r.seed]) is None]  # fmt: skip
+    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    task = ray.remote(num_cpus=1, runtime_env={"env_vars": env})(extend_run)
+    refs = [task.remote(paths[i], full_by_seed[records[i].seed].final_val, max_steps) for i in todo]
+    for i, ext in zip(todo, ray.get(refs), strict=True):
+        e = records[i].extension = compact(ext)
+        series = {"extend/val_loss": list(zip(e["val_step"], e["val_loss"], strict=True)),
+                  "extend/wall_s": list(zip(e["step"], e["wall_s"], strict=True))}  # fmt: skip
+        meta = json.loads((Path(paths[i]) / "meta.json").read_text())
+        if records[i].run_id:
+            mlflow_io.append_metrics(meta["config"], records[i].run_id, series)
+    return len(todo)
+
+
+def final_checkpoints(storage_path: str, names: list[str]) -> list[str | None]:
+    """The final checkpoint folder of each run name under ``storage_path`` (Ray Train or Tune layout)."""
+    found: dict[str, str] = {}
+    for meta in Path(storage_path).rglob("meta.json"):
+        try:
+            m = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        if str(m.get("folder", "")).startswith("final-"):
+            found[m.get("config", {}).get("name", "")] = str(meta.parent)
+    return [found.get(n) for n in names]
+
+
+def _evaluate(records: list[RunRecord], paths: list[str], cfg: CompareConfig) -> list[dict[str, Any]]:
+    results = evaluate_many(paths, cfg.eval, log=True)
+    for rec, res in zip(records, results, strict=True):
+        rec.scores = res["scores"]
+    return results
+
+
+def _run_sequential(runs: list[PlannedRun], ray_address: str | None) -> list[str]:
+    from msg_ray.train.run import run
+
+    paths = []
+    for r in runs:
+        result = run(r.config, ray_address=ray_address)
+        if result.checkpoint_path is None:
+            raise RuntimeError(f"run {r.config.name} finished without a checkpoint")
+        paths.append(result.checkpoint_path)
+    return paths
+
+
+def _tune_trainable(config: dict[str, Any]) -> None:
+    """One run inside a Tune trial: DeepSpeed world size 1 in this process, reporting through Ray Tune."""
+    from msg_ray.train.loop import Session, WorkerRun
+    from msg_ray.train.run import worker_env
+
+    os.environ.update(worker_env(False))  # before deepspeed is imported
+
+    cfg = RunConfig.from_dict(config["run"])
+    WorkerRun(cfg, run_id=config["mlflow_run_id"], session=Session("tune")).train()
+
+
+def _run_parallel(runs: list[PlannedRun], cfg: CompareConfig, tag: str) -> list[str]:
+    from ray import tune
+
+    cpus = cfg.base.cpus_per_worker
+    space = {"i": tune.grid_search(list(range(len(runs))))}
+    configs = [{"run": r.config.to_dict(), "mlflow_run_id": r.run_id} for r in runs]
+
+    def trainable(config: dict[str, Any]) -> None:
+        _tune_trainable(configs[config["i"]])
+
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"CPU": cpus}),
+        param_space=space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent),
+        run_config=tune.RunConfig(
+            name="-".join(x for x in (cfg.name, tag) if x), storage_path=cfg.base.storage_path, verbose=0
+        ),  # fmt: skip
+    )
+    grid = tuner.fit()
+    paths: list[str | None] = [None] * len(runs)
+    errors = []
+    for res in grid:
+        i = res.config["i"]
+        if res.error is not None or res.checkpoint is None:
+            errors.append(f"{runs[i].config.name}: {res.error or 'no checkpoint'}")
+        else:
+            paths[i] = res.checkpoint.path
+    if errors:
+        raise RuntimeError("comparison runs failed:\n" + "\n".join(errors))
+    return paths  # type: ignore[return-value]
+
+
+def rebuild_report(
+    experiment: str,
+    *,
+    tracking_uri: str | None = None,
+    parent: str | None = None,
+    out_dir: str | None = None,
+    zoom_window: int = 200,
+    extend_steps: int = 0,
+) -> tuple[Report, dict[str, Any]]:
+    """Rebuild a comparison's table and plots from MLflow alone (no training); returns (report, parent run).
+
+    ``extend_steps > 0`` first continues the schedule runs that never reached the full run's loss (their final
+    checkpoints are looked up under the comparison's storage path), logs that to MLflow, then reports.
+    """
+    info, records = mlflow_io.load_records(tracking_uri, experiment, parent)
+    if extend_steps:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS"))
+        storage = info["params"].get("base.storage_path", "")
+        if _extend(records, final_checkpoints(storage, [r.name for r in records]), extend_steps):
+            info, records = mlflow_io.load_records(tracking_uri, experiment, info["run_id"])
+    name = info["tags"].get(mlflow_io.NAME, info["name"])
+    out = Path(out_dir or Path("runs") / "compare" / f"{name}-{info['run_id'][:8]}-report")
+    return write_report(records, out, title=f"{name} (from MLflow)", zoom_window=zoom_window), info

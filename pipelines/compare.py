@@ -1,0 +1,33 @@
+"""Compare growth operators against full training: the ``ray job submit`` face of ``msg-ray compare``.
+
+    ray job submit --address http://HEAD:8265 --working-dir . \
+        --runtime-env-json '{"env_vars": {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}}' \
+        -- python pipelines/compare.py --schedule mini-sch1-g --operators msg,net2net,nomask,full --seeds 3 \
+           --lrs 1e-3,3e-3 --evaluate --set storage_path=/shared/msg_ray
+
+Same flags as ``msg-ray compare``; the table is printed and logged to the MLflow parent run, and
+``msg-ray report <experiment>`` rebuilds it later from MLflow alone.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the job's working_dir holds the package
+from msg_ray.compare.cli import register_cli  # noqa: E402
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pipelines/compare.py")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register_cli(sub)
+    args = parser.parse_args(["compare", *argv])
+    try:
+        return args.func(args)
+    except ValueError as exc:  # configuration errors: one clear line, no traceback
+        print(f"compare: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,213 @@
+"""Comparison end to end (real Ray Tune trials, DeepSpeed, MLflow sqlite) and the downstream evaluators.
+
+A tiny GPT schedule is compared with msg, nomask and full (1 seed, parallel Tune trials), evaluated, reported;
+the report is then rebuilt from MLflow alone and must give the same table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from msg_ray.compare import CompareConfig, EvalConfig, FinetuneConfig, RunRecord, run_comparison, time_to_reach
+from msg_ray.compare.cli import register_cli
+from msg_ray.compare.evaluate import evaluate_checkpoint
+from msg_ray.compare.finetune import (
+    Encoded,
+    SequenceClassifier,
+    classification_metrics,
+    hidden_states,
+    predict,
+    train_classifier,
+)
+from msg_ray.compare.report import summarize
+from msg_ray.export import export_plain
+from msg_ray.model import build_model
+from msg_ray.structure import Structure
+from msg_ray.tracking import child_runs, find_runs
+from msg_ray.train.config import RunConfig
+
+DATA = {"source": "wikitext2", "tokenizer": "bpe:1024", "seq_len": 32, "max_train_tokens": 200_000}
+SCHEDULE = {
+    "arch": "gpt",
+    "name": "tiny-2stage",
+    "total_steps": 24,
+    "phi": 4,
+    "head_dim": 16,
+    "stages": [{"structure": [32, 64, 1, 1], "start": 0}, {"structure": [48, 96, 2, 2], "start": 12}],
+}
+TINY_EVAL = EvalConfig(lm=FinetuneConfig(steps=4, batch_size=4), max_eval_blocks=8, lm_seeds=(0,))
+
+
+def base_config(tmp: Path) -> RunConfig:
+    return RunConfig.from_dict({
+        "name": "base", "schedule": SCHEDULE, "data": DATA, "storage_path": str(tmp / "ray"),
+        "engine": {"zero_stage": 0, "micro_batch_size": 4, "lr": 3e-3}, "workers": 1,
+        "tracking_uri": f"sqlite:///{tmp / 'mlruns.db'}", "experiment": "test-compare", "warmup_steps": 2,
+        "log_every": 2, "eval_every": 4, "eval_batches": 2, "gamma_window": 4, "export_hf": False,
+    })  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory, ray_local):
+    tmp = tmp_path_factory.mktemp("compare")
+    cfg = CompareConfig(base=base_config(tmp), operators=("msg", "nomask", "full"), seeds=(0,), name="tiny",
+                        mode="parallel", evaluate=True, eval=TINY_EVAL, out_dir=str(tmp / "report"), extend_steps=8)  # fmt: skip
+    return tmp, run_comparison(cfg)
+
+
+def test_comparison_table_plots_and_mlflow(comparison):
+    tmp, res = comparison
+    rows = {r["operator"]: r for r in res.report.rows}
+    assert list(rows) == ["msg", "nomask", "full"]
+    assert rows["full"]["speedup_equal_steps"] == (1.0, 0.0) and rows["full"]["flops_limit"] == 1.0
+    for op in ("msg", "nomask"):
+        assert rows[op]["flops_limit"] > 1.2  # first stage is much smaller than the target
+        assert rows[op]["flops"][0] < rows["full"]["flops"][0]
+        assert math.isfinite(rows[op]["final_val_loss"][0])
+        assert rows[op]["speedup_equal_steps"][0] > 0
+    # runs that miss full's final loss within the budget are continued (at most 8 steps, evaluated every 4)
+    recs = {r.operator: r for r in res.records}
+    for op in ("msg", "nomask"):
+        if time_to_reach(recs[op].history, recs["full"].final_val) is None:
+            assert recs[op].extension is not None and set(recs[op].extension["val_step"]) <= {28, 32}
+    ppl = rows["msg"]["ppl_zs/valid"][0]
+    assert math.isfinite(ppl) and ppl > 1
+    for name in ("comparison.md", "comparison.csv", "loss_vs_wall.png", "loss_vs_flops.png", "growth_zoom.png"):
+        assert (res.out_dir / name).stat().st_size > 0, name
+    assert "| operator |" in res.report.markdown and "speedup_time_to_target" in res.report.markdown
+    # one MLflow parent, one finished child per operator, growth logged, eval scores logged to the child
+    children = child_runs(res.tracking_uri, res.parent_run_id)
+    assert sorted(c["tags"]["msg_ray.compare.operator"] for c in children) == ["full", "msg", "nomask"]
+    assert all(c["status"] == "FINISHED" for c in children)
+    msg = next(c for c in children if c["tags"]["msg_ray.compare.operator"] == "msg")
+    assert "growth.1" in msg["tags"] and msg["metrics"]["eval/ppl_ft/test"] > 1
+    parent = find_runs(res.tracking_uri, "test-compare", f"attributes.run_id = '{res.parent_run_id}'")[0]
+    assert parent["status"] == "FINISHED" and "compare/msg/speedup_equal_steps" in parent["metrics"]
+
+
+def test_report_rebuilt_from_mlflow_matches(comparison, capsys):
+    tmp, res = comparison
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["report", "test-compare", "--tracking-uri", res.tracking_uri, "--out", str(tmp / "re")])
+    assert args.func(args) == 0
+    assert (tmp / "re" / "comparison.csv").read_text() == res.report.csv
+    assert (tmp / "re" / "growth_zoom.png").exists()
+    assert "| msg |" in capsys.readouterr().out
+
+
+def test_gpt_evaluator_on_checkpoint_and_export(comparison):
+    tmp, res = comparison
+    out = evaluate_checkpoint(res.eval_results[0]["path"], TINY_EVAL, log=False)
+    for key in ("ppl_zs/valid", "ppl_zs/test", "ppl_ft/valid", "ppl_ft/test"):
+        assert math.isfinite(out["scores"][key][0]) and out["scores"][key][0] > 1, key
+    # fine-tuning on WikiText-2 train lowers perplexity of an under-trained model
+    assert out["scores"]["ppl_ft/valid"][0] < out["scores"]["ppl_zs/valid"][0]
+
+
+def test_time_to_reach_interpolates():
+    h = {"step": [1, 2, 3, 4], "wall_s": [1.0, 2.0, 3.0, 4.0], "val_step": [2, 4], "val_loss": [5.0, 3.0]}
+    assert time_to_reach(h, 4.0) == pytest.approx(3.0)
+    assert time_to_reach(h, 5.5) == pytest.approx(2.0)
+    assert time_to_reach(h, 2.0) is None
+    full = RunRecord(operator="full", seed=0, lr=1e-3, name="f", history={**h, "flops": [4.0] * 4})
+    fast = RunRecord(operator="msg", seed=0, lr=1e-3, name="m", flops_limit=2.0,
+                     history={"step": [1, 2, 3, 4], "wall_s": [0.5, 1.0, 1.5, 2.0], "flops": [2.0] * 4,
+                              "val_step": [2, 4], "val_loss": [4.0, 2.9]})  # fmt: skip
+    rows = {r["operator"]: r for r in summarize([fast, full])}
+    assert rows["msg"]["speedup_equal_steps"][0] == pytest.approx(2.0)
+    assert rows["msg"]["efficiency"][0] == pytest.approx(1.0)
+    # full's final val loss 3.0: msg crosses it between (1.0 s, 4.0) and (2.0 s, 2.9)
+    assert rows["msg"]["speedup_time_to_target"][0] == pytest.approx(4.0 / (1.0 + 1.0 / 1.1))
+
+
+@pytest.mark.parametrize("arch", ["gpt", "bert"])
+def test_hidden_states_reproduce_logits(arch):
+    model = build_model(arch, Structure(32, 64, 2, 2), vocab_size=50, max_seq_len=16, head_dim=16, seed=0).eval()
+    ids = torch.randint(50, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        h = hidden_states(model, ids)
+        if arch == "bert":
+            h = model.mlm_ln(torch.nn.functional.gelu(model.mlm_dense(h)), None)
+        logits = h @ model.tok_emb.weight.t() + (model.mlm_bias if arch == "bert" else 0)
+        assert torch.allclose(logits, model(ids), atol=1e-5)
+
+
+def _synthetic(n: int, seed: int) -> Encoded:
+    """Label 1: the sequence is mostly token 7; label 0: mostly token 9 (random noise tokens elsewhere)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(2, (n,), generator=g)
+    ids = torch.randint(10, 50, (n, 12), generator=g)
+    keep = torch.rand(n, 12, generator=g) < 0.5
+    ids = torch.where(keep, torch.where(labels[:, None] == 1, 7, 9), ids)
+    ids[:, 0] = 1  # [CLS]-like first token
+    return Encoded(ids, torch.ones_like(ids), labels)
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt"])
+def test_classifier_learns_easy_split(arch):
+    torch.manual_seed(0)
+    body = build_model(arch, Structure(32, 64, 2, 1), vocab_size=50, max_seq_len=12, head_dim=16, seed=0)
+    clf = SequenceClassifier(body, 2)
+    train_classifier(clf, _synthetic(256, 0), FinetuneConfig(steps=60, lr=3e-3, batch_size=32))
+    test = _synthetic(200, 1)
+    m = classification_metrics(predict(clf, test), test.labels, 2)
+    assert 0.9 <= m["accuracy"] <= 1.0 and m["mcc"] > 0.8, m
+
+
+def test_classification_metrics_known_values():
+    m = classification_metrics(torch.tensor([1, 1, 0, 0]), torch.tensor([1, 0, 0, 0]), 2)
+    assert m["accuracy"] == 0.75 and m["f1"] == pytest.approx(2 / 3)
+    assert m["mcc"] == pytest.approx(1 / math.sqrt(3))
+
+
+def test_bert_evaluator_on_real_tasks(tmp_path):
+    model = build_model("bert", Structure(32, 64, 2, 1), vocab_size=1024, max_seq_len=32, head_dim=16, seed=0)
+    export_plain(model, tmp_path / "export")
+    cfg = EvalConfig(cls=FinetuneConfig(steps=3, batch_size=8), seeds=(0, 1), max_train_examples=64,
+                     data={**DATA, "objective": "mlm"})  # fmt: skip
+    out = evaluate_checkpoint(tmp_path / "export", cfg, log=False)
+    s = out["scores"]
+    assert set(s) >= {"movie_snippets/accuracy", "movie_snippets/f1", "movie_snippets/mcc", "bbc_news/macro_f1"}
+    assert all(len(v) == 2 and all(-1.0 <= x <= 1.0 for x in v) for v in s.values())
+    assert all(0.0 <= x <= 1.0 for k, v in s.items() if not k.endswith("mcc") for x in v)
+    assert out["summary"]["bbc_news/accuracy"][1] >= 0.0 and not out["logged"]
+
+
+def test_sequential_mode_trains_into_the_child_runs(tmp_path, ray_local):
+    """Ray Train path (any worker count): run() must resume the pre-created child run, not open a second one."""
+    base = base_config(tmp_path)
+    cfg = CompareConfig(
+        base=base, operators=("msg", "full"), name="seq", mode="sequential", out_dir=str(tmp_path / "r")
+    )
+    res = run_comparison(cfg)
+    assert [r["operator"] for r in res.report.rows] == ["msg", "full"]
+    children = child_runs(res.tracking_uri, res.parent_run_id)
+    assert len(children) == 2 and all(c["status"] == "FINISHED" for c in children)
+    assert all("train/loss" in c["metrics"] for c in children)
+    runs = find_runs(res.tracking_uri, "test-compare", "tags.`msg_ray.run_name` LIKE 'seq-%'")
+    assert len(runs) == 2  # no duplicate MLflow run per training run
+
+
+def test_extension_continues_a_run_exactly(tmp_path, ray_local):
+    """Continuing from a mid-run checkpoint reproduces the uninterrupted run (constant LR: same LR either way)."""
+    from msg_ray.compare.extend import extend_run
+
+    base = base_config(tmp_path)
+    sched = {**SCHEDULE, "stages": [{"structure": [48, 96, 2, 2], "start": 0}]}
+    base = RunConfig.from_dict({**base.to_dict(), "schedule": sched, "lr_decay": "constant", "ckpt_every": 12})
+    res = run_comparison(CompareConfig(base=base, operators=("full",), name="ext", out_dir=str(tmp_path / "r")))
+    mid = next(p.parent for p in Path(base.storage_path).rglob("meta.json") if '"step": 12,' in p.read_text())
+    ext = extend_run(mid, target_loss=-1.0, max_steps=12)
+    h = res.records[0].history
+    assert ext["step"] == list(range(13, 25)) and ext["val_step"] == [16, 20, 24]
+    assert ext["train_loss"] == pytest.approx(h["train_loss"][12:], rel=1e-4)
+    assert ext["val_loss"] == pytest.approx(h["val_loss"][-3:], rel=1e-4)
+    assert ext["wall_s"][0] > h["wall_s"][11]  # the run's own clock continues
+    # stops at the first evaluation reaching the target
+    assert extend_run(mid, target_loss=99.0, max_steps=12)["val_step"] == [16]
