@@ -9,25 +9,11 @@ Same flags as ``msg-ray compare``; the table is printed and logged to the MLflow
 ``msg-ray report <experiment>`` rebuilds it later from MLflow alone.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the job's working_dir holds the package
-from msg_ray.compare.cli import register_cli  # noqa: E402
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="pipelines/compare.py")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register_cli(sub)
-    args = parser.parse_args(["compare", *argv])
-    try:
-        return args.func(args)
-    except ValueError as exc:  # configuration errors: one clear line, no traceback
-        print(f"compare: error: {exc}", file=sys.stderr)
-        return 2
-
+from msg_ray.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(["compare", *sys.argv[1:]]))

@@ -33,16 +33,13 @@ def open_child(cfg, parent_id: str | None, *, operator: str, seed: int, lr: floa
     ``msg_ray.train.run.run`` resumes an unfinished run carrying its name tag, and the Tune path passes the id
     to the worker, so either way training logs into this child.
     """
-    s = cfg.schedule
     tags = {RUN_TAG: cfg.name, KIND: "child", OP: operator, SEED: seed, LR: lr, LIMIT: flops_limit}
     tracker = Tracker(uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.name, parent_run_id=parent_id,
                       tags=tags)  # fmt: skip
     run_id = tracker.start()
-    tracker.log_params({**cfg.to_dict(), "operator": s.operator, "phi": s.phi, "zero_stage": cfg.engine.zero_stage,
-                        "target": str(s.target), "n_stages": len(s.stages)})  # fmt: skip
-    tracker.log_dict(cfg.to_dict(), "resolved_config.json")
-    tracker.log_dict(s.to_dict(), "schedule.yaml")
-    tracker.flush()
+    from msg_ray.train.run import log_run_config
+
+    log_run_config(tracker, cfg)
     return run_id
 
 

@@ -52,13 +52,18 @@ def _open_mlflow_run(cfg: RunConfig) -> str | None:
         run_id=existing[0]["run_id"] if existing else None, tags={RUN_TAG: cfg.name},
     )  # fmt: skip
     run_id = tracker.start()
+    log_run_config(tracker, cfg)
+    return run_id
+
+
+def log_run_config(tracker: Tracker, cfg: RunConfig) -> None:
+    """Params (flattened config plus the headline schedule fields) and the resolved config/schedule artifacts."""
     s = cfg.schedule
     tracker.log_params({**cfg.to_dict(), "operator": s.operator, "phi": s.phi, "zero_stage": cfg.engine.zero_stage,
                         "target": str(s.target), "n_stages": len(s.stages)})  # fmt: skip
     tracker.log_dict(cfg.to_dict(), "resolved_config.json")
     tracker.log_dict(s.to_dict(), "schedule.yaml")
     tracker.flush()
-    return run_id
 
 
 def run(cfg: RunConfig, *, ray_address: str | None = None) -> RunResult:
