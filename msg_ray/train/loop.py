@@ -326,12 +326,15 @@ class WorkerRun:
         if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and self.step < self.cfg.total_steps:
             self._checkpoint()
         elif self.cfg.report_every and self.step % self.cfg.report_every == 0 and self.step < self.cfg.total_steps:
+            self.tracker.flush()  # a scheduler may stop the trial at this report: its metrics must be in MLflow
             self.session.report(self._metrics())
 
     def _metrics(self) -> dict[str, Any]:
         """What Ray (and Tune's schedulers) see: progress on every time axis plus the current rates."""
         h = self.history
+        recent = h["train_loss"][-self.cfg.gamma_window :]  # smoother than one step's loss, for ASHA
         out = {"step": self.step, "stage": self.stage, "train_loss": self._last_loss(), "wall_s": self.wall,
+               "loss_avg": sum(recent) / len(recent) if recent else float("nan"),
                "flops": self.flops, "val_loss": h["val_loss"][-1] if h["val_loss"] else float("nan"),
                **{k.split("/")[-1]: v for k, v in self.meter.rates().items()}}  # fmt: skip
         out.update(self.structure.as_dict())

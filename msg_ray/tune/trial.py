@@ -1,0 +1,99 @@
+"""Tune trial functions: one training run per trial, in-process (1 worker) or as a nested TorchTrainer (W workers).
+
+- ``inprocess_trial``: the training loop runs inside the Tune trial's own actor with DeepSpeed world size 1
+  (``msg_ray.train.engine.ensure_distributed`` gives each trial process its own free MASTER_PORT), reporting
+  through ``ray.tune.report``. No Train controller, no worker group: much cheaper per trial (see the report).
+- ``nested_trial``: the trial launches a ``TorchTrainer`` whose rank 0 forwards its reports to Tune
+  (``TuneReportCallback``). Resources are sized by ``plan_resources`` so that ``max_concurrent`` trials *and*
+  their workers always fit in the cluster (a trial holding a whole CPU while its workers wait for more is how
+  concurrent nested trials deadlocked on 2 CPUs).
+
+Both add ``loss_avg`` (mean training loss over the γ window: ASHA's metric, far less noisy than one step's
+loss) to every report and flush the rank-0 MLflow buffer first, so a trial ASHA stops keeps its metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from msg_ray.train.config import RunConfig
+from msg_ray.train.loop import Session, WorkerRun
+
+TRIAL_CPU = 0.05  # what a nested trial's own actor holds: it only waits on its TorchTrainer
+
+
+def _train(run: dict[str, Any], run_id: str | None, kind: str) -> None:
+    from msg_ray.train.run import worker_env
+
+    os.environ.update(worker_env(bool(run.get("use_gpu"))))  # before deepspeed is imported
+    WorkerRun(RunConfig.from_dict(run), run_id=run_id, session=Session(kind)).train()
+
+
+def inprocess_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
+    """Tune function trainable: train ``plan["trials"][config["trial"]]`` here, world size 1."""
+    spec = plan["trials"][config["trial"]]
+    _train(spec["run"], spec["mlflow_run_id"], "tune")
+
+
+def nested_worker_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker function of a nested trial (the loop with the reporting session)."""
+    _train(config["run"], config.get("mlflow_run_id"), "train")
+
+
+def nested_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
+    """Tune function trainable: run the trial's TorchTrainer and forward rank 0's reports to Tune."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    spec = plan["trials"][config["trial"]]
+    cfg = RunConfig.from_dict(spec["run"])
+    # Train V2 moves reports through its controller, which polls workers every 2 s by default: a trial
+    # reporting every few steps for ASHA would spend most of its time waiting. Propagated to the controller.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    trainer = TorchTrainer(
+        nested_worker_loop,
+        train_loop_config={"run": spec["run"], "mlflow_run_id": spec["mlflow_run_id"]},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+        ),
+        # same name + storage: a restored trial's TorchTrainer resumes from its last checkpoint
+        run_config=ray.train.RunConfig(
+            name=cfg.name,
+            storage_path=cfg.storage_path,
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        ),  # fmt: skip
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+    )
+    trainer.fit()
+
+
+def plan_resources(
+    mode: str, total_cpus: float, max_concurrent: int | None, workers: int, cpus_per_worker: float
+) -> tuple[dict[str, float], float, int]:
+    """(trial resources, CPUs per Train worker, max concurrent trials) such that concurrent trials always fit.
+
+    in-process: the trial is the worker (``cpus_per_worker`` each). nested: each trial holds ``TRIAL_CPU`` and
+    its ``workers`` hold ``cpus_per_worker``, shrunk (to 0.01 CPU steps) when ``max_concurrent`` trials would not
+    fit otherwise; the Train controller itself holds no CPU in Ray Train V2.
+    """
+    if workers < 1:
+        raise ValueError(f"workers_per_trial: must be >= 1, got {workers}")
+    if mode == "inprocess":
+        if workers != 1:
+            raise ValueError("mode 'inprocess' trains with one worker; use mode 'nested' for workers_per_trial > 1")
+        k = max_concurrent or max(1, int(total_cpus // cpus_per_worker))
+        return {"CPU": cpus_per_worker}, cpus_per_worker, k
+    if mode != "nested":
+        raise ValueError(f"mode: must be 'inprocess' or 'nested', got {mode!r}")
+    k = max_concurrent or max(1, int(total_cpus // (workers * cpus_per_worker + TRIAL_CPU)))
+    fit = (total_cpus / k - TRIAL_CPU) / workers
+    per_worker = min(cpus_per_worker, math.floor(fit * 100) / 100)
+    if per_worker < 0.01:
+        raise ValueError(
+            f"max_concurrent={k} trials x {workers} workers do not fit in {total_cpus:g} CPUs; lower max_concurrent"
+        )
+    return {"CPU": TRIAL_CPU}, per_worker, k

@@ -1,0 +1,271 @@
+"""Schedule search: adaptive-growth decisions, space validation, a real Tune+ASHA sweep and its resume.
+
+Real Ray (the session's local cluster), real DeepSpeed (world size 1 per trial), real MLflow (sqlite).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from msg_ray.schedule import Schedule, get_schedule
+from msg_ray.train.adaptive import AdaptiveGrowth, gamma_curve, gamma_from_history
+from msg_ray.tune.space import SearchSpace, load_space
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = {
+    "data": {"source": "wikitext2", "tokenizer": "bpe:1024", "seq_len": 32, "max_train_tokens": 200_000},
+    "engine": {"zero_stage": 0, "micro_batch_size": 4, "lr": 3e-3},
+    "warmup_steps": 5, "gamma_window": 10, "report_every": 5, "log_every": 20, "eval_every": 1000,
+    "eval_batches": 2, "export_hf": False,
+}  # fmt: skip
+TINY = {
+    "kind": "structures", "arch": "gpt", "head_dim": 16, "target": [32, 64, 2, 2],
+    "vary": {"hidden_dim": [16], "ffn_dim": [32], "layer_num": [1]}, "total_steps": 100_000,
+    "budget": {"wall_s": 6}, "asha": {"time_attr": "wall_s", "grace": 1.5, "reduction_factor": 2},
+    "run": RUN, "best": {"total_steps": 40, "phi": 4},
+}  # fmt: skip
+
+
+def write_space(path: Path, space: dict) -> Path:
+    path.write_text(f'"""A test space."""\nSPACE = {space!r}\n')
+    return path
+
+
+# -- adaptive growth (pure python) -------------------------------------------------------------------------
+
+
+def _curve(rate: float, floor: float, steps: int, dt: float = 0.1, noise: float = 0.0, seed: int = 0):
+    """loss(t) = floor + (5 - floor) * exp(-rate t), sampled every dt seconds, with optional noise."""
+    rng = random.Random(seed)
+    return [(i, i * dt, floor + (5 - floor) * math.exp(-rate * i * dt) + rng.gauss(0, noise)) for i in range(steps)]
+
+
+def test_adaptive_grows_when_gamma_falls_below_target_and_not_before_min_stage():
+    # A small model that learns fast then levels off at 4.0 vs a target whose γ is 0.3 loss/s throughout.
+    ag = AdaptiveGrowth(0.3, window=10, patience=3, min_stage_steps=20)
+    decided = None
+    for step, t, loss in _curve(rate=1.0, floor=4.0, steps=200):
+        ag.update(step, t, loss)
+        if decided is None and ag.should_grow(step, 0):
+            decided = step
+    # γ(t) = e^{-t} loss/s crosses 0.3 at t = 1.2 s (step 12); the window lags ~0.5 s, patience 3, min stage 20.
+    assert decided is not None and 20 <= decided <= 25, decided
+    assert ag.last_gamma < 0.3
+    ag.reset(decided)
+    assert not ag.should_grow(decided + 5, decided)  # empty window after a growth
+
+
+def test_adaptive_hysteresis_ignores_noise_and_follows_a_time_varying_target():
+    # Our γ is a constant 0.5 loss/s (linear decrease plus noise); the target's γ is 0.3 until t = 20 s, then 0.8.
+    pts = [(i, i * 0.1, 5 - 0.05 * i + random.Random(i).gauss(0, 0.002)) for i in range(300)]
+    times, gammas = [0.0, 20.0, 20.1, 100.0], [0.3, 0.3, 0.8, 0.8]
+    ag = AdaptiveGrowth(gamma_curve(times, gammas), window=20, patience=5, min_stage_steps=0, margin=0.05)
+    first = next((s for s, t, loss in pts if (ag.update(s, t, loss) or True) and ag.should_grow(s, 0)), None)
+    assert first is not None and 201 <= first <= 210, first
+    # A constant target inside the ±5 % band of our γ never triggers (no flapping on noise).
+    flat = [(i, i * 0.1, 5 - 0.05 * i + random.Random(i).gauss(0, 1e-4)) for i in range(300)]  # γ = 0.5 exactly
+    ag = AdaptiveGrowth(0.51, window=20, patience=3, min_stage_steps=0, margin=0.05)
+    for s, t, loss in flat:
+        ag.update(s, t, loss)
+        assert not ag.should_grow(s, 0)
+
+
+def test_adaptive_probe_curve_state_and_validation():
+    pts = _curve(rate=0.5, floor=1.0, steps=100)
+    times, gammas = gamma_from_history([p[1] for p in pts], [p[2] for p in pts], window=5)
+    assert len(times) == 96 and gammas[0] > gammas[-1] > 0  # a decaying rate
+    ag = AdaptiveGrowth(gamma_curve(times, gammas), window=5, patience=1, min_stage_steps=3)
+    for s, t, loss in pts[:10]:
+        ag.update(s, t, loss)
+    clone = AdaptiveGrowth(0.1, window=5, patience=1, min_stage_steps=3)
+    clone.load_state_dict(json.loads(json.dumps(ag.state_dict())))
+    assert clone.state_dict() == ag.state_dict()
+    for bad in ({"window": 2}, {"patience": 0}, {"min_stage_steps": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            AdaptiveGrowth(0.1, **{"window": 5, "patience": 1, "min_stage_steps": 0, **bad})
+
+
+# -- space validation (no Ray) -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"vary": {"depth": [1]}}, "unknown dimension 'depth'"),
+        ({"vary": {"hidden_dim": [64]}}, "hidden_dim=64 is not smaller than the target's 32"),
+        ({"vary": {}}, "grid is empty"),
+        ({"budget": {"steps": 10}}, "budget"),
+        ({"splits": ["equal"]}, "splits: is a field of kind 'durations'"),
+        ({"colour": 1}, "unknown field"),
+    ],
+)
+def test_bad_structures_spaces_raise_clear_errors(tmp_path, change, match):
+    with pytest.raises(ValueError, match=match):
+        load_space(write_space(tmp_path / "bad.py", {**TINY, **change}))
+
+
+def test_bad_schedule_spaces_raise_clear_errors(tmp_path):
+    shrink = {"kind": "durations", "structures": [[32, 64, 2, 2], [32, 32, 2, 2]], "splits": ["equal"]}
+    with pytest.raises(ValueError, match="shrink ffn_dim"):
+        SearchSpace.from_dict(shrink, name="s")
+    with pytest.raises(ValueError, match="grid is empty"):
+        SearchSpace.from_dict({"kind": "phi", "schedule": "mini-sch1-g", "total_steps": 1200, "values": []}, name="p")
+    with pytest.raises(ValueError, match="unknown space 'nope'"):
+        load_space("nope")
+    # The pipeline reports it in one line, rc 2, without starting Ray (fast: no cluster start-up).
+    bad = write_space(tmp_path / "bad.py", {**TINY, "vary": {"depth": [1]}})
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, str(REPO / "pipelines/sweep.py"), "--space", str(bad)], capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 2 and "unknown dimension 'depth'" in p.stderr, p.stderr[-2000:]
+    assert "Started a local Ray" not in p.stderr + p.stdout and time.perf_counter() - t0 < 60
+
+
+def test_builtin_spaces_plan_valid_trials():
+    counts = {"structures": 7, "durations": 5, "schedules": 5, "phi": 6, "operators": 4}
+    for name, n in counts.items():
+        space = load_space(name)
+        assert len(space.trials()) == n and space.doc
+        cfg = space.run_config(space.trials()[0], "x")
+        assert cfg.schedule.arch == "gpt"
+
+
+# -- a real sweep -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, ray_local):
+    from msg_ray.tune import SweepConfig, run_sweep
+
+    tmp = tmp_path_factory.mktemp("tune")
+    cfg = SweepConfig(space=load_space(write_space(tmp / "tiny.py", TINY)), max_concurrent=2,
+                      storage_path=str(tmp / "ray"), tracking_uri=f"sqlite:///{tmp / 'mlruns.db'}",
+                      experiment="test-tune")  # fmt: skip
+    t0 = time.perf_counter()
+    result = run_sweep(cfg)
+    print(f"4-trial sweep: {time.perf_counter() - t0:.1f}s")
+    return tmp, cfg, result
+
+
+@pytest.mark.slow
+def test_sweep_runs_all_trials_and_asha_stops_some(sweep):
+    _, _, r = sweep
+    assert not r.interrupted
+    status = {t.spec.label: t.status for t in r.trials}
+    assert set(status) == {"target", "hidden16", "ffn32", "layers1"}
+    assert "stopped_early" in status.values(), status
+    assert set(status.values()) <= {"stopped_early", "budget"}, status
+    for t in r.trials:  # trials that ran to the budget reached it on the wall-time axis
+        if t.status == "budget":
+            assert t.series["wall_s"][-1] >= 6.0
+        else:
+            assert t.series["wall_s"][-1] < 6.0
+    ranked = [row for row in r.rows if not math.isnan(row["gamma_rank"])]
+    assert ranked and [row["rank"] for row in ranked] == list(range(1, len(ranked) + 1))
+
+
+@pytest.mark.slow
+def test_sweep_results_files_and_best_schedule_trains(sweep, tmp_path):
+    from msg_ray.train.config import RunConfig
+    from msg_ray.train.run import run
+
+    tmp, _, r = sweep
+    csv_lines = (r.results_dir / "results.csv").read_text().strip().splitlines()
+    assert csv_lines[0].startswith("rank,label,status") and len(csv_lines) == 5
+    assert (r.results_dir / "gamma_vs_time.png").stat().st_size > 5000
+    best = Schedule.load(r.best_schedule)
+    assert best.target.as_tuple() == (32, 64, 2, 2) and best.total_steps == 40
+    sched = get_schedule(str(r.best_schedule))  # what `msg-ray train --schedule <file>` does
+    cfg = RunConfig.from_dict({**RUN, "schedule": sched.to_dict(), "name": "best", "workers": 1,
+                               "storage_path": str(tmp_path / "ray"), "tracking_uri": f"sqlite:///{tmp / 'mlruns.db'}",
+                               "experiment": "test-tune-best", "eval_every": 20})  # fmt: skip
+    out = run(cfg)
+    assert len(out.history["train_loss"]) == 40 and out.history["train_loss"][-1] < out.history["train_loss"][0]
+
+
+@pytest.mark.slow
+def test_sweep_mlflow_parent_and_children(sweep):
+    from msg_ray.tracking import child_runs, find_runs, load_run_metrics
+
+    _, cfg, r = sweep
+    parents = find_runs(r.tracking_uri, "test-tune", "tags.`msg_ray.tune` = 'parent'")
+    assert [p["run_id"] for p in parents] == [r.parent_run_id] and parents[0]["status"] == "FINISHED"
+    assert parents[0]["params"]["space.kind"] == "structures"
+    children = child_runs(r.tracking_uri, r.parent_run_id)
+    assert len(children) == 4
+    by_label = {c["tags"]["msg_ray.tune.label"]: c for c in children}
+    for t in r.trials:
+        c = by_label[t.spec.label]
+        assert c["status"] == ("KILLED" if t.status == "stopped_early" else "FINISHED")
+        assert c["tags"]["msg_ray.tune.status"] == t.status
+        hist = load_run_metrics(r.tracking_uri, c["run_id"], ["train/loss", "tune/rank"])
+        assert len(hist["train/loss"]) >= 2 and hist["tune/rank"], t.spec.label
+    # the parent's artifacts: the table, the best schedule and the γ plot
+    from mlflow.tracking import MlflowClient
+
+    arts = {a.path for a in MlflowClient(r.tracking_uri).list_artifacts(r.parent_run_id, "results")}
+    assert {"results/results.csv", "results/best_schedule.yaml", "results/gamma_vs_time.png"} <= arts
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, ray_local):
+    import ray
+
+    from msg_ray.tracking import find_runs
+    from msg_ray.tune import SweepConfig, run_sweep
+
+    space = {**TINY, "total_steps": 30, "budget": {}, "asha": None, "vary": {"hidden_dim": [16], "layer_num": [1]}}
+    path = write_space(tmp_path / "resume.py", space)
+    uri, storage = f"sqlite:///{tmp_path / 'mlruns.db'}", str(tmp_path / "ray")
+    args = ["--space", str(path), "--max-concurrent", "1", "--storage-path", storage, "--tracking-uri", uri,
+            "--experiment", "test-resume", "--address", ray.get_runtime_context().gcs_address]  # fmt: skip
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "pipelines/sweep.py"), *args], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    # A trial of a one-stage schedule reports its only checkpoint at its last step. (Polling MLflow here
+    # instead would race the subprocess creating the sqlite tables.)
+    exp_dir, deadline, done = tmp_path / "ray" / "resume", time.time() + 180, []
+    while time.time() < deadline and proc.poll() is None and not done:
+        time.sleep(0.5)
+        done = sorted(exp_dir.glob("inprocess_trial_*/checkpoint_*"))
+    assert done, proc.communicate(timeout=60)[0][-3000:]
+    time.sleep(3)  # let Tune record the trial as terminated
+    proc.send_signal(signal.SIGINT)  # Tune saves the experiment state and stops
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 3 and "interrupted" in output, output[-3000:]
+    done_dir = done[0].parent
+    snapshot = (done_dir / "result.json").read_text()
+    done_index = int(done_dir.name.split("_trial=")[1].split("_")[0])
+
+    cfg = SweepConfig(space=load_space(path), max_concurrent=1, storage_path=storage, tracking_uri=uri,
+                      experiment="test-resume")  # fmt: skip
+    result = run_sweep(cfg)
+    assert not result.interrupted and {t.status for t in result.trials} == {"completed"}
+    assert (done_dir / "result.json").read_text() == snapshot  # not re-run
+    assert result.trials[done_index].series["step"][-1] == 30
+    runs = find_runs(uri, "test-resume", "tags.`msg_ray.tune` = 'child'")
+    assert len(runs) == 3 and {r["status"] for r in runs} == {"FINISHED"}  # same child runs, no duplicates
+
+
+def test_nested_trial_resources_always_fit_two_cpus():
+    from msg_ray.tune.trial import TRIAL_CPU, plan_resources
+
+    # 2 CPUs, 2 concurrent trials of 2 workers each: workers shrink so trials + workers never exceed the cluster
+    res, per_worker, k = plan_resources("nested", 2.0, 2, 2, 1.0)
+    assert k == 2 and res == {"CPU": TRIAL_CPU} and k * (TRIAL_CPU + 2 * per_worker) <= 2.0 and per_worker > 0.4
+    assert plan_resources("nested", 2.0, None, 2, 1.0)[2] == 1  # default concurrency: what fits unshrunk
+    assert plan_resources("inprocess", 4.0, None, 1, 1.0) == ({"CPU": 1.0}, 1.0, 4)
+    with pytest.raises(ValueError, match="do not fit"):
+        plan_resources("nested", 2.0, 64, 4, 1.0)
+    with pytest.raises(ValueError, match="nested"):
+        plan_resources("inprocess", 2.0, 1, 2, 1.0)

@@ -1,0 +1,22 @@
+"""Mask ramp length φ on one mini schedule (the paper's table 3 study: φ ∈ {0, 100, 250, 500, 800, 1000} at
+loss@N, here scaled to a 600-step mini schedule). φ = 0 is a hard switch-on of the new weights.
+
+ASHA is off: every φ must run to the end, since the table compares final losses.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import MINI_RUN  # noqa: E402
+
+SPACE = {
+    "kind": "phi",
+    "arch": "gpt",
+    "head_dim": 32,
+    "schedule": {"structures": [[64, 256, 2, 2], [64, 512, 2, 2], [128, 512, 2, 4], [128, 512, 4, 4]]},
+    "values": [0, 5, 12, 25, 40, 60],
+    "total_steps": 600,
+    "asha": None,
+    "run": MINI_RUN,
+}

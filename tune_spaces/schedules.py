@@ -1,0 +1,31 @@
+"""Whole schedules: which dimension grows first, how many stages, and combined-dimension stages.
+
+The question the paper leaves open: does the order of growths matter, and are stages that grow several
+dimensions at once as good as one dimension per stage? All schedules reach the mini target (128, 512, 4, 4)
+from the same start (64, 256, 2, 2) in the same steps; "full" trains the target from scratch as the baseline.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import MINI_RUN  # noqa: E402
+
+START, TARGET = [64, 256, 2, 2], [128, 512, 4, 4]
+
+SPACE = {
+    "kind": "schedules",
+    "arch": "gpt",
+    "head_dim": 32,
+    "schedules": {
+        "ffn-first": {"structures": [START, [64, 512, 2, 2], [128, 512, 2, 2], [128, 512, 4, 2], TARGET]},
+        "depth-first": {"structures": [START, [64, 256, 2, 4], [64, 512, 2, 4], [128, 512, 2, 4], TARGET]},
+        "width-then-depth": {"structures": [START, [128, 512, 4, 2], TARGET]},
+        "all-at-once": {"structures": [START, TARGET]},
+        "full": {"structures": [TARGET]},
+    },
+    "total_steps": 600,
+    "phi": 25,
+    "asha": {"time_attr": "wall_s", "grace": 20, "max_t": 240, "reduction_factor": 2},
+    "run": MINI_RUN,
+}

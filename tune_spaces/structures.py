@@ -1,0 +1,27 @@
+"""γ grid around the mini target (128, 512, 4, 4), head_dim 32 — the paper's figure-2 study at CPU scale.
+
+Each trial trains one structure from scratch for the same wall-time budget: the target, and the target with one
+dimension reduced at a time (hidden_dim, ffn_dim, head_num, layer_num). Trials are compared on γ = −Δloss/Δt
+over early/medium wall-time windows (the paper's footnote 4: not once the loss levels off), and ASHA stops the
+slowest learners at equal wall seconds. The best schedule written afterwards starts from the reductions that
+learned faster than the target and grows them back one per stage over ``best.total_steps`` steps.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import MINI_RUN  # noqa: E402
+
+SPACE = {
+    "kind": "structures",
+    "arch": "gpt",
+    "head_dim": 32,
+    "target": [128, 512, 4, 4],
+    "vary": {"hidden_dim": [64], "ffn_dim": [128, 256], "head_num": [2], "layer_num": [1, 2]},
+    "total_steps": 100_000,  # a cap: the wall budget ends each probe
+    "budget": {"wall_s": 90},
+    "asha": {"time_attr": "wall_s", "grace": 30, "reduction_factor": 2},
+    "run": {**MINI_RUN, "lr_decay": "constant"},
+    "best": {"total_steps": 1200, "phi": 50},
+}
