@@ -132,12 +132,19 @@ def test_bad_schedule_spaces_raise_clear_errors(tmp_path):
 
 
 def test_builtin_spaces_plan_valid_trials():
-    counts = {"structures": 7, "durations": 5, "schedules": 5, "phi": 6, "operators": 4}
+    counts = {"structures": 7, "durations": 5, "schedules": 5, "phi": 6, "operators": 4, "adaptive": 3}
     for name, n in counts.items():
         space = load_space(name)
         assert len(space.trials()) == n and space.doc
         cfg = space.run_config(space.trials()[0], "x")
         assert cfg.schedule.arch == "gpt"
+    adaptive = load_space("adaptive", ["adaptive.target_gamma=0.5"])
+    fixed, online, full = (adaptive.run_config(t, "x") for t in adaptive.trials())
+    assert fixed.adaptive is None and full.adaptive is None and full.schedule.is_full
+    assert online.adaptive["target_gamma"] == 0.5 and online.schedule.stages == fixed.schedule.stages
+    with pytest.raises(ValueError, match="min_stage_steps must be >= phi"):
+        bad = load_space("adaptive", ["adaptive.min_stage_steps=5"])
+        bad.run_config(bad.trials()[1], "x")
 
 
 # -- a real sweep -------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from msg_ray.schedule import OPERATORS, Schedule, Stage, full, get_schedule, pap
 from msg_ray.structure import DIMENSIONS, Structure
 from msg_ray.train.config import RunConfig, apply_overrides
 
-KINDS = ("structures", "durations", "schedules", "phi", "operators")
+KINDS = ("structures", "durations", "schedules", "phi", "operators", "adaptive")
 FULL = "full"
 TIME_ATTRS = ("wall_s", "flops")
 SPLITS = {"equal": 1.0, "paper": 1.2, "front": 2.0}  # early_weight of paper_stage_starts
@@ -42,6 +42,7 @@ _KIND_FIELDS = {
     "schedules": {"schedules"},
     "phi": {"schedule", "values"},
     "operators": {"schedule", "operators"},
+    "adaptive": {"schedule", "adaptive"},
 }
 _SHORT = {"hidden_dim": "hidden", "ffn_dim": "ffn", "head_num": "heads", "layer_num": "layers"}
 # Run settings every sweep starts from (a space's ``run`` overrides them): frequent Tune reports for ASHA.
@@ -62,6 +63,7 @@ class TrialSpec:
     schedule: Schedule
     meta: dict[str, Any]
     seed: int = 0
+    run: dict[str, Any] = field(default_factory=dict)  # per-trial RunConfig overrides (e.g. adaptive growth)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +86,8 @@ class SearchSpace:
     schedule: Any = None
     values: list[int] | None = None
     operators: list[str] | None = None
+    # adaptive: RunConfig.adaptive settings (growth when γ falls below the target's), compared with fixed/full
+    adaptive: dict[str, Any] | None = None
     # how trials run and stop
     budget: dict[str, float] = field(default_factory=dict)  # {"wall_s": T} or {"flops": F}; {}: run total_steps
     asha: dict[str, Any] | None = None  # None: no early stopping; {} or settings: ASHA on a compute axis
@@ -135,7 +139,7 @@ class SearchSpace:
         for seed in seeds:
             for t in base:
                 label = t.label if len(seeds) == 1 else f"{t.label}-s{seed}"
-                out.append(TrialSpec(label, t.schedule, t.meta, seed))
+                out.append(TrialSpec(label, t.schedule, t.meta, seed, t.run))
         return out
 
     def _sched(self, label: str, stages: list[tuple[Any, int | float]], **kw: Any) -> Schedule:
@@ -218,6 +222,18 @@ class SearchSpace:
             out.append(TrialSpec(op, s, {"operator": op}))
         return out
 
+    def _adaptive(self) -> list[TrialSpec]:
+        """The same schedule with fixed stage starts and with online (adaptive) growth, plus full training."""
+        if not isinstance(self.adaptive, dict) or "target_gamma" not in self.adaptive:
+            raise ValueError(f"space {self.name!r}: adaptive: must be a mapping with at least target_gamma")
+        base = self._schedule_of(self.schedule, "base")
+        target = full(base.arch, base.target, base.total_steps, head_dim=base.head_dim, phi=base.phi, name=FULL)
+        return [
+            TrialSpec("fixed", base.replace(name="fixed"), {"mode": "fixed"}),
+            TrialSpec("adaptive", base.replace(name="adaptive"), {"mode": "adaptive"}, run={"adaptive": self.adaptive}),
+            TrialSpec(FULL, target, {"mode": FULL}),
+        ]
+
     def _schedule_of(self, spec: Any, label: str) -> Schedule:
         """A preset name/file (rescaled to total_steps, phi), or {"structures": [...], "starts": [...]}."""
         try:
@@ -241,7 +257,7 @@ class SearchSpace:
     # -- run configs ------------------------------------------------------------------------------------
     def run_config(self, trial: TrialSpec, sweep_name: str, **extra: Any) -> RunConfig:
         """The trial's validated RunConfig: RUN_DEFAULTS < space.run < extra; schedule, name and seed set here."""
-        d = {**RUN_DEFAULTS, **_deep(self.run), **extra}
+        d = {**RUN_DEFAULTS, **_deep(self.run), **_deep(trial.run), **extra}
         d.update(schedule=trial.schedule.to_dict(), name=f"{sweep_name}-{trial.label}", seed=trial.seed)
         data = dict(d.get("data") or {})
         if data.get("cache_dir"):  # Tune trials run in their own cwd
