@@ -22,12 +22,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """A real local Ray (4 logical CPUs on 2 cores so a 2-worker TorchTrainer and its controller fit)."""
+    """A real local Ray (4 logical CPUs on 2 cores so a 2-worker TorchTrainer and its controller fit).
+
+    Started on first use and kept for later modules; started again if a test shut it down (the job-submit test
+    does, so that only its own head node runs on the machine)."""
     import ray
 
     if not ray.is_initialized():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)
     yield ray
-    ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_shutdown_at_exit():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -40,14 +42,28 @@ def _wait_http(url: str, timeout: float) -> None:
 
 @pytest.fixture
 def cluster(tmp_path):
-    """Head node on loopback (own ports and temp dir) and an MLflow server; both torn down after the test."""
+    """Head node on loopback (own ports and temp dir) and an MLflow server; both torn down after the test.
+
+    The head runs under ``ray start --block`` in its own process group and is stopped by signalling that group:
+    ``ray stop`` would kill every Ray process on the machine. The test session's local Ray is shut down first so
+    the job sees exactly one Ray instance (Ray Train's placement-group cleaner refuses several)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
     gcs, dash, mlf = _free_port(), _free_port(), _free_port()
     ray_tmp = Path("/tmp") / f"rayjob{gcs}"  # short: Ray's socket paths have a length limit
-    subprocess.run(
-        [BIN / "ray", "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-         "--num-cpus=4", f"--temp-dir={ray_tmp}", "--include-dashboard=true", "--disable-usage-stats"],
-        check=True, env=env, capture_output=True,
+    head_log = open(tmp_path / "head.log", "w")
+    head = subprocess.Popen(
+        [BIN / "ray", "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
+         "--dashboard-host=127.0.0.1", "--num-cpus=4", f"--temp-dir={ray_tmp}", "--include-dashboard=true",
+         "--disable-usage-stats",
+         # own ports for every per-node service, so another Ray on the machine (e.g. a user's) cannot collide
+         *(f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+           "metrics-export-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port",
+           "ray-client-server-port"))],
+        stdout=head_log, stderr=head_log, env=env, start_new_session=True,
     )  # fmt: skip
     log = open(tmp_path / "mlflow.log", "w")
     server = subprocess.Popen(
@@ -60,9 +76,24 @@ def cluster(tmp_path):
         _wait_http(f"http://127.0.0.1:{dash}/api/version", 60)
         yield {"env": env, "dashboard": f"http://127.0.0.1:{dash}", "mlflow": f"http://127.0.0.1:{mlf}"}
     finally:
-        os.killpg(server.pid, 15)
-        subprocess.run([BIN / "ray", "stop", "--force"], env=env, capture_output=True)
+        os.killpg(server.pid, signal.SIGTERM)
+        _stop_group(head)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the head's process group (``ray start --block`` then stops what it started), SIGKILL stragglers."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # workers of the group that outlived the head
 
 
 def test_ray_job_submit_pretrain_with_mlflow_server(cluster, tmp_path):
@@ -80,7 +111,11 @@ def test_ray_job_submit_pretrain_with_mlflow_server(cluster, tmp_path):
         "--set", "data.seq_len=32", "--set", "data.max_train_tokens=200000", "--set", "engine.micro_batch_size=4",
         "--set", "eval_every=8", "--set", "log_every=4", "--set", "experiment=jobs",
     ]  # fmt: skip
-    out = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=900)
+    for _ in range(12):  # the head's dashboard answers before its job agent is ready to take submissions
+        out = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=900)
+        if "No available agent" not in out.stderr:
+            break
+        time.sleep(5)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert "succeeded" in out.stdout + out.stderr
     client = mlflow.MlflowClient(cluster["mlflow"])
