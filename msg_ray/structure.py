@@ -64,8 +64,7 @@ class Structure:
         for d in DIMENSIONS:
             if getattr(target, d) < getattr(self, d):
                 raise ValueError(
-                    f"growth may not shrink {d}: {getattr(self, d)} -> {getattr(target, d)} "
-                    f"({self} -> {target})"
+                    f"growth may not shrink {d}: {getattr(self, d)} -> {getattr(target, d)} ({self} -> {target})"
                 )
         return [d for d in DIMENSIONS if getattr(target, d) > getattr(self, d)]
 
