@@ -99,6 +99,16 @@ def perplexity(model: GrowableTransformer, blocks: torch.Tensor, batch_size: int
     return math.exp(total / count)
 
 
+def _step(model: nn.Module, loss: torch.Tensor, opt, sched) -> float:
+    """One clipped AdamW step (clip 1.0) with its LR schedule; returns the loss value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
 def finetune_lm(model: GrowableTransformer, blocks: torch.Tensor, cfg: FinetuneConfig) -> list[float]:
     """Continue causal-LM training on ``blocks`` for ``cfg.steps`` steps (in place); returns the losses."""
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -108,12 +118,7 @@ def finetune_lm(model: GrowableTransformer, blocks: torch.Tensor, cfg: FinetuneC
     for _ in range(cfg.steps):
         ids = blocks[torch.randint(len(blocks), (cfg.batch_size,), generator=gen)].long()
         loss = model.loss(model(ids), ids)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(_step(model, loss, opt, sched))
     model.eval()
     return losses
 
@@ -154,12 +159,7 @@ def train_classifier(clf: SequenceClassifier, train: Encoded, cfg: FinetuneConfi
         idx = torch.randint(len(train), (cfg.batch_size,), generator=gen)
         logits = clf(train.input_ids[idx], train.attention_mask[idx])
         loss = F.cross_entropy(logits.float(), train.labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(clf.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(_step(clf, loss, opt, sched))
     clf.eval()
     return losses
 
