@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ from msg_ray.compare.finetune import (
     predict,
     train_classifier,
 )
-from msg_ray.compare.report import summarize
+from msg_ray.compare.report import best_lrs, summarize
+from msg_ray.compare.runner import plan
 from msg_ray.export import export_plain
 from msg_ray.model import build_model
 from msg_ray.structure import Structure
@@ -211,3 +213,50 @@ def test_extension_continues_a_run_exactly(tmp_path, ray_local):
     assert ext["wall_s"][0] > h["wall_s"][11]  # the run's own clock continues
     # stops at the first evaluation reaching the target
     assert extend_run(mid, target_loss=99.0, max_steps=12)["val_step"] == [16]
+
+
+def _rec(op: str, lr: float, seed: int, val: float) -> RunRecord:
+    h = {"step": [1, 2], "wall_s": [1.0, 2.0], "flops": [1.0, 2.0], "val_step": [2], "val_loss": [val]}
+    return RunRecord(operator=op, seed=seed, lr=lr, name=f"{op}-{lr}-{seed}", history=h)
+
+
+def test_best_lr_is_judged_on_the_search_seeds_only():
+    # seed 0 ran both LRs (1e-3 wins); seeds 1, 2 then ran only 1e-3 and did worse than 3e-3 did on seed 0 -
+    # a mean over all seeds would flip the choice to 3e-3, the search-seed rule keeps 1e-3
+    recs = [
+        _rec("full", 1e-3, 0, 3.0),
+        _rec("full", 3e-3, 0, 3.1),
+        _rec("full", 1e-3, 1, 3.5),
+        _rec("full", 1e-3, 2, 3.4),
+    ]
+    assert best_lrs(recs) == {"full": 1e-3}
+    assert best_lrs([_rec("msg", 1e-3, 0, 3.0), _rec("msg", 3e-3, 1, 2.0)]) == {"msg": 3e-3}  # no common seed
+
+
+def test_lr_search_seeds_plan_and_validation(tmp_path):
+    base = base_config(tmp_path)
+    cfg = CompareConfig(base=base, operators=("msg", "full"), seeds=(0, 1, 2), lrs=(1e-3, 3e-3), lr_search_seeds=1)
+    search = plan(cfg, seeds=cfg.seeds[:1])
+    assert sorted((r.operator, r.lr, r.seed) for r in search) == [
+        ("full", 1e-3, 0), ("full", 3e-3, 0), ("msg", 1e-3, 0), ("msg", 3e-3, 0)]  # fmt: skip
+    rest = plan(cfg, seeds=(1, 2), lr_of={"msg": 3e-3, "full": 1e-3})
+    assert [(r.operator, r.lr, r.seed) for r in rest] == [
+        ("full", 1e-3, 1), ("msg", 3e-3, 1), ("full", 1e-3, 2), ("msg", 3e-3, 2)]  # fmt: skip
+    assert rest[1].config.engine.lr == 3e-3 and rest[1].config.data.seed == 1
+    assert len(plan(replace(cfg, lr_search_seeds=None))) == 12  # every seed x every LR x every operator
+    with pytest.raises(ValueError, match="lr_search_seeds"):
+        replace(cfg, lr_search_seeds=4)
+
+
+def test_lr_search_on_one_seed_then_more_seeds(tmp_path, ray_local):
+    cfg = CompareConfig(base=base_config(tmp_path), operators=("msg", "full"), seeds=(0, 1), lrs=(3e-3, 1e-3),
+                        lr_search_seeds=1, name="twophase", mode="parallel", out_dir=str(tmp_path / "report"))  # fmt: skip
+    res = run_comparison(cfg)
+    got = sorted((r.operator, r.seed, r.lr) for r in res.records)
+    chosen = best_lrs([r for r in res.records if r.seed == 0])
+    assert len(got) == 6 and sorted(set(got)) == got  # 4 search runs + 2 seed-1 runs, no duplicates
+    assert {(op, lr) for op, s, lr in got if s == 1} == set(chosen.items())
+    rows = {r["operator"]: r for r in res.report.rows}
+    assert rows["msg"]["seeds"] == 2 and rows["msg"]["lr"] == chosen["msg"]
+    children = child_runs(res.tracking_uri, res.parent_run_id)
+    assert len(children) == 6 and all(c["status"] == "FINISHED" for c in children)

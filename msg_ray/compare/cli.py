@@ -33,6 +33,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--operators", default="msg,net2net,nomask,full", help="comma list; must include full")
     p.add_argument("--seeds", default="1", help="N (seeds 0..N-1) or a comma list")
     p.add_argument("--lrs", default=None, help="comma list: the same LR search for every operator (best kept)")
+    p.add_argument("--lr-search-seeds", type=int, default=None,
+                   help="run the LR search on the first K seeds only; the other seeds run at each operator's chosen LR")  # fmt: skip
     p.add_argument("--mode", choices=["auto", "parallel", "sequential"], default="auto")
     p.add_argument("--max-concurrent", type=int, default=None)
     p.add_argument("--evaluate", action="store_true", help="run the downstream evaluators on every final model")
@@ -75,7 +77,8 @@ def compare_config(args: argparse.Namespace, default_name: str = "compare"):
     return CompareConfig(
         base=build_run_config(replace_ns(args, name=None)),
         operators=tuple(x.strip() for x in args.operators.split(",") if x.strip()),
-        seeds=_seeds(args.seeds), lrs=_floats(args.lrs) if args.lrs else None, name=args.name or default_name,
+        seeds=_seeds(args.seeds), lrs=_floats(args.lrs) if args.lrs else None,
+        lr_search_seeds=args.lr_search_seeds, name=args.name or default_name,
         mode=args.mode, max_concurrent=args.max_concurrent, evaluate=args.evaluate,
         eval=eval_config(args.eval_overrides), out_dir=args.out, extend_steps=args.extend_steps,
     )  # fmt: skip

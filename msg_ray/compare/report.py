@@ -93,16 +93,23 @@ def _ms(values: list[float]) -> tuple[float, float]:
 
 
 def best_lrs(records: list[RunRecord]) -> dict[str, float]:
-    """Per operator, the learning rate with the lowest mean final validation loss over seeds."""
-    by: dict[tuple[str, float], list[float]] = {}
+    """Per operator, the learning rate with the lowest mean final validation loss.
+
+    Judged only on the seeds that ran every learning rate of that operator (the LR-search seeds), so a
+    comparison that searched on seed 0 and then ran more seeds at the chosen LR keeps that choice.
+    """
+    by: dict[str, dict[float, dict[int, float]]] = {}
     for r in records:
-        by.setdefault((r.operator, r.lr), []).append(r.final_val)
-    best: dict[str, tuple[float, float]] = {}
-    for (op, lr), losses in by.items():
-        m = _ms(losses)[0]
-        if op not in best or m < best[op][1]:
-            best[op] = (lr, m)
-    return {op: lr for op, (lr, _) in best.items()}
+        by.setdefault(r.operator, {}).setdefault(r.lr, {})[r.seed] = r.final_val
+    best: dict[str, float] = {}
+    for op, per_lr in by.items():
+        common = set.intersection(*(set(seeds) for seeds in per_lr.values()))
+        if not common:  # no seed ran every LR: fall back to all seeds
+            common = {s for seeds in per_lr.values() for s in seeds}
+        means = {lr: _ms([v for s, v in seeds.items() if s in common])[0] for lr, seeds in per_lr.items()}
+        finite = {lr: m for lr, m in means.items() if not math.isnan(m)}
+        best[op] = min(finite, key=finite.__getitem__) if finite else next(iter(per_lr))
+    return best
 
 
 def operator_order(records: list[RunRecord]) -> list[str]:

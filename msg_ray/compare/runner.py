@@ -32,6 +32,9 @@ class CompareConfig:
     operators: tuple[str, ...] = ("msg", "net2net", "nomask", FULL)
     seeds: tuple[int, ...] = (0,)
     lrs: tuple[float, ...] | None = None  # None: the base lr; several: every operator gets the same LR search
+    # None: every seed runs every LR. k: the first k seeds run the LR search, the other seeds then run only at
+    # each operator's chosen LR (chosen on those k seeds) - the same tuning effort per operator, fewer runs.
+    lr_search_seeds: int | None = None
     name: str = "compare"
     mode: str = "auto"
     max_concurrent: int | None = None  # parallel mode: trials at once (None: as many as Ray's CPUs allow)
@@ -57,6 +60,9 @@ class CompareConfig:
             raise ValueError("CompareConfig.mode 'parallel' trains each run in one Tune trial: base.workers must be 1")
         if set(ops) - {FULL} and self.base.schedule.is_full:
             raise ValueError("CompareConfig.base.schedule has one stage: give a growth schedule to compare operators")
+        if self.lr_search_seeds is not None and not 1 <= self.lr_search_seeds <= len(self.seeds):
+            raise ValueError(f"CompareConfig.lr_search_seeds must be in [1, {len(self.seeds)}] (the number of seeds), "
+                             f"got {self.lr_search_seeds}")  # fmt: skip
         if self.extend_steps < 0:
             raise ValueError(f"CompareConfig.extend_steps must be >= 0, got {self.extend_steps}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
@@ -75,8 +81,14 @@ class PlannedRun:
     run_id: str | None = None
 
 
-def plan(cfg: CompareConfig, tag: str = "") -> list[PlannedRun]:
-    """The runs of a comparison (names ``<name>[-tag]-<operator>-lr<lr>-s<seed>``), without running them."""
+def plan(
+    cfg: CompareConfig, tag: str = "", *, seeds: tuple[int, ...] | None = None, lr_of: dict[str, float] | None = None
+) -> list[PlannedRun]:
+    """The runs of a comparison (names ``<name>[-tag]-<operator>-lr<lr>-s<seed>``), without running them.
+
+    ``seeds`` (default: all) limits the plan to those seeds; ``lr_of`` (operator -> LR) replaces the LR search
+    with one LR per operator - the second phase of a comparison with ``lr_search_seeds``.
+    """
     base, sched = cfg.base, cfg.base.schedule
     if base.data.cache_dir:  # Tune trials run in their own cwd
         base = replace(base, data=replace(base.data, cache_dir=str(Path(base.data.cache_dir).resolve())))
@@ -91,13 +103,16 @@ def plan(cfg: CompareConfig, tag: str = "") -> list[PlannedRun]:
     # full run trains side by side with the first schedule (same machine load for the ratio that matters).
     ops = [FULL, *(op for op in cfg.operators if op != FULL)]
     out = []
-    for lr in cfg.lrs or (base.engine.lr,):
-        for seed in cfg.seeds:
-            for op in ops:
-                name = "-".join(x for x in (cfg.name, tag, op, f"lr{lr:g}", f"s{seed}") if x)
-                rc = replace(base, schedule=schedules[op], seed=seed, name=name, engine=replace(base.engine, lr=lr),
-                             data=replace(base.data, seed=seed))  # fmt: skip
-                out.append(PlannedRun(operator=op, seed=seed, lr=lr, config=rc))
+    seeds = cfg.seeds if seeds is None else seeds
+    if lr_of:  # one pass over seeds x operators, each at its own LR
+        grid = [(lr_of[op], seed, op) for seed in seeds for op in ops]
+    else:
+        grid = [(lr, seed, op) for lr in cfg.lrs or (base.engine.lr,) for seed in seeds for op in ops]
+    for lr, seed, op in grid:
+        name = "-".join(x for x in (cfg.name, tag, op, f"lr{lr:g}", f"s{seed}") if x)
+        rc = replace(base, schedule=schedules[op], seed=seed, name=name, engine=replace(base.engine, lr=lr),
+                     data=replace(base.data, seed=seed))  # fmt: skip
+        out.append(PlannedRun(operator=op, seed=seed, lr=lr, config=rc))
     return out
 
 
@@ -117,7 +132,6 @@ def run_comparison(cfg: CompareConfig, *, ray_address: str | None = None) -> Com
     import ray
 
     from msg_ray.data import prepare
-    from msg_ray.flops import flops_ratio
     from msg_ray.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(cfg.base.tracking_uri)
@@ -126,18 +140,22 @@ def run_comparison(cfg: CompareConfig, *, ray_address: str | None = None) -> Com
     data = prepare(base.data)  # fetch/tokenise once, before any trial starts
     parent = mlflow_io.open_parent(uri, base.experiment, cfg.name, _params(cfg))
     tag = (parent.run_id or "")[:8]
-    runs = plan(cfg, tag)
-    for r in runs:
-        r.flops_limit = flops_ratio(r.config.schedule, data.vocab_size, base.data.seq_len)
-        r.config = replace(r.config, tracking_uri=uri)
-        r.run_id = mlflow_io.open_child(r.config, parent.run_id, operator=r.operator, seed=r.seed, lr=r.lr,
-                                        flops_limit=r.flops_limit)  # fmt: skip
+    search = cfg.seeds[: cfg.lr_search_seeds or len(cfg.seeds)]
+    runs = _open_runs(plan(cfg, tag, seeds=search), parent.run_id, data.vocab_size, base.data.seq_len)
     if not ray.is_initialized():
         ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"))
     mode = cfg.mode if cfg.mode != "auto" else ("parallel" if base.workers == 1 else "sequential")
     try:
-        paths = _run_parallel(runs, cfg, tag) if mode == "parallel" else _run_sequential(runs, ray_address)
+        paths = _execute(runs, cfg, mode, tag, ray_address)
         records = [_record(r, p) for r, p in zip(runs, paths, strict=True)]
+        if len(search) < len(cfg.seeds):  # phase 2: the other seeds at each operator's chosen LR
+            rest = tuple(s for s in cfg.seeds if s not in search)
+            more = _open_runs(plan(cfg, tag, seeds=rest, lr_of=best_lrs(records)), parent.run_id, data.vocab_size,
+                              base.data.seq_len)  # fmt: skip
+            runs += more
+            more_paths = _execute(more, cfg, mode, f"{tag}-seeds", ray_address)
+            paths += more_paths
+            records += [_record(r, p) for r, p in zip(more, more_paths, strict=True)]
         if cfg.extend_steps:
             _extend(records, paths, cfg.extend_steps)
         evals = _evaluate(records, paths, cfg) if cfg.evaluate else []
@@ -154,9 +172,26 @@ def run_comparison(cfg: CompareConfig, *, ray_address: str | None = None) -> Com
     return ComparisonResult(parent.run_id, uri, base.experiment, records, report, out, evals)
 
 
+def _execute(runs: list[PlannedRun], cfg: CompareConfig, mode: str, tag: str, ray_address: str | None) -> list[str]:
+    """Train ``runs`` (Tune trials side by side, or Ray Train runs one after another); their final checkpoints."""
+    return _run_parallel(runs, cfg, tag) if mode == "parallel" else _run_sequential(runs, ray_address)
+
+
+def _open_runs(runs: list[PlannedRun], parent_id: str | None, vocab_size: int, seq_len: int) -> list[PlannedRun]:
+    """Give each planned run its FLOPs-ratio limit and an MLflow child run under the comparison's parent."""
+    from msg_ray.flops import flops_ratio
+
+    for r in runs:
+        r.flops_limit = flops_ratio(r.config.schedule, vocab_size, seq_len)
+        r.run_id = mlflow_io.open_child(r.config, parent_id, operator=r.operator, seed=r.seed, lr=r.lr,
+                                        flops_limit=r.flops_limit)  # fmt: skip
+    return runs
+
+
 def _params(cfg: CompareConfig) -> dict[str, Any]:
     return {"compare.operators": ",".join(cfg.operators), "compare.seeds": ",".join(map(str, cfg.seeds)),
             "compare.lrs": ",".join(f"{x:g}" for x in cfg.lrs or (cfg.base.engine.lr,)), "compare.mode": cfg.mode,
+            "compare.lr_search_seeds": cfg.lr_search_seeds or len(cfg.seeds),
             "base": cfg.base.to_dict()}  # fmt: skip
 
 
@@ -204,9 +239,12 @@ def final_checkpoints(storage_path: str, names: list[str]) -> list[str | None]:
 
 
 def _evaluate(records: list[RunRecord], paths: list[str], cfg: CompareConfig) -> list[dict[str, Any]]:
-    results = evaluate_many(paths, cfg.eval, log=True)
-    for rec, res in zip(records, results, strict=True):
-        rec.scores = res["scores"]
+    """Evaluate the runs at each operator's chosen LR (the only ones the table reports), in parallel."""
+    lrs = best_lrs(records)
+    todo = [i for i, r in enumerate(records) if r.lr == lrs[r.operator]]
+    results = evaluate_many([paths[i] for i in todo], cfg.eval, log=True)
+    for i, res in zip(todo, results, strict=True):
+        records[i].scores = res["scores"]
     return results
 
 
