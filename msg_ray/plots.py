@@ -44,16 +44,29 @@ def _to_x(history: Mapping, steps: Sequence[float], x: XAxis, label: str) -> np.
     return np.interp(steps, step, _series(history, _X_KEYS[x], label))
 
 
+def smooth(values: np.ndarray, points: int = 60) -> np.ndarray:
+    """Bias-corrected exponential moving average with a span of ~len/points samples (no look-ahead)."""
+    values = np.asarray(values, dtype=float)
+    beta = 1.0 - 1.0 / max(1.0, len(values) / points)
+    out, avg = np.empty_like(values), 0.0
+    for i, v in enumerate(values):
+        avg = beta * avg + (1.0 - beta) * v
+        out[i] = avg / (1.0 - beta ** (i + 1)) if beta > 0 else v
+    return out
+
+
 def _draw_run(ax, history: Mapping, label: str, x: XAxis, growths: Sequence[int], color) -> None:
     step = _series(history, "step", label)
     loss = _series(history, "train_loss", label)
     if len(step) != len(loss):
         raise ValueError(f"history {label!r}: {len(step)} steps but {len(loss)} train_loss values")
     xs = _to_x(history, step, x, label)
-    (line,) = ax.plot(xs, loss, lw=1.2, label=f"{label} train", color=color)
+    # raw per-step loss is noisy at small batch sizes: draw it faint, and its running mean on top
+    ax.plot(xs, loss, lw=0.5, alpha=0.2, color=color)
+    (line,) = ax.plot(xs, smooth(loss), lw=1.2, label=f"{label} train (EMA)", color=color)
     if history.get("val_step") and history.get("val_loss"):
         vx = _to_x(history, history["val_step"], x, label)
-        ax.plot(vx, history["val_loss"], "o--", ms=3, lw=1, color=line.get_color(), label=f"{label} val")
+        ax.plot(vx, history["val_loss"], "o--", ms=3.5, lw=1.6, color=line.get_color(), label=f"{label} val")
     for gx in _to_x(history, list(growths), x, label) if len(growths) else []:
         ax.axvline(gx, ls="--", lw=0.8, alpha=0.7, color=line.get_color())
 

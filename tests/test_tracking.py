@@ -322,3 +322,15 @@ def test_plots_reject_bad_input():
         plots.loss_curves({})
     with pytest.raises(ValueError, match="no run has a growth"):
         plots.growth_zoom({"a": _history()}, {})
+
+
+def test_smooth_is_an_unbiased_causal_running_mean():
+    const = np.full(300, 4.2)
+    np.testing.assert_allclose(plots.smooth(const), const)  # bias-corrected: no warm-up dip towards 0
+    step = np.r_[np.zeros(150), np.ones(150)]
+    out = plots.smooth(step)
+    assert np.all(out[:150] == 0)  # causal: nothing before the jump sees it
+    assert 0 < out[150] < out[160] < out[-1] < 1.0 + 1e-12 and out[-1] > 0.9  # lags, then converges
+    noisy = 3.0 + np.random.default_rng(0).normal(0, 0.5, 600)
+    assert plots.smooth(noisy)[100:].std() < 0.3 * noisy[100:].std()
+    np.testing.assert_array_equal(plots.smooth(np.array([1.0, 5.0])), [1.0, 5.0])  # too short to smooth

@@ -1,7 +1,9 @@
 """Run a comparison: one base RunConfig -> operator x learning rate x seed runs, trained, evaluated, reported.
 
 Every run shares the base's data, data order (seed), step budget and evaluation set; "full" trains the target
-structure from scratch (``schedule.full`` with the same head_dim). Execution modes:
+structure from scratch (``schedule.full`` with the same head_dim). With ``lr_search_seeds = k`` a comparison runs
+in two phases: every LR on the first k seeds, then the other seeds at each operator's chosen LR only (the same
+tuning effort for every operator, fewer runs). Execution modes:
 - ``parallel``: one Ray Tune trial per run, each training in-process with DeepSpeed world size 1 (the loop's
   "tune" session), ``max_concurrent`` at a time. Runs side by side see the same machine load, which is what a
   wall-time ratio needs on a shared CPU (platform notes: a lone run is faster than two side by side);
