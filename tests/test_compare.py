@@ -25,7 +25,7 @@ from msg_ray.compare.finetune import (
     predict,
     train_classifier,
 )
-from msg_ray.compare.report import best_lrs, summarize
+from msg_ray.compare.report import best_lrs, grid_edge_warnings, summarize
 from msg_ray.compare.runner import plan
 from msg_ray.export import export_plain
 from msg_ray.model import build_model
@@ -260,3 +260,12 @@ def test_lr_search_on_one_seed_then_more_seeds(tmp_path, ray_local):
     assert rows["msg"]["seeds"] == 2 and rows["msg"]["lr"] == chosen["msg"]
     children = child_runs(res.tracking_uri, res.parent_run_id)
     assert len(children) == 6 and all(c["status"] == "FINISHED" for c in children)
+
+
+def test_grid_edge_warning_flags_an_lr_choice_at_the_edge():
+    inside = [_rec("full", 1e-3, 0, 3.2), _rec("full", 2e-3, 0, 3.0), _rec("full", 3e-3, 0, 3.1)]
+    edge = [_rec("msg", 1e-3, 0, 3.3), _rec("msg", 3e-3, 0, 3.1)]
+    warnings = grid_edge_warnings(inside + edge)
+    assert len(warnings) == 1 and "msg" in warnings[0] and "highest" in warnings[0]
+    assert grid_edge_warnings([_rec("full", 1e-3, 0, 3.0)]) == []  # one LR: no search, nothing to flag
+    assert "lowest" in grid_edge_warnings([_rec("full", 1e-3, 0, 3.0), _rec("full", 3e-3, 0, 3.1)])[0]

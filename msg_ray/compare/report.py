@@ -112,6 +112,19 @@ def best_lrs(records: list[RunRecord]) -> dict[str, float]:
     return best
 
 
+def grid_edge_warnings(records: list[RunRecord]) -> list[str]:
+    """One line per operator whose chosen LR is the lowest or highest it tried: its optimum may lie outside
+    the grid, and an under-tuned baseline inflates every speed-up (widen ``--lrs`` until each choice is inside)."""
+    out = []
+    for op, lr in best_lrs(records).items():
+        tried = sorted({r.lr for r in records if r.operator == op})
+        if len(tried) > 1 and lr in (tried[0], tried[-1]):
+            side = "lowest" if lr == tried[0] else "highest"
+            out.append(f"WARNING: {op}: the chosen LR {lr:g} is the {side} tried ({', '.join(f'{x:g}' for x in tried)});"
+                       " its optimum may lie outside the grid - widen --lrs before trusting the speed-ups.")  # fmt: skip
+    return out
+
+
 def operator_order(records: list[RunRecord]) -> list[str]:
     """Fixed row order (msg, net2net, nomask, full), so a live report and one rebuilt from MLflow agree."""
     rank = {op: i for i, op in enumerate(("msg", "net2net", "nomask", FULL))}
@@ -248,6 +261,7 @@ def write_report(records: list[RunRecord], out_dir: str | Path, *, title: str = 
     md = (f"## {title}\n\n" if title else "") + to_markdown(rows)
     if len({r["lr"] for r in search}) > 1 or len(search) > len(rows):
         md += "\nLearning-rate search (final validation loss):\n\n" + to_markdown(search)
+        md += "".join(f"\n{w}\n" for w in grid_edge_warnings(records))
     text = to_csv(rows)
     files = [out / "comparison.md", out / "comparison.csv", out / "lr_search.csv"]
     files[0].write_text(md)
