@@ -6,7 +6,7 @@ against the full run's over the same steps, next to the FLOPs-per-step ratio (th
 small stages trail it most, because the LM head and per-step overheads do not shrink with the model).
 ``--from-mlflow EXPERIMENT`` prints the same tables for an existing comparison without training.
 
-    python pipelines/bench_speedup.py --schedule mini-sch1-g --lrs 1e-3,3e-3 --set data.seq_len=64
+    python pipelines/bench_speedup.py --schedule mini-sch1-g --lrs 1e-3,2e-3,3e-3 --set data.seq_len=64
     python pipelines/bench_speedup.py --from-mlflow msg_ray --tracking-uri sqlite:////abs/mlruns.db
 """
 
