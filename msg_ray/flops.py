@@ -23,6 +23,8 @@ because that is what dense attention kernels compute. This makes MFU comparable 
 
 from __future__ import annotations
 
+import math
+
 from msg_ray.schedule import ARCHS, Schedule
 from msg_ray.structure import Structure
 
@@ -137,3 +139,43 @@ def peak_flops_per_gpu(name: str) -> float:
         if short in tokens:
             return PEAK_FLOPS[short]
     raise ValueError(f"unknown GPU {name!r}; known: {', '.join(sorted(PEAK_FLOPS))} (pass peak_flops explicitly)")
+
+
+def full_flops(schedule: Schedule, steps: int, vocab_size: int, seq_len: int, tokens_per_step: int = 1) -> float:
+    """FLOPs of training ``schedule``'s target from scratch for ``steps`` steps (the full baseline's budget)."""
+    fpt = flops_per_token(schedule.arch, schedule.target, vocab_size, seq_len, schedule.head_dim)
+    return steps * tokens_per_step * fpt
+
+
+def solve_total_steps(schedule: Schedule, full_steps: int, vocab_size: int, seq_len: int) -> int:
+    """Total steps at which ``schedule`` (same stage fractions) spends the FLOPs of ``full_steps`` full steps.
+
+    The equal-compute protocol (Kaddour et al., "No Train No Gain"): a growth schedule is cheaper per step, so at
+    equal FLOPs it trains for more steps. Stage starts keep their fractions of the run (:meth:`Schedule.scaled`);
+    among the step counts around the closed-form answer ``full_steps * fpt(target) / mean fpt`` the one whose
+    rounded boundaries come closest to the full budget is returned, so the two differ by less than one full step.
+    """
+    if isinstance(full_steps, bool) or not isinstance(full_steps, int) or full_steps < 1:
+        raise ValueError(f"full_steps must be an int >= 1, got {full_steps!r}")
+    if schedule.is_full:
+        return full_steps
+    budget = full_flops(schedule, full_steps, vocab_size, seq_len)
+    mean_fpt = schedule_flops(schedule, vocab_size, seq_len, 1) / schedule.total_steps
+    guess = max(1, int(budget / mean_fpt))
+    best, best_gap = guess, math.inf
+    for total in range(max(1, guess - 3), guess + 4):
+        try:
+            candidate = schedule.scaled(total_steps=total)
+        except ValueError:  # too short for φ or the stages: not a valid run of that length
+            continue
+        gap = abs(schedule_flops(candidate, vocab_size, seq_len, 1) - budget)
+        if gap < best_gap:
+            best, best_gap = total, gap
+    if math.isinf(best_gap):
+        raise ValueError(f"solve_total_steps: no valid length of {schedule.name or 'the schedule'} near {guess} steps")
+    return best
+
+
+def equal_flops(schedule: Schedule, full_steps: int, vocab_size: int, seq_len: int) -> Schedule:
+    """``schedule`` rescaled (same stage fractions, same φ) to the FLOPs of ``full_steps`` steps of its target."""
+    return schedule.scaled(total_steps=solve_total_steps(schedule, full_steps, vocab_size, seq_len))

@@ -134,3 +134,23 @@ MINI: dict[str, tuple[int, int]] = {
 
 # arch -> total_steps of the one-stage mini baseline (equal to mini-sch1-g / mini-sch1-b; override as needed).
 MINI_FULL: dict[str, int] = {"gpt": 1200, "bert": 900}
+
+# "Fast" schedules: growth finished before half of training, one LR decay over the whole run (no reset), chosen
+# by measurement against a tuned full baseline at equal FLOPs (README, "Growth that pays"). Order of growths:
+# ffn, hidden, heads, layers, every dimension starting at half its target. Starts are fractions of the run; each
+# total_steps spends the FLOPs of ``full_steps`` steps of the target (msg_ray.flops.solve_total_steps) for the
+# data it names: mini = 4k byte-level BPE, seq 64; gpt-fast = GPT-2 BPE (50,257), seq 1024; bert-fast = BERT's
+# 30,522 WordPiece, seq 512. Under ``msg-ray compare --budget flops`` the length is re-solved for the real data.
+FAST_STARTS = [0.0, 0.12, 0.24, 0.36, 0.48]
+_MINI_FAST = [[64, 256, 2, 2], [64, 512, 2, 2], [128, 512, 2, 2], [128, 512, 4, 2], [128, 512, 4, 4]]
+_PAPER_FAST = [[384, 1536, 6, 6], [384, 3072, 6, 6], [768, 3072, 6, 6], [768, 3072, 12, 6], [768, 3072, 12, 12]]
+FAST: dict[str, dict] = {
+    "mini-gpt-fast": {"arch": "gpt", "structures": _MINI_FAST, "total_steps": 2000, "full_steps": 1500,
+                      "phi": 50, "head_dim": MINI_HEAD_DIM},
+    "mini-bert-fast": {"arch": "bert", "structures": _MINI_FAST, "total_steps": 2664, "full_steps": 2000,
+                       "phi": 50, "head_dim": MINI_HEAD_DIM},
+    "gpt-fast": {"arch": "gpt", "structures": _PAPER_FAST, "total_steps": 330_161, "full_steps": 240_000,
+                 "phi": PAPER_PHI, "head_dim": 64},
+    "bert-fast": {"arch": "bert", "structures": _PAPER_FAST, "total_steps": 1_403_859, "full_steps": 1_000_000,
+                  "phi": PAPER_PHI, "head_dim": 64},
+}  # fmt: skip

@@ -366,6 +366,10 @@ def _build_presets() -> dict[str, Schedule]:
         out[f"mini-full-{arch}"] = full(
             arch, presets.MINI_TARGET, total, phi=50, head_dim=presets.MINI_HEAD_DIM, name=f"mini-full-{arch}"
         )
+    for name, spec in presets.FAST.items():
+        stages = [{"structure": st, "start": b} for st, b in zip(spec["structures"], presets.FAST_STARTS, strict=True)]
+        keep = {k: spec[k] for k in ("arch", "total_steps", "phi", "head_dim")}
+        out[name] = Schedule.from_dict({"name": name, "stages": stages, **keep})
     return out
 
 

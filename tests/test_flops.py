@@ -9,12 +9,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from msg_ray.flops import (
     PEAK_FLOPS,
+    equal_flops,
     flops_per_token,
     flops_ratio,
+    full_flops,
     mfu,
     param_count,
     peak_flops_per_gpu,
     schedule_flops,
+    solve_total_steps,
 )
 from msg_ray.model import build_model
 from msg_ray.schedule import PRESETS, Schedule, Stage
@@ -124,3 +127,38 @@ def test_mfu_and_peaks():
         mfu(1.0, 0.0)
     with pytest.raises(ValueError, match="arch"):
         param_count("t5", SMALL, V, S)
+
+
+@pytest.mark.parametrize("name", ["mini-gpt-fast", "mini-bert-fast", "mini-sch1-g", "mini-sch1-b", "mini-rapid-l"])
+@pytest.mark.parametrize(("vocab", "seq", "steps"), [(4096, 64, 1500), (8192, 128, 911), (50257, 64, 3000)])
+def test_solved_schedule_spends_full_flops_within_one_step(name, vocab, seq, steps):
+    s = PRESETS[name]
+    solved = equal_flops(s, steps, vocab, seq)
+    one_step = full_flops(s, 1, vocab, seq)
+    assert abs(schedule_flops(solved, vocab, seq, 1) - full_flops(s, steps, vocab, seq)) <= one_step
+    assert solved.total_steps == solve_total_steps(s, steps, vocab, seq) > steps  # growth is cheaper per step
+    # stage boundaries keep their fractions (to the step) and φ is unchanged
+    for a, b in zip(s.boundaries(), solved.boundaries(), strict=True):
+        assert abs(b - a * solved.total_steps / s.total_steps) <= 1
+    assert solved.phi == s.phi and [x.structure for x in solved.stages] == [x.structure for x in s.stages]
+
+
+def test_solver_full_schedule_and_bad_budget():
+    full = PRESETS["mini-full-gpt"]
+    assert solve_total_steps(full, 777, 4096, 64) == 777
+    with pytest.raises(ValueError, match="full_steps"):
+        solve_total_steps(PRESETS["mini-gpt-fast"], 0, 4096, 64)
+    with pytest.raises(ValueError, match="full_steps"):
+        solve_total_steps(PRESETS["mini-gpt-fast"], 10.5, 4096, 64)
+
+
+def test_fast_presets_hold_their_stated_budget():
+    """Each fast preset's total_steps is the solved length for the data its docstring names."""
+    from msg_ray.presets import FAST
+
+    data = {"mini-gpt-fast": (4096, 64), "mini-bert-fast": (4096, 64), "gpt-fast": (50257, 1024),
+            "bert-fast": (30522, 512)}  # fmt: skip
+    for name, (vocab, seq) in data.items():
+        s = PRESETS[name]
+        assert s.total_steps == solve_total_steps(s, FAST[name]["full_steps"], vocab, seq), name
+        assert s.growth_steps()[-1] <= 0.5 * s.total_steps  # growth done before half of training
