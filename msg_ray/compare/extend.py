@@ -28,7 +28,7 @@ def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threa
     from msg_ray.train import checkpoint as C
     from msg_ray.train.config import RunConfig
     from msg_ray.train.engine import param_groups
-    from msg_ray.train.metrics import LRSchedule
+    from msg_ray.train.lr import LRSchedule
 
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")

@@ -25,7 +25,8 @@ from msg_ray.model import GrowableTransformer, ModelConfig, build_from_config
 from msg_ray.train import checkpoint as C
 from msg_ray.train.config import RunConfig
 from msg_ray.train.engine import TrainState, build_engine, carry_train_state, gather_state, release, restore_state
-from msg_ray.train.metrics import LRSchedule, RateMeter
+from msg_ray.train.lr import LRSchedule, stage_lr_multiplier
+from msg_ray.train.metrics import RateMeter
 from msg_ray.train.progress import StepLog, WorkerTracker
 
 
@@ -164,7 +165,7 @@ class WorkerRun:
         return self.engine.module.loss(logits, batch["labels"].to(device))
 
     def _train_step(self) -> float:
-        lr = self.lr(self.step)
+        lr = self.lr(self.step) * stage_lr_multiplier(self.cfg.lr_scale, self.structure, self.sched.target)
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
         total = 0.0

@@ -1,4 +1,4 @@
-"""Online training rates (paper eq. 21) and the learning-rate schedule with growth resets. Pure python/torch.
+"""Online training rates (paper eq. 21): γ, α and τ over a sliding window of optimizer steps. Pure python.
 
 γ = Δloss/Δt = α·τ with α = Δloss/Δstep and τ = Δstep/Δt. We report the *rate of loss decrease*, i.e.
 γ = −d(loss)/dt, so a larger γ means faster learning (the sense in which the paper compares structures).
@@ -8,9 +8,7 @@ two-point difference of a noisy training loss.
 
 from __future__ import annotations
 
-import math
 from collections import deque
-from dataclasses import dataclass
 
 
 def _slope(xs: list[float], ys: list[float]) -> float:
@@ -45,32 +43,15 @@ class RateMeter:
         return {"growth/gamma": gamma, "growth/alpha": alpha, "growth/tau": tau}
 
 
-@dataclass(frozen=True, kw_only=True)
-class LRSchedule:
-    """Linear warm-up, then cosine/linear/constant decay to ``min_ratio``·lr at ``total_steps``.
+def first_reach(xs: list[float], losses: list[float], target: float) -> float | None:
+    """The x (wall seconds, FLOPs, ...) at which ``losses`` first get to ``target``, linear between points, or None.
 
-    ``reset_steps``: growth steps at which the LR jumps back to its maximum and decays again from there
-    (appendix D, following Gu et al.: the 1st and 2nd growth). A pure function of the step, so resume is exact.
+    ``xs[i]`` is where ``losses[i]`` was measured; the comparison's time- and compute-to-target both read this.
     """
-
-    lr: float
-    total_steps: int
-    warmup_steps: int
-    decay: str = "cosine"
-    min_ratio: float = 0.1
-    reset_steps: tuple[int, ...] = ()
-
-    def __call__(self, step: int) -> float:
-        anchor = max([0, *[s for s in self.reset_steps if s <= step]])
-        if anchor == 0 and step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        start = self.warmup_steps if anchor == 0 else anchor
-        span = max(1, self.total_steps - start)
-        frac = min(1.0, max(0.0, (step - start) / span))
-        if self.decay == "constant":
-            mult = 1.0
-        elif self.decay == "linear":
-            mult = 1.0 - (1.0 - self.min_ratio) * frac
-        else:
-            mult = self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
-        return self.lr * mult
+    for i, loss in enumerate(losses):
+        if loss <= target:
+            if i == 0 or losses[i - 1] == loss:
+                return float(xs[i])
+            frac = (losses[i - 1] - target) / (losses[i - 1] - loss)
+            return float(xs[i - 1] + frac * (xs[i] - xs[i - 1]))
+    return None
