@@ -58,7 +58,8 @@ def base_config(tmp: Path) -> RunConfig:
 def comparison(tmp_path_factory, ray_local):
     tmp = tmp_path_factory.mktemp("compare")
     cfg = CompareConfig(base=base_config(tmp), operators=("msg", "nomask", "full"), seeds=(0,), name="tiny",
-                        mode="parallel", evaluate=True, eval=TINY_EVAL, out_dir=str(tmp / "report"), extend_steps=8)  # fmt: skip
+                        mode="parallel", evaluate=True, eval=TINY_EVAL, out_dir=str(tmp / "report"), extend_steps=8,
+                        budget="steps")  # fmt: skip
     return tmp, run_comparison(cfg)
 
 
@@ -269,3 +270,39 @@ def test_grid_edge_warning_flags_an_lr_choice_at_the_edge():
     assert len(warnings) == 1 and "msg" in warnings[0] and "highest" in warnings[0]
     assert grid_edge_warnings([_rec("full", 1e-3, 0, 3.0)]) == []  # one LR: no search, nothing to flag
     assert "lowest" in grid_edge_warnings([_rec("full", 1e-3, 0, 3.0), _rec("full", 3e-3, 0, 3.1)])[0]
+
+
+def test_flops_budget_plan_solves_each_schedule_to_full_flops(tmp_path):
+    from msg_ray.flops import full_flops, schedule_flops
+
+    cfg = CompareConfig(base=base_config(tmp_path), operators=("msg", "net2net", "full"), seeds=(0,), name="b")
+    assert cfg.budget == "flops"  # the default: equal compute
+    with pytest.raises(ValueError, match="vocab_size"):
+        plan(cfg)
+    runs = {r.operator: r.config.schedule for r in plan(cfg, vocab_size=1024)}
+    assert runs["full"].total_steps == SCHEDULE["total_steps"]
+    budget = full_flops(runs["full"], runs["full"].total_steps, 1024, 32)
+    for op in ("msg", "net2net"):
+        assert runs[op].total_steps > runs["full"].total_steps
+        assert abs(schedule_flops(runs[op], 1024, 32, 1) - budget) <= full_flops(runs["full"], 1, 1024, 32)
+    steps = {r.operator: r.config.schedule.total_steps for r in plan(replace(cfg, budget="steps"))}
+    assert set(steps.values()) == {SCHEDULE["total_steps"]}
+    with pytest.raises(ValueError, match="CompareConfig.budget"):
+        replace(cfg, budget="wallclock")
+
+
+def test_flops_budget_comparison_end_to_end(tmp_path, ray_local):
+    """msg vs full at equal FLOPs: real Tune trials; every run's LR decays at its own end; FLOPs columns."""
+    cfg = CompareConfig(base=base_config(tmp_path), operators=("msg", "full"), seeds=(0,), name="eqf",
+                        mode="parallel", out_dir=str(tmp_path / "report"))  # fmt: skip
+    res = run_comparison(cfg)
+    recs = {r.operator: r for r in res.records}
+    full_step_flops = recs["full"].flops / SCHEDULE["total_steps"]
+    assert abs(recs["msg"].flops - recs["full"].flops) <= full_step_flops  # equal compute within one full step
+    assert recs["msg"].history["step"][-1] > recs["full"].history["step"][-1]
+    rows = {r["operator"]: r for r in res.report.rows}
+    assert rows["full"]["speedup_flops_to_target"] == (1.0, 0.0) and rows["full"]["val_vs_full"] == (0.0, 0.0)
+    assert rows["msg"]["steps"][0] == recs["msg"].history["step"][-1]
+    assert "equal flops" in res.report.markdown and "speedup_flops_to_target" in res.report.markdown
+    parent = find_runs(res.tracking_uri, "test-compare", f"attributes.run_id = '{res.parent_run_id}'")[0]
+    assert parent["params"]["compare.budget"] == "flops"

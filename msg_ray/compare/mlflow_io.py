@@ -139,7 +139,15 @@ def log_report(tracker: Tracker, report) -> None:
     for f in report.files:
         tracker.log_artifact(f, "report")
     for row in report.rows:
-        for key in ("speedup_equal_steps", "speedup_time_to_target", "final_val_loss", "wall_s", "efficiency"):
+        for key in (
+            "speedup_equal_steps",
+            "speedup_time_to_target",
+            "speedup_flops_to_target",
+            "final_val_loss",
+            "val_vs_full",
+            "wall_s",
+            "efficiency",
+        ):
             mean = row[key][0] if isinstance(row[key], tuple) else row[key]
             if mean == mean:  # skip NaN (time-to-target not reached)
                 tracker.log_metrics({f"compare/{row['operator']}/{key}": mean}, step=0)

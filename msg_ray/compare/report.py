@@ -3,13 +3,19 @@
 Input is a list of `RunRecord` (one per operator x learning rate x seed), built either from the runs just
 trained or from MLflow alone (``msg_ray.compare.mlflow_io``), so both paths give the same table.
 Definitions (paired by seed, at each operator's best learning rate = lowest mean final validation loss):
-- equal-steps speed-up = wall(full) / wall(schedule), both for the same step budget (the paper's);
+- equal-steps speed-up = wall per step of full / wall per step of the schedule over its whole run (the paper's
+  ratio for the same step budget; read per step it also holds when ``--budget flops`` gives the runs different
+  step counts);
 - time-to-target speed-up = wall(full) / wall at which the schedule run's validation loss first reaches the full
   run's final validation loss (linear interpolation between evaluations). A run that does not reach it within
   its budget is continued at full size when the comparison has ``extend_steps`` (the paper's Sch1-G keeps
   training; ``msg_ray.compare.extend``), else it counts as not reached; ``ttt_reached`` says how many seeds
   reached it and how many extra steps the longest continuation took;
-- FLOPs limit = FLOPs(full, same steps) / FLOPs(schedule); efficiency = equal-steps speed-up / limit.
+- FLOPs-to-target speed-up = FLOPs(full run) / FLOPs the schedule run spent when it first reached that loss;
+- FLOPs limit = FLOPs(full, same steps) / FLOPs(schedule); efficiency = equal-steps speed-up / limit (realised
+  over the limit); ``val_vs_full`` = final validation loss minus the full run's (same seed; < 0: better). Under
+  ``--budget flops`` (msg_ray.flops.solve_total_steps) every run spends the full run's FLOPs, so final loss is the
+  equal-compute comparison of Kaddour et al. (NeurIPS 2023).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from msg_ray import plots
+from msg_ray.train.metrics import first_reach
 
 FULL = "full"
 
@@ -58,31 +65,25 @@ class RunRecord:
         return [int(s) for s in self.history.get("growth_steps", [])]
 
 
-def time_to_reach(history: dict[str, list], target: float, extension: dict[str, list] | None = None) -> float | None:
-    """Wall seconds at which validation loss first gets to ``target`` (interpolated), or None if never.
-
-    ``extension`` (same keys, later steps) continues the run past its budget on the same axes.
+def time_to_reach(
+    history: dict[str, list], target: float, extension: dict[str, list] | None = None, axis: str = "wall_s"
+) -> float | None:
+    """Wall seconds (``axis="wall_s"``) or FLOPs (``axis="flops"``) at which validation loss first gets to
+    ``target`` (interpolated), or None if never. ``extension`` (same keys, later steps) continues the run past its
+    budget on the same axes.
     """
-    ext = extension or {}
+    ext = extension if extension and axis in extension else {}  # continuations log wall time, not FLOPs
     vs = list(history.get("val_step") or []) + list(ext.get("val_step") or [])
     vl = list(history.get("val_loss") or []) + list(ext.get("val_loss") or [])
-    if not vs:
+    if not vs or not history.get(axis):
         return None
     steps = np.asarray(list(history["step"]) + list(ext.get("step") or []), float)
-    walls = np.interp(
-        np.asarray(vs, float), steps, np.asarray(list(history["wall_s"]) + list(ext.get("wall_s") or []), float)
-    )
-    for i, loss in enumerate(vl):
-        if loss <= target:
-            if i == 0 or vl[i - 1] == loss:
-                return float(walls[i])
-            frac = (vl[i - 1] - target) / (vl[i - 1] - loss)
-            return float(walls[i - 1] + frac * (walls[i] - walls[i - 1]))
-    return None
+    xs = np.interp(np.asarray(vs, float), steps, np.asarray(list(history[axis]) + list(ext.get(axis) or []), float))
+    return first_reach(list(xs), vl, target)
 
 
-def reach_target(record: RunRecord, full: RunRecord) -> float | None:
-    return time_to_reach(record.history, full.final_val, record.extension)
+def reach_target(record: RunRecord, full: RunRecord, axis: str = "wall_s") -> float | None:
+    return time_to_reach(record.history, full.final_val, record.extension, axis)
 
 
 def _ms(values: list[float]) -> tuple[float, float]:
@@ -141,8 +142,10 @@ def summarize(records: list[RunRecord]) -> list[dict[str, Any]]:
     for op in operator_order(records):
         runs = sorted((r for r in records if r.operator == op and r.lr == lrs[op]), key=lambda r: r.seed)
         paired = [r for r in runs if r.seed in full]
-        eq = [full[r.seed].wall / r.wall for r in paired]
+        eq = [_per_step(full[r.seed]) / _per_step(r) for r in paired]  # step-rate ratio: budget-independent
         reach = [reach_target(r, full[r.seed]) for r in paired]
+        reach_f = [reach_target(r, full[r.seed], "flops") for r in paired]
+        ftt = [full[r.seed].flops / f for r, f in zip(paired, reach_f, strict=True) if f]
         extra = max(
             (r.extension["step"][-1] - r.history["step"][-1] for r in paired if r.extension and r.extension["step"]),
             default=0,
@@ -151,15 +154,22 @@ def summarize(records: list[RunRecord]) -> list[dict[str, Any]]:
         limit = runs[0].flops_limit
         row: dict[str, Any] = {
             "operator": op, "lr": lrs[op], "seeds": len(runs), "wall_s": _ms([r.wall for r in runs]),
-            "speedup_equal_steps": _ms(eq), "speedup_time_to_target": _ms(ttt),
+            "steps": _ms([float(r.history["step"][-1]) for r in runs]),
+            "speedup_equal_steps": _ms(eq), "speedup_time_to_target": _ms(ttt), "speedup_flops_to_target": _ms(ftt),
             "ttt_reached": f"{len(ttt)}/{len(paired)}" + (f" (+{extra} steps)" if extra else ""), "flops": _ms([r.flops for r in runs]),
             "flops_limit": limit, "efficiency": _ms([e / limit for e in eq]),
             "final_val_loss": _ms([r.final_val for r in runs]),
+            "val_vs_full": _ms([r.final_val - full[r.seed].final_val for r in paired]),
         }  # fmt: skip
         for key in sorted({k for r in runs for k in r.scores}):
             row[f"{key}"] = _ms([v for r in runs for v in r.scores.get(key, [])])
         rows.append(row)
     return rows
+
+
+def _per_step(r: RunRecord) -> float:
+    """Wall seconds per optimizer step over the whole run."""
+    return r.wall / max(1, int(r.history["step"][-1]))
 
 
 def lr_rows(records: list[RunRecord]) -> list[dict[str, Any]]:

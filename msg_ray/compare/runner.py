@@ -1,7 +1,10 @@
 """Run a comparison: one base RunConfig -> operator x learning rate x seed runs, trained, evaluated, reported.
 
-Every run shares the base's data, data order (seed), step budget and evaluation set; "full" trains the target
-structure from scratch (``schedule.full`` with the same head_dim). With ``lr_search_seeds = k`` a comparison runs
+Every run shares the base's data, data order (seed), compute budget and evaluation set; "full" trains the target
+structure from scratch (``schedule.full`` with the same head_dim) for the base's steps N. ``budget="flops"``
+(default) gives every growth schedule the FLOPs of those N full steps (its length solved by
+``msg_ray.flops.solve_total_steps``, stage fractions kept, its LR decayed at its own end); ``"steps"`` gives it N
+steps, which hands the schedule fewer FLOPs than the baseline. With ``lr_search_seeds = k`` a comparison runs
 in two phases: every LR on the first k seeds, then the other seeds at each operator's chosen LR only (the same
 tuning effort for every operator, fewer runs). Execution modes:
 - ``parallel``: one Ray Tune trial per run, each training in-process with DeepSpeed world size 1 (the loop's
@@ -22,10 +25,12 @@ from typing import Any
 from msg_ray.compare import mlflow_io
 from msg_ray.compare.evaluate import EvalConfig, evaluate_many
 from msg_ray.compare.report import FULL, Report, RunRecord, best_lrs, reach_target, write_report
+from msg_ray.flops import equal_flops
 from msg_ray.schedule import OPERATORS, full
 from msg_ray.train.config import RunConfig
 
 MODES = ("auto", "parallel", "sequential")
+BUDGETS = ("steps", "flops")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,8 +50,13 @@ class CompareConfig:
     out_dir: str = ""  # "" -> <storage_path>/../compare/<name>-<parent id>
     extend_steps: int = 0  # >0: continue schedule runs that miss the full run's loss by up to this many steps
     zoom_window: int = 200
+    # "flops" (default): the base schedule's total_steps is the full run's budget N, and every growth schedule is
+    # solved (same stage fractions) to spend the FLOPs of N full steps; "steps": every run trains N steps.
+    budget: str = "flops"
 
     def __post_init__(self) -> None:
+        if self.budget not in BUDGETS:
+            raise ValueError(f"CompareConfig.budget must be one of {BUDGETS}, got {self.budget!r}")
         ops = self.operators
         if not ops or len(set(ops)) != len(ops) or set(ops) - {*OPERATORS, FULL}:
             raise ValueError(f"CompareConfig.operators must be distinct names from {(*OPERATORS, FULL)}, got {ops!r}")
@@ -84,13 +94,21 @@ class PlannedRun:
 
 
 def plan(
-    cfg: CompareConfig, tag: str = "", *, seeds: tuple[int, ...] | None = None, lr_of: dict[str, float] | None = None
+    cfg: CompareConfig,
+    tag: str = "",
+    *,
+    seeds: tuple[int, ...] | None = None,
+    lr_of: dict[str, float] | None = None,
+    vocab_size: int | None = None,
 ) -> list[PlannedRun]:
     """The runs of a comparison (names ``<name>[-tag]-<operator>-lr<lr>-s<seed>``), without running them.
 
     ``seeds`` (default: all) limits the plan to those seeds; ``lr_of`` (operator -> LR) replaces the LR search
-    with one LR per operator - the second phase of a comparison with ``lr_search_seeds``.
+    with one LR per operator - the second phase of a comparison with ``lr_search_seeds``. ``vocab_size`` (the
+    tokenizer's) is needed by ``budget="flops"`` to solve each schedule's length.
     """
+    if cfg.budget == "flops" and vocab_size is None:
+        raise ValueError("plan: budget 'flops' needs the vocab_size to count FLOPs")
     base, sched = cfg.base, cfg.base.schedule
     if base.data.cache_dir:  # Tune trials run in their own cwd
         base = replace(base, data=replace(base.data, cache_dir=str(Path(base.data.cache_dir).resolve())))
@@ -99,6 +117,8 @@ def plan(
         if op == FULL:
             schedules[op] = full(sched.arch, sched.target, sched.total_steps, head_dim=sched.head_dim, phi=sched.phi,
                                  name=f"full-{sched.name or sched.arch}")  # fmt: skip
+        elif cfg.budget == "flops":
+            schedules[op] = equal_flops(sched.replace(operator=op), sched.total_steps, vocab_size, base.data.seq_len)
         else:
             schedules[op] = sched.replace(operator=op)
     # Order: per (lr, seed), full first, then the schedules. Parallel mode launches trials in this order, so the
@@ -143,7 +163,8 @@ def run_comparison(cfg: CompareConfig, *, ray_address: str | None = None) -> Com
     parent = mlflow_io.open_parent(uri, base.experiment, cfg.name, _params(cfg))
     tag = (parent.run_id or "")[:8]
     search = cfg.seeds[: cfg.lr_search_seeds or len(cfg.seeds)]
-    runs = _open_runs(plan(cfg, tag, seeds=search), parent.run_id, data.vocab_size, base.data.seq_len)
+    runs = _open_runs(plan(cfg, tag, seeds=search, vocab_size=data.vocab_size), parent.run_id, data.vocab_size,
+                      base.data.seq_len)  # fmt: skip
     if not ray.is_initialized():
         ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"))
     mode = cfg.mode if cfg.mode != "auto" else ("parallel" if base.workers == 1 else "sequential")
@@ -152,8 +173,8 @@ def run_comparison(cfg: CompareConfig, *, ray_address: str | None = None) -> Com
         records = [_record(r, p) for r, p in zip(runs, paths, strict=True)]
         if len(search) < len(cfg.seeds):  # phase 2: the other seeds at each operator's chosen LR
             rest = tuple(s for s in cfg.seeds if s not in search)
-            more = _open_runs(plan(cfg, tag, seeds=rest, lr_of=best_lrs(records)), parent.run_id, data.vocab_size,
-                              base.data.seq_len)  # fmt: skip
+            more = _open_runs(plan(cfg, tag, seeds=rest, lr_of=best_lrs(records), vocab_size=data.vocab_size),
+                              parent.run_id, data.vocab_size, base.data.seq_len)  # fmt: skip
             runs += more
             more_paths = _execute(more, cfg, mode, f"{tag}-seeds", ray_address)
             paths += more_paths
@@ -162,7 +183,8 @@ def run_comparison(cfg: CompareConfig, *, ray_address: str | None = None) -> Com
             _extend(records, paths, cfg.extend_steps)
         evals = _evaluate(records, paths, cfg) if cfg.evaluate else []
         out = Path(cfg.out_dir or Path(base.storage_path).parent / "compare" / f"{cfg.name}-{tag}")
-        report = write_report(records, out, title=f"{cfg.name} ({base.schedule.name or base.schedule.arch})",
+        title = f"{cfg.name} ({base.schedule.name or base.schedule.arch}, equal {cfg.budget})"
+        report = write_report(records, out, title=title,
                               zoom_window=cfg.zoom_window)  # fmt: skip
         mlflow_io.log_report(parent, report)
     except BaseException:
@@ -193,7 +215,7 @@ def _open_runs(runs: list[PlannedRun], parent_id: str | None, vocab_size: int, s
 def _params(cfg: CompareConfig) -> dict[str, Any]:
     return {"compare.operators": ",".join(cfg.operators), "compare.seeds": ",".join(map(str, cfg.seeds)),
             "compare.lrs": ",".join(f"{x:g}" for x in cfg.lrs or (cfg.base.engine.lr,)), "compare.mode": cfg.mode,
-            "compare.lr_search_seeds": cfg.lr_search_seeds or len(cfg.seeds),
+            "compare.lr_search_seeds": cfg.lr_search_seeds or len(cfg.seeds), "compare.budget": cfg.budget,
             "base": cfg.base.to_dict()}  # fmt: skip
 
 
