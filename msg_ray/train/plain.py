@@ -1,0 +1,143 @@
+"""A plain single-process reference trainer over the core: no Ray, no DeepSpeed, no MLflow.
+
+Two jobs: (1) the "any correct training loop" check of a growth schedule - the same schedule, LR rule and
+equal-FLOPs budget as the platform, in ~100 lines of plain torch (AdamW, moments carried by name at a growth,
+the MSG mask ramp); (2) fast schedule/LR sweeps on one GPU, many small runs side by side
+(``pipelines/bench_schedules.py``). Everything is a function of a `PlainJob`, so results are reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from msg_ray import growth as G
+from msg_ray.flops import flops_per_token, solve_total_steps
+from msg_ray.model import ModelConfig, build_from_config
+from msg_ray.optim_carry import carry_adam_state
+from msg_ray.schedule import Schedule
+from msg_ray.train.engine import param_groups
+from msg_ray.train.lr import LRSchedule, stage_lr_multiplier
+from msg_ray.train.metrics import first_reach
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlainJob:
+    """One run: ``schedule`` trained at ``lr`` with the LR policy, for the FLOPs of ``full_steps`` full steps."""
+
+    schedule: Schedule
+    lr: float
+    full_steps: int
+    seed: int = 0
+    batch_size: int = 16
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    lr_reset_growths: int = 0
+    lr_scale: str = "none"
+    eval_points: int = 30  # validation evaluations spread over the run (the last one at the end)
+    label: str = ""
+
+
+def _adamw(model: torch.nn.Module, job: PlainJob, state: dict[str, dict] | None, step: int) -> torch.optim.AdamW:
+    groups = param_groups(model, job.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=job.lr, betas=(0.9, 0.95), eps=1e-8)
+    if state:  # moments by parameter name (old coordinates in the leading slice, new ones zero)
+        shapes = {n: p.shape for n, p in model.named_parameters()}
+        carried = carry_adam_state(state, shapes)
+        params = dict(model.named_parameters())
+        for name, mom in carried.items():
+            p = params[name]
+            opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": mom["exp_avg"].to(p.device),
+                            "exp_avg_sq": mom["exp_avg_sq"].to(p.device)}  # fmt: skip
+    return opt
+
+
+def _moments(model: torch.nn.Module, opt: torch.optim.AdamW) -> dict[str, dict]:
+    out = {}
+    for name, p in model.named_parameters():
+        s = opt.state.get(p)
+        if s:
+            out[name] = {"exp_avg": s["exp_avg"].detach().cpu(), "exp_avg_sq": s["exp_avg_sq"].detach().cpu()}
+    return out
+
+
+@torch.no_grad()
+def _evaluate(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], device: str) -> float:
+    model.eval()
+    losses = [model.loss(model(b["input_ids"].to(device)), b["labels"].to(device)).item() for b in batches]
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def run_plain(job: PlainJob, data: Any, valid_batches: list[dict[str, torch.Tensor]], device: str = "cpu") -> dict:
+    """Train ``job`` on ``data`` (a `PreparedData`); returns the loss curve on the FLOPs and wall axes."""
+    sched = job.schedule
+    seq_len = int(data.train_blocks.shape[1])
+    vocab = data.vocab_size
+    if not sched.is_full:
+        sched = sched.scaled(total_steps=solve_total_steps(sched, job.full_steps, vocab, seq_len))
+    total = sched.total_steps
+    lr = LRSchedule(lr=job.lr, total_steps=total, warmup_steps=job.warmup_steps, min_ratio=job.min_lr_ratio,
+                    reset_steps=tuple(sched.growth_steps()[: job.lr_reset_growths]))  # fmt: skip
+    torch.manual_seed(job.seed)
+
+    def config(structure):
+        return ModelConfig(arch=sched.arch, structure=structure, vocab_size=vocab, max_seq_len=seq_len,
+                           head_dim=sched.head_dim)  # fmt: skip
+
+    model = build_from_config(config(sched.stages[0].structure), seed=job.seed).to(device)
+    opt = _adamw(model, job, None, 0)
+    loader = data.loader("train", batch_size=job.batch_size, seed=job.seed)
+    evals = sorted({max(1, round(total * (i + 1) / job.eval_points)) for i in range(job.eval_points)})
+    starts, stage, ramp = sched.growth_steps(), 0, None
+    curve: dict[str, list] = {"step": [], "flops": [], "wall_s": [], "val_loss": []}
+    flops, wall, t0 = 0.0, 0.0, time.perf_counter()
+    for step in range(total):
+        if stage + 1 < len(sched.stages) and step >= starts[stage]:
+            stage += 1
+            moments = _moments(model, opt)
+            model = G.grow(model.cpu(), sched.stages[stage].structure, sched.operator, depth_init=sched.depth_init,
+                           seed=job.seed * 1000 + stage).to(device)  # fmt: skip
+            opt = _adamw(model, job, moments, step)
+            ramp = G.MaskRamp(start_step=step, phi=sched.phi) if sched.operator == "msg" else None
+        if ramp is not None:
+            ramp.apply(model, step)
+        structure = sched.stages[stage].structure
+        for group in opt.param_groups:
+            group["lr"] = lr(step) * stage_lr_multiplier(job.lr_scale, structure, sched.target)
+        batch = next(loader)
+        loss = model.loss(model(batch["input_ids"].to(device)), batch["labels"].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        flops += flops_per_token(sched.arch, structure, vocab, seq_len, sched.head_dim) * job.batch_size * seq_len
+        if step + 1 in evals:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            wall += time.perf_counter() - t0
+            val = _evaluate(model, valid_batches, device)
+            if not math.isfinite(val):
+                break
+            for k, v in (("step", step + 1), ("flops", flops), ("wall_s", wall), ("val_loss", val)):
+                curve[k].append(v)
+            t0 = time.perf_counter()
+    return {"job": {**asdict(job), "schedule": sched.to_dict()}, "total_steps": total, **curve,
+            "final_val": curve["val_loss"][-1] if curve["val_loss"] else math.nan}  # fmt: skip
+
+
+def valid_batches(data: Any, n_batches: int, batch_size: int = 32) -> list[dict[str, torch.Tensor]]:
+    """A fixed validation set (same blocks and MLM masks for every run)."""
+    loader = data.loader("valid", batch_size=batch_size, seed=1234)
+    return [next(loader) for _ in range(n_batches)]
+
+
+def flops_to_reach(result: dict, target: float) -> float:
+    """FLOPs at which the validation loss first gets to ``target`` (linear between evaluations), else NaN."""
+    hit = first_reach(result["flops"], result["val_loss"], target)
+    return math.nan if hit is None else hit

@@ -1,0 +1,141 @@
+"""Schedule studies for the plain reference loop: which growth schedules and LR policies beat tuned full training
+at equal FLOPs (``pipelines/bench_schedules.py`` runs them; ``report`` prints the table that chose the presets).
+
+Rules every study follows (Kaddour et al., NeurIPS 2023): one LR grid for every schedule and the baseline, each
+chosen LR checked to lie inside the grid, every run's LR decayed at its own end, equal training FLOPs.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from msg_ray.schedule import Schedule, Stage, full, get_schedule
+from msg_ray.train.plain import PlainJob, flops_to_reach
+
+FULL = "full"
+_T = [128, 512, 4, 4]  # the mini target (head_dim 32)
+_FFN_FIRST = [[64, 256, 2, 2], [64, 512, 2, 2], [128, 512, 2, 2], [128, 512, 4, 2], _T]
+
+
+@dataclass
+class Study:
+    data: dict[str, Any]
+    jobs: list[PlainJob]
+
+
+def _sched(arch: str, structures: list, starts: list[float], name: str, total: int, phi: int) -> Schedule:
+    stages = tuple(Stage(structure=s, start=float(b)) for s, b in zip(structures, starts, strict=True))
+    return Schedule(arch=arch, stages=stages, total_steps=total, phi=phi, head_dim=32, name=name)
+
+
+def candidates(arch: str, total: int, phi: int = 50) -> dict[str, Schedule]:
+    """The growth schedules a study compares (names say structure order and where the last growth lands)."""
+    wd = [[64, 256, 2, 2], [128, 512, 4, 2], _T]
+    out = {
+        "ffn-first-48": _sched(arch, _FFN_FIRST, [0, 0.12, 0.24, 0.36, 0.48], "ffn-first-48", total, phi),
+        "ffn-first-32": _sched(arch, _FFN_FIRST, [0, 0.08, 0.16, 0.24, 0.32], "ffn-first-32", total, phi),
+        "ffn-first-60": _sched(arch, _FFN_FIRST, [0, 0.15, 0.30, 0.45, 0.60], "ffn-first-60", total, phi),
+        "width-depth-40": _sched(arch, wd, [0, 0.2, 0.4], "width-depth-40", total, phi),
+        "depth-30": _sched(arch, [[128, 512, 4, 2], _T], [0, 0.3], "depth-30", total, phi),
+    }
+    ref = "mini-sch1-g" if arch == "gpt" else "mini-sch1-b"
+    out[ref] = get_schedule(ref, total_steps=total, phi=phi)
+    return out
+
+
+def _grid(
+    schedules: dict[str, Schedule], lrs: list[float], seeds: list[int], full_steps: int, **kw: Any
+) -> list[PlainJob]:
+    return [PlainJob(schedule=s, lr=lr, full_steps=full_steps, seed=seed, label=label, **kw)
+            for label, s in schedules.items() for lr in lrs for seed in seeds]  # fmt: skip
+
+
+def _study(arch: str, data: dict, full_steps: int, lrs: list[float], picks: list[str] | None, policies: bool,
+           scale: float, **kw: Any) -> Study:  # fmt: skip
+    n = max(60, int(full_steps * scale))
+    cands = candidates(arch, n, phi=max(1, round(50 * min(1.0, scale))))
+    if picks is not None:
+        cands = {k: v for k, v in cands.items() if k in picks}
+    base = full(arch, _T, n, head_dim=32, phi=50, name=FULL)
+    seeds = [0, 1]
+    jobs = _grid({FULL: base, **cands}, lrs, seeds, n, **kw)
+    if policies:  # the LR policy study on the first candidate: resets at the 1st/2nd growth, muP-style width rule
+        first = next(iter(cands))
+        jobs += [replace(j, lr_reset_growths=2, label=f"{first}+reset2") for j in _grid({first: cands[first]}, lrs, seeds, n, **kw)]  # fmt: skip
+        jobs += [replace(j, lr_scale="width", label=f"{first}+width") for j in _grid({first: cands[first]}, lrs, seeds, n, **kw)]  # fmt: skip
+    # seed 0 of every label first: a sweep cut short still covers every schedule
+    return Study(data=data, jobs=sorted(jobs, key=lambda j: j.seed))
+
+
+_GPT_LRS = [1.4e-3, 2e-3, 2.8e-3, 4e-3, 5.6e-3]
+_BERT_LRS = [5e-4, 1e-3, 1.4e-3, 2e-3, 2.8e-3]
+
+STUDIES: dict[str, Callable[[float], Study]] = {
+    "gpt": lambda scale: _study(
+        "gpt", {"source": "wikitext2", "tokenizer": "bpe8k", "seq_len": 64, "objective": "clm"}, 1500, _GPT_LRS,
+        None, True, scale, batch_size=16, warmup_steps=50),
+    "bert": lambda scale: _study(
+        "bert", {"source": "wikitext2", "tokenizer": "bpe8k", "seq_len": 64, "objective": "mlm"}, 2000, _BERT_LRS,
+        ["ffn-first-48", "ffn-first-32", "width-depth-40", "mini-sch1-b"], False, scale, batch_size=16,
+        warmup_steps=150),
+    # robustness: another tokenizer size, sequence length and batch
+    "gpt-robust": lambda scale: _study(
+        "gpt", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 128, "objective": "clm"}, 1500,
+        _GPT_LRS[:4], ["ffn-first-48", "ffn-first-32"], False, scale, batch_size=8, warmup_steps=50),
+}  # fmt: skip
+
+
+def _ms(xs: list[float]) -> tuple[float, float]:
+    xs = [x for x in xs if not math.isnan(x)]
+    if not xs:
+        return math.nan, math.nan
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def summarize(results: list[dict]) -> list[dict[str, Any]]:
+    """One row per label: chosen LR (lowest mean final val), grid position, loss at equal FLOPs, FLOPs-to-target."""
+    by: dict[str, dict[float, list[dict]]] = {}
+    for r in results:
+        by.setdefault(r["job"]["label"], {}).setdefault(r["job"]["lr"], []).append(r)
+    if FULL not in by:
+        raise ValueError("a study needs its full baseline")
+
+    def choose(per_lr: dict[float, list[dict]]) -> float:
+        return min(per_lr, key=lambda lr: _ms([r["final_val"] for r in per_lr[lr]])[0])
+
+    full_lr = choose(by[FULL])
+    target = _ms([r["final_val"] for r in by[FULL][full_lr]])[0]
+    full_flops = statistics.fmean(r["flops"][-1] for r in by[FULL][full_lr])
+    rows = []
+    for label, per_lr in by.items():
+        lr = choose(per_lr)
+        grid = sorted(per_lr)
+        runs = per_lr[lr]
+        reach = [flops_to_reach(r, target) for r in runs]
+        rows.append({
+            "schedule": label, "lr": lr, "lr_inside_grid": lr not in (grid[0], grid[-1]),
+            "steps": runs[0]["total_steps"], "final_val": _ms([r["final_val"] for r in runs]),
+            "vs_full": _ms([r["final_val"] for r in runs])[0] - target,
+            "flops_to_target_speedup": _ms([full_flops / f if f == f else math.nan for f in reach]),
+            "reached": f"{sum(f == f for f in reach)}/{len(reach)}",
+            "val_by_lr": {f"{x:g}": round(_ms([r["final_val"] for r in per_lr[x]])[0], 4) for x in grid},
+        })  # fmt: skip
+    rows.sort(key=lambda r: r["final_val"][0])
+    return rows
+
+
+def report(results: list[dict]) -> str:
+    """Markdown table of :func:`summarize` (mean (std) over seeds)."""
+    rows = summarize(results)
+    head = "| schedule | LR | inside grid | steps | final val at equal FLOPs | Δ vs full | FLOPs-to-target | reached | val by LR |"
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        (m, s), (sm, ss) = r["final_val"], r["flops_to_target_speedup"]
+        lines.append(f"| {r['schedule']} | {r['lr']:g} | {'yes' if r['lr_inside_grid'] else 'NO'} | {r['steps']} | "
+                     f"{m:.4f} ({s:.4f}) | {r['vs_full']:+.4f} | {sm:.2f}x ({ss:.2f}) | {r['reached']} | "
+                     f"{r['val_by_lr']} |")  # fmt: skip
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""Benchmark: growth schedules vs a tuned full baseline at equal FLOPs, in the plain reference loop (no Ray).
+
+Every schedule and the full baseline get the same LR grid; each schedule is solved to the FLOPs of
+``--full-steps`` full steps and its LR decays fully at its own end. Prints, per (schedule, LR policy): the
+chosen LR (and whether it is inside the grid), final val loss at equal FLOPs (mean/std over seeds), and the
+FLOPs-to-target speed-up, target = the tuned full run's final val loss. Runs many jobs side by side on one GPU
+(``--procs``) or on CPU cores. Studies are defined in ``msg_ray.train.plain_study``.
+
+    python pipelines/bench_schedules.py --study gpt --device cuda --procs 12 --out results.jsonl
+"""
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+
+from msg_ray.train import plain_study as S
+
+_STATE: dict = {}
+
+
+def _init(data_cfg: dict, device: str, threads: int) -> None:
+    import torch
+
+    from msg_ray.data import DataConfig, prepare
+    from msg_ray.train.plain import valid_batches
+
+    torch.set_num_threads(threads)
+    _STATE["data"] = data = prepare(DataConfig(**data_cfg))
+    _STATE["valid"] = valid_batches(data, 40)
+    _STATE["device"] = device
+
+
+def _run(job):
+    from msg_ray.train.plain import run_plain
+
+    return run_plain(job, _STATE["data"], _STATE["valid"], _STATE["device"])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--study", choices=sorted(S.STUDIES), required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--procs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--out", default="bench_schedules.jsonl")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every step count (quick checks)")
+    args = p.parse_args(argv)
+    study = S.STUDIES[args.study](args.scale)
+    results, t0 = [], time.perf_counter()
+    ctx = get_context("spawn")
+    with (
+        open(args.out, "w") as f,
+        ProcessPoolExecutor(
+            args.procs, mp_context=ctx, initializer=_init, initargs=(study.data, args.device, args.threads)
+        ) as pool,
+    ):
+        futures = [pool.submit(_run, job) for job in study.jobs]
+        for i, fut in enumerate(as_completed(futures), 1):
+            r = fut.result()
+            results.append(r)
+            f.write(json.dumps(r) + "\n")
+            f.flush()
+            print(f"[{i}/{len(futures)} {time.perf_counter() - t0:.0f}s] {r['job']['label']} lr={r['job']['lr']:g} "
+                  f"s{r['job']['seed']}: steps {r['total_steps']} val {r['final_val']:.4f}", flush=True)  # fmt: skip
+    print(S.report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

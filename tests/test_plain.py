@@ -1,0 +1,65 @@
+"""The plain reference trainer (no Ray/DeepSpeed/MLflow) and its study table: equal-FLOPs runs, growth, LR rules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from msg_ray.data import DataConfig, prepare
+from msg_ray.schedule import Schedule, Stage, full
+from msg_ray.train.plain import PlainJob, flops_to_reach, run_plain, valid_batches
+from msg_ray.train.plain_study import FULL, STUDIES, report, summarize
+
+GROW = Schedule(arch="gpt", total_steps=30, phi=3, head_dim=16, name="tiny",
+                stages=(Stage(structure=[32, 64, 1, 1], start=0), Stage(structure=[48, 96, 2, 2], start=0.4)))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data():
+    d = prepare(DataConfig(source="wikitext2", tokenizer="bpe:1024", seq_len=32, max_train_tokens=100_000))
+    return d, valid_batches(d, 2, batch_size=8)
+
+
+@pytest.mark.parametrize("lr_scale", ["none", "width"])
+def test_plain_run_spends_full_flops_and_grows(data, lr_scale):
+    d, vb = data
+    base = full("gpt", GROW.target, 30, head_dim=16)
+    f = run_plain(PlainJob(schedule=base, lr=3e-3, full_steps=30, batch_size=4, warmup_steps=3, eval_points=3), d, vb)
+    g = run_plain(PlainJob(schedule=GROW, lr=3e-3, full_steps=30, batch_size=4, warmup_steps=3, eval_points=3,
+                           lr_reset_growths=1, lr_scale=lr_scale), d, vb)  # fmt: skip
+    assert f["total_steps"] == 30 and g["total_steps"] > 30
+    assert abs(g["flops"][-1] - f["flops"][-1]) <= f["flops"][-1] / 30  # equal FLOPs within one full step
+    assert g["step"][-1] == g["total_steps"] and all(math.isfinite(v) for v in g["val_loss"])
+    assert g["val_loss"][-1] < g["val_loss"][0] < math.log(1024) + 1  # it learns
+    assert g["job"]["schedule"]["total_steps"] == g["total_steps"]  # the solved schedule is what is recorded
+
+
+def _result(label: str, lr: float, seed: int, vals: list[float]) -> dict:
+    return {"job": {"label": label, "lr": lr, "seed": seed}, "total_steps": 10, "flops": [1.0, 2.0, 3.0, 4.0],
+            "val_loss": vals, "final_val": vals[-1]}  # fmt: skip
+
+
+def test_study_table_picks_lr_flags_edges_and_reads_flops_to_target():
+    res = [_result(FULL, lr, 0, [6, 5, 4.5, v]) for lr, v in ((1e-3, 4.2), (2e-3, 4.0), (4e-3, 4.3))]
+    res += [_result("fast", lr, 0, [5.5, 4.5, 4.0, v]) for lr, v in ((1e-3, 3.95), (2e-3, 3.9), (4e-3, 3.8))]
+    rows = {r["schedule"]: r for r in summarize(res)}
+    assert rows[FULL]["lr"] == 2e-3 and rows[FULL]["lr_inside_grid"]
+    assert rows["fast"]["lr"] == 4e-3 and not rows["fast"]["lr_inside_grid"]  # optimum at the edge: flagged
+    assert rows["fast"]["vs_full"] == pytest.approx(-0.2)
+    # target 4.0 reached at flops 3.0 (third evaluation) -> 4.0 / 3.0
+    assert rows["fast"]["flops_to_target_speedup"][0] == pytest.approx(4.0 / 3.0)
+    assert flops_to_reach(res[3], 4.75) == pytest.approx(1.75)  # 5.5 at 1.0 -> 4.5 at 2.0
+    assert "| fast | 0.004 | NO |" in report(res)
+    with pytest.raises(ValueError, match="full baseline"):
+        summarize(res[3:])
+
+
+def test_studies_give_every_schedule_the_same_lr_grid():
+    for name, make in STUDIES.items():
+        study = make(0.05)
+        grids = {}
+        for j in study.jobs:
+            grids.setdefault(j.label, set()).add(j.lr)
+        assert FULL in grids and len({frozenset(g) for g in grids.values()}) == 1, name
+        assert all(len(g) >= 3 for g in grids.values())  # room for an interior optimum
