@@ -58,11 +58,11 @@ class MaskedLayerNorm(nn.Module):
         if mask is None:
             return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
         c = mask.value.to(x.dtype)  # [H]
-        denom = c.sum()
-        mu = (x * c).sum(-1, keepdim=True) / denom  # eq. 17, [..., 1]
-        var = ((x - mu).pow(2) * c).sum(-1, keepdim=True) / denom
-        y = (x - mu) * torch.rsqrt(var + self.eps) * self.weight + self.bias
-        return y * c  # eq. 19
+        w = c / c.sum()  # [H]: the mask-weighted average of eq. 17 as one mat-vec per statistic
+        xc = x - (x @ w).unsqueeze(-1)  # x - mu, [..., H]
+        rstd = torch.rsqrt((xc * xc) @ w + self.eps).unsqueeze(-1)  # [..., 1]
+        # eq. 19's re-masking folded into the affine vectors: (y·ω + β)·c = y·(ω·c) + β·c, one fused pass
+        return torch.addcmul(self.bias * c, xc * rstd, self.weight * c)
 
 
 class Attention(nn.Module):
