@@ -147,8 +147,11 @@ def full_flops(schedule: Schedule, steps: int, vocab_size: int, seq_len: int, to
     return steps * tokens_per_step * fpt
 
 
-def solve_total_steps(schedule: Schedule, full_steps: int, vocab_size: int, seq_len: int) -> int:
-    """Total steps at which ``schedule`` (same stage fractions) spends the FLOPs of ``full_steps`` full steps.
+def solve_total_steps(
+    schedule: Schedule, full_steps: int, vocab_size: int, seq_len: int, target: Structure | None = None
+) -> int:
+    """Total steps at which ``schedule`` (same stage fractions) spends the FLOPs of ``full_steps`` steps of
+    ``target`` (default: the schedule's own target; a sweep over smaller structures passes the space's target).
 
     The equal-compute protocol (Kaddour et al., "No Train No Gain"): a growth schedule is cheaper per step, so at
     equal FLOPs it trains for more steps. Stage starts keep their fractions of the run (:meth:`Schedule.scaled`);
@@ -157,9 +160,8 @@ def solve_total_steps(schedule: Schedule, full_steps: int, vocab_size: int, seq_
     """
     if isinstance(full_steps, bool) or not isinstance(full_steps, int) or full_steps < 1:
         raise ValueError(f"full_steps must be an int >= 1, got {full_steps!r}")
-    if schedule.is_full:
-        return full_steps
-    budget = full_flops(schedule, full_steps, vocab_size, seq_len)
+    ref = Structure.parse(target) if target is not None else schedule.target
+    budget = full_steps * flops_per_token(schedule.arch, ref, vocab_size, seq_len, schedule.head_dim)
     mean_fpt = schedule_flops(schedule, vocab_size, seq_len, 1) / schedule.total_steps
     guess = max(1, int(budget / mean_fpt))
     best, best_gap = guess, math.inf
@@ -176,6 +178,9 @@ def solve_total_steps(schedule: Schedule, full_steps: int, vocab_size: int, seq_
     return best
 
 
-def equal_flops(schedule: Schedule, full_steps: int, vocab_size: int, seq_len: int) -> Schedule:
-    """``schedule`` rescaled (same stage fractions, same φ) to the FLOPs of ``full_steps`` steps of its target."""
-    return schedule.scaled(total_steps=solve_total_steps(schedule, full_steps, vocab_size, seq_len))
+def equal_flops(
+    schedule: Schedule, full_steps: int, vocab_size: int, seq_len: int, target: Structure | None = None
+) -> Schedule:
+    """``schedule`` rescaled (same stage fractions, same φ) to the FLOPs of ``full_steps`` steps of ``target``
+    (default: its own target)."""
+    return schedule.scaled(total_steps=solve_total_steps(schedule, full_steps, vocab_size, seq_len, target))

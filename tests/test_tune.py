@@ -132,7 +132,7 @@ def test_bad_schedule_spaces_raise_clear_errors(tmp_path):
 
 
 def test_builtin_spaces_plan_valid_trials():
-    counts = {"structures": 7, "durations": 5, "schedules": 5, "phi": 6, "operators": 4, "adaptive": 3}
+    counts = {"structures": 7, "durations": 18, "schedules": 5, "phi": 7, "operators": 4, "adaptive": 3}
     for name, n in counts.items():
         space = load_space(name)
         assert len(space.trials()) == n and space.doc
@@ -276,3 +276,47 @@ def test_nested_trial_resources_always_fit_two_cpus():
         plan_resources("nested", 2.0, 64, 4, 1.0)
     with pytest.raises(ValueError, match="nested"):
         plan_resources("inprocess", 2.0, 1, 2, 1.0)
+
+
+def test_equal_compute_space_adds_reference_lr_grid_and_solves_flops():
+    from msg_ray.flops import full_flops, schedule_flops
+
+    space = load_space("durations")
+    trials = space.trials()
+    labels = {t.meta.get("base_label") for t in trials}
+    assert "full" in labels and len(labels) == 6  # 5 splits + the full reference
+    assert {t.meta["lr"] for t in trials} == {1.4e-3, 2e-3, 2.8e-3}  # one grid for every trial
+    ref = next(t for t in trials if t.meta["base_label"] == "full")
+    assert ref.schedule.is_full and ref.schedule.target == space.reference_target()
+    lr_trial = trials[1]
+    cfg = space.run_config(lr_trial, "x", vocab_size=8192)
+    assert cfg.engine.lr == lr_trial.meta["lr"] and cfg.engine.micro_batch_size == 16  # merged, not replaced
+    budget = full_flops(cfg.schedule, 600, 8192, 64)
+    assert cfg.schedule.total_steps > 600
+    assert abs(schedule_flops(cfg.schedule, 8192, 64, 1) - budget) <= full_flops(cfg.schedule, 1, 8192, 64)
+    with pytest.raises(ValueError, match="asha: must be None with compute 'flops'"):
+        load_space("durations", ["asha.grace=5"])
+    with pytest.raises(ValueError, match="compute: must be one of"):
+        load_space("durations", ["compute=wall"])
+    with pytest.raises(ValueError, match="lrs: must be a list"):
+        load_space("durations", ["lrs=[0.001,-1]"])
+
+
+def test_equal_compute_table_ranks_by_final_loss_with_flops_to_target():
+    from msg_ray.tune.results import TrialSeries, table
+
+    space = SearchSpace.from_dict({**TINY, "compute": "flops", "budget": {}, "asha": None, "lrs": [1e-3, 2e-3],
+                                   "vary": {"hidden_dim": [16]}}, name="t")  # fmt: skip
+    specs = space.trials()
+
+    def series(final: float) -> dict:
+        return {"step": [10, 20, 30], "wall_s": [1.0, 2.0, 3.0], "flops": [1.0, 2.0, 3.0],
+                "loss_avg": [6.0, 5.0, final], "val_loss": [6.0, 5.0, final], "gamma": [0.1, 0.1, 0.1]}  # fmt: skip
+
+    finals = {"target@lr0.001": 4.5, "target@lr0.002": 4.0, "hidden16@lr0.001": 3.8, "hidden16@lr0.002": 4.2}
+    rows = table([TrialSeries(s, "completed", series(finals[s.label])) for s in specs], space, 256, 32)
+    assert [r["label"] for r in rows[:2]] == ["hidden16@lr0.001", "target@lr0.002"]  # chosen rows, by final loss
+    best = rows[0]
+    assert best["chosen"] == "yes" and best["val_vs_full"] == pytest.approx(-0.2)
+    # the reference's final 4.0 is reached between (2.0, 5.0) and (3.0, 3.8): at 2 + 1/1.2 FLOPs
+    assert best["flops_to_target"] == pytest.approx(3.0 / (2.0 + 1.0 / 1.2))

@@ -2,7 +2,8 @@
 
 The question the paper leaves open: does the order of growths matter, and are stages that grow several
 dimensions at once as good as one dimension per stage? All schedules reach the mini target (128, 512, 4, 4)
-from the same start (64, 256, 2, 2) in the same steps; "full" trains the target from scratch as the baseline.
+from the same start (64, 256, 2, 2) at equal compute (each solved to the FLOPs of 600 target steps, ranked by final
+validation loss); "full" trains the target from scratch as the baseline.
 """
 
 import sys
@@ -26,6 +27,7 @@ SPACE = {
     },
     "total_steps": 600,
     "phi": 25,
-    "asha": {"time_attr": "wall_s", "grace": 20, "max_t": 240, "reduction_factor": 2},
+    "compute": "flops",
+    "asha": None,
     "run": MINI_RUN,
 }

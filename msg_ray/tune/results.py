@@ -10,6 +10,11 @@ Every trial's reported series (step, wall_s, flops, loss_avg, gamma) is read on 
 - loss at equal wall time (``T``) and at equal FLOPs (the smallest final FLOPs among completed trials);
 - projected speed-up vs the full target (when the sweep has one): the full run's wall time at its horizon
   divided by the time this trial needed to reach the full run's loss there (time-to-target; NaN: never did).
+
+Spaces with ``compute: flops`` (every trial solved to the same FLOPs, run to its end) rank by *final validation
+loss* instead: per trial the best LR of the shared grid is "chosen", and each row gets its loss difference to the
+chosen full reference and its FLOPs-to-target speed-up (the reference's FLOPs / the FLOPs at which this trial first
+reached the reference's final loss). γ columns stay as the second view.
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ import numpy as np
 from msg_ray.flops import schedule_flops
 from msg_ray.schedule import Schedule, full, paper_stage_starts, schedule_from_structures
 from msg_ray.structure import DIMENSIONS, Structure
+from msg_ray.train.metrics import first_reach
 from msg_ray.tune.space import FULL, SearchSpace, TrialSpec
 
 EARLY, MID = (0.1, 0.4), (0.4, 0.7)
 COLUMNS = ("rank", "label", "status", "schedule", "steps", "wall_s", "gamma_rank", "gamma_early", "gamma_mid",
-           "alpha_mid", "tau_mid", "loss_at_T", "loss_at_F", "speedup_vs_full", "flops_limit")  # fmt: skip
+           "alpha_mid", "tau_mid", "loss_at_T", "loss_at_F", "speedup_vs_full", "flops_limit", "lr", "final_val",
+           "val_vs_full", "flops_to_target", "chosen")  # fmt: skip
 
 
 @dataclass
@@ -106,10 +113,43 @@ def table(trials: list[TrialSeries], space: SearchSpace, vocab_size: int, seq_le
         g, ge = r["gamma_rank"], r["gamma_early"]
         return (math.isnan(g), -g if not math.isnan(g) else 0.0, math.isnan(ge), -ge if not math.isnan(ge) else 0.0)
 
-    rows.sort(key=key)
+    if space.compute == "flops":
+        _equal_compute_columns(rows, trials)
+        rows.sort(key=lambda r: (r["chosen"] != "yes", math.isnan(r["final_val"]), r["final_val"]))
+    else:
+        rows.sort(key=key)
     for i, r in enumerate(rows):
         r["rank"] = i + 1
     return rows
+
+
+def _equal_compute_columns(rows: list[dict[str, Any]], trials: list[TrialSeries]) -> None:
+    """Final validation loss at equal FLOPs; per trial (and seed) the best LR of the shared grid is "chosen";
+    FLOPs-to-target against the chosen full reference (its final loss is the target, its FLOPs the budget)."""
+    by_label = {t.spec.label: t for t in trials}
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        spec = by_label[r["label"]].spec
+        vals = [v for v in by_label[r["label"]].series.get("val_loss", []) if not math.isnan(v)]
+        r["final_val"] = vals[-1] if vals and r["status"] == "completed" else math.nan
+        r["lr"] = spec.meta.get("lr", math.nan)
+        groups.setdefault((spec.meta.get("base_label", spec.label), spec.seed), []).append(r)
+    for members in groups.values():
+        best = min(members, key=lambda r: (math.isnan(r["final_val"]), r["final_val"]))
+        for r in members:
+            r["chosen"] = "yes" if r is best else ""
+    refs = [r for (base, _), ms in groups.items() if base in ("target", FULL) for r in ms if r["chosen"] == "yes"]
+    ref = min(refs, key=lambda r: r["final_val"]) if refs else None
+    for r in rows:
+        s = by_label[r["label"]].series
+        if ref is None or math.isnan(ref["final_val"]) or not s.get("val_loss"):
+            continue
+        r["val_vs_full"] = r["final_val"] - ref["final_val"]
+        pts = [(f, v) for i, (f, v) in enumerate(zip(s["flops"], s["val_loss"], strict=False))
+               if i == 0 or v != s["val_loss"][i - 1]]  # a report repeats the last evaluation until the next one  # fmt: skip
+        hit = first_reach([f for f, _ in pts], [v for _, v in pts], ref["final_val"])
+        ref_flops = by_label[ref["label"]].series["flops"][-1]
+        r["flops_to_target"] = ref_flops / hit if hit else math.nan
 
 
 def _space_target(trials: list[TrialSeries]) -> Structure:
@@ -175,8 +215,9 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def markdown(rows: list[dict[str, Any]], title: str = "") -> str:
-    cols = ("rank", "label", "status", "steps", "wall_s", "gamma_rank", "gamma_early", "gamma_mid", "alpha_mid",
-            "tau_mid", "loss_at_T", "loss_at_F", "speedup_vs_full", "flops_limit", "schedule")  # fmt: skip
+    cols = ("rank", "label", "status", "steps", "wall_s", "lr", "chosen", "final_val", "val_vs_full",
+            "flops_to_target", "gamma_rank", "gamma_early", "gamma_mid", "alpha_mid", "tau_mid", "loss_at_T",
+            "loss_at_F", "speedup_vs_full", "flops_limit", "schedule")  # fmt: skip
     lines = [f"### {title}", ""] if title else []
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:

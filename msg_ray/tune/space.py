@@ -28,11 +28,13 @@ from typing import Any
 
 import yaml
 
+from msg_ray.flops import equal_flops
 from msg_ray.schedule import OPERATORS, Schedule, Stage, full, get_schedule, paper_stage_starts
 from msg_ray.structure import DIMENSIONS, Structure
 from msg_ray.train.config import RunConfig, apply_overrides
 
 KINDS = ("structures", "durations", "schedules", "phi", "operators", "adaptive")
+COMPUTES = ("steps", "flops")
 FULL = "full"
 TIME_ATTRS = ("wall_s", "flops")
 SPLITS = {"equal": 1.0, "paper": 1.2, "front": 2.0}  # early_weight of paper_stage_starts
@@ -93,6 +95,11 @@ class SearchSpace:
     asha: dict[str, Any] | None = None  # None: no early stopping; {} or settings: ASHA on a compute axis
     run: dict[str, Any] = field(default_factory=dict)  # RunConfig overrides (data, engine, lr_decay, ...)
     best: dict[str, Any] = field(default_factory=dict)  # structures: the written schedule's total_steps/phi
+    # "flops": every trial is solved to the FLOPs of total_steps steps of the space's target and runs to its end
+    # (its LR decayed there); trials rank by final validation loss, a full-training reference is added, and the
+    # table gives each row its FLOPs-to-target speed-up. "steps": every trial trains total_steps (γ view).
+    compute: str = "steps"
+    lrs: list[float] | None = None  # the same LR grid for every trial (full reference included); best LR each
     doc: str = ""
 
     def __post_init__(self) -> None:
@@ -114,6 +121,7 @@ class SearchSpace:
             raise bad("budget", f"must be {{}} or one of {{'wall_s': T}}, {{'flops': F}}, got {self.budget!r}")
         if any(not v > 0 for v in self.budget.values()):
             raise bad("budget", f"must be positive, got {self.budget!r}")
+        self._check_compute()
         if self.asha is not None:
             unknown = set(self.asha) - {"time_attr", "grace", "max_t", "reduction_factor"}
             if unknown:
@@ -124,12 +132,41 @@ class SearchSpace:
                 raise bad("asha.max_t", "is required unless budget is on the same axis (the ASHA horizon)")
         self.trials()  # builds and validates every schedule
 
+    def _check_compute(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"space {self.name!r}: {name}: {why}")
+
+        if self.compute not in COMPUTES:
+            raise bad("compute", f"must be one of {COMPUTES}, got {self.compute!r}")
+        if self.lrs is not None and (
+            not isinstance(self.lrs, list | tuple) or not self.lrs or len(set(self.lrs)) != len(self.lrs)
+            or any(isinstance(x, bool) or not isinstance(x, int | float) or not x > 0 for x in self.lrs)
+        ):  # fmt: skip
+            raise bad("lrs", f"must be a list of distinct positive learning rates, got {self.lrs!r}")
+        if self.compute != "flops":
+            return
+        if self.kind == "adaptive":
+            raise bad("compute", "'flops' needs fixed stage starts; kind 'adaptive' decides them online")
+        if self.budget:
+            raise bad("budget", "must be {} with compute 'flops': every trial runs to its own end at equal FLOPs")
+        if self.asha is not None:
+            raise bad("asha", "must be None with compute 'flops': early stopping would compare schedules that "
+                              "have grown with ones that have not, and final losses are what is ranked")  # fmt: skip
+
     # -- planning ---------------------------------------------------------------------------------------
+    def reference_target(self) -> Structure:
+        """The structure every trial is measured against (the largest target among the trials)."""
+        return max((t.schedule.target for t in getattr(self, f"_{self.kind}")()), key=lambda s: s.as_tuple())
+
     def trials(self, seeds: tuple[int, ...] = (0,)) -> list[TrialSpec]:
         """Every trial of the grid, repeated per seed (labels get ``-s<seed>`` when there are several)."""
         base = getattr(self, f"_{self.kind}")()
         if not base:
             raise ValueError(f"space {self.name!r}: the grid is empty")
+        base = self._with_reference(base)
+        if self.lrs:  # the same LR grid for every trial, the reference included
+            base = [TrialSpec(f"{t.label}@lr{lr:g}", t.schedule, {**t.meta, "lr": lr, "base_label": t.label}, 0,
+                              _merge(t.run, {"engine": {"lr": lr}})) for t in base for lr in self.lrs]  # fmt: skip
         labels = [t.label for t in base]
         if len(set(labels)) != len(labels):
             raise ValueError(
@@ -141,6 +178,16 @@ class SearchSpace:
                 label = t.label if len(seeds) == 1 else f"{t.label}-s{seed}"
                 out.append(TrialSpec(label, t.schedule, t.meta, seed, t.run))
         return out
+
+    def _with_reference(self, base: list[TrialSpec]) -> list[TrialSpec]:
+        """Under compute 'flops', a full-training reference joins the grid unless a trial already trains the target
+        from scratch (the speed-up of every row is measured against it)."""
+        target = max((t.schedule.target for t in base), key=lambda s: s.as_tuple())
+        if self.compute != "flops" or any(t.schedule.is_full and t.schedule.target == target for t in base):
+            return base
+        ref = full(self.arch, target, self.total_steps, head_dim=base[0].schedule.head_dim, name=FULL,
+                   phi=base[0].schedule.phi)  # fmt: skip
+        return [*base, TrialSpec(FULL, ref, {"reference": True})]
 
     def _sched(self, label: str, stages: list[tuple[Any, int | float]], **kw: Any) -> Schedule:
         try:
@@ -255,16 +302,24 @@ class SearchSpace:
         raise ValueError(f"space {self.name!r}: schedule {label!r}: expected a preset name or a mapping, got {spec!r}")
 
     # -- run configs ------------------------------------------------------------------------------------
-    def run_config(self, trial: TrialSpec, sweep_name: str, **extra: Any) -> RunConfig:
-        """The trial's validated RunConfig: RUN_DEFAULTS < space.run < extra; schedule, name and seed set here."""
-        d = {**RUN_DEFAULTS, **_deep(self.run), **_deep(trial.run), **extra}
+    def run_config(self, trial: TrialSpec, sweep_name: str, vocab_size: int | None = None, **extra: Any) -> RunConfig:
+        """The trial's validated RunConfig: RUN_DEFAULTS < space.run < trial.run < extra; schedule, name, seed set
+        here. With compute 'flops' and a ``vocab_size``, the schedule is solved to the FLOPs of ``total_steps``
+        steps of the space's target (without one, it is validated as written - the check before data exists)."""
+        d = _merge(_merge(_merge(RUN_DEFAULTS, self.run), trial.run), extra)
         d.update(schedule=trial.schedule.to_dict(), name=f"{sweep_name}-{trial.label}", seed=trial.seed)
         data = dict(d.get("data") or {})
         if data.get("cache_dir"):  # Tune trials run in their own cwd
             data["cache_dir"] = str(Path(data["cache_dir"]).resolve())
         d["data"] = data
         try:
-            return RunConfig.from_dict(d)
+            rc = RunConfig.from_dict(d)
+            if self.compute == "flops" and vocab_size is not None:
+                solved = equal_flops(
+                    trial.schedule, self.total_steps, vocab_size, rc.data.seq_len, self.reference_target()
+                )
+                rc = RunConfig.from_dict({**rc.to_dict(), "schedule": solved.to_dict()})
+            return rc
         except ValueError as e:
             raise ValueError(f"space {self.name!r}: run: {e}") from e
 
@@ -297,6 +352,14 @@ def _structure(value: Any, where: str) -> Structure:
 
 def _deep(d: Any) -> Any:
     return {k: _deep(v) for k, v in d.items()} if isinstance(d, dict) else d
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``b`` over ``a``, nested mappings merged key by key (a trial's ``engine.lr`` keeps the space's engine)."""
+    out = _deep(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else _deep(v)
+    return out
 
 
 def load_space(name_or_path: str | os.PathLike, overrides: list[str] | None = None) -> SearchSpace:

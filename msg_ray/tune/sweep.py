@@ -80,8 +80,9 @@ class SweepResult:
     seconds: float
 
 
-def plan_trials(cfg: SweepConfig, storage: str, uri: str) -> list[dict[str, Any]]:
-    """Validated run configs of every trial (raises ValueError before Ray starts); no MLflow runs yet."""
+def plan_trials(cfg: SweepConfig, storage: str, uri: str, vocab_size: int | None = None) -> list[dict[str, Any]]:
+    """Validated run configs of every trial (raises ValueError before Ray starts); no MLflow runs yet.
+    ``vocab_size`` lets a compute-'flops' space solve each trial's length (see `SearchSpace.run_config`)."""
     space = cfg.space
     out = []
     for spec in space.trials(tuple(range(cfg.num_samples))):
@@ -90,7 +91,7 @@ def plan_trials(cfg: SweepConfig, storage: str, uri: str) -> list[dict[str, Any]
                  "cpus_per_worker": cfg.cpus_per_worker, **cfg.run_overrides}  # fmt: skip
         if space.budget:  # a compute budget stops trials, so no final checkpoint is reported on the way
             extra.setdefault("lr_decay", space.run.get("lr_decay", "constant"))
-        rc = space.run_config(spec, cfg.sweep_name, **extra)
+        rc = space.run_config(spec, cfg.sweep_name, vocab_size, **extra)
         out.append({"label": spec.label, "seed": spec.seed, "meta": spec.meta, "run": rc.to_dict(),
                     "mlflow_run_id": None})  # fmt: skip
     return out
@@ -124,9 +125,9 @@ def _open_child(trial: dict[str, Any], parent_id: str | None, uri: str, experime
     return run_id
 
 
-def _load_or_create_plan(cfg: SweepConfig, path: Path, uri: str, storage: str) -> tuple[dict, Tracker]:
+def _load_or_create_plan(cfg: SweepConfig, path: Path, uri: str, storage: str, vocab_size: int) -> tuple[dict, Tracker]:
     plan_file = path / PLAN
-    trials = plan_trials(cfg, storage, uri)
+    trials = plan_trials(cfg, storage, uri, vocab_size)
     if plan_file.exists():
         plan = json.loads(plan_file.read_text())
         if plan["digest"] != cfg.space.digest() or len(plan["trials"]) != len(trials):
@@ -189,7 +190,7 @@ def _tuner(cfg: SweepConfig, plan: dict, path: Path, storage: str):
 def _collect(grid, plan: dict, space: SearchSpace) -> list[R.TrialSeries]:
     specs = space.trials(tuple(range(max(x["seed"] for x in plan["trials"]) + 1)))
     by_index: dict[int, R.TrialSeries] = {}
-    keys = ("step", "wall_s", "flops", "loss_avg", "gamma", "train_loss")
+    keys = ("step", "wall_s", "flops", "loss_avg", "gamma", "train_loss", "val_loss")
     for res in grid:
         if not res.config:  # a trial that never started before an interruption
             continue
@@ -241,7 +242,7 @@ def run_sweep(cfg: SweepConfig, *, ray_address: str | None = None) -> SweepResul
     path = Path(storage) / cfg.sweep_name
     first = RunConfig.from_dict(plan_trials(cfg, storage, uri)[0]["run"])  # every error before MLflow or Ray
     data = prepare(first.data)  # fetch/tokenise once in the driver, before any trial starts
-    plan, parent = _load_or_create_plan(cfg, path, uri, storage)
+    plan, parent = _load_or_create_plan(cfg, path, uri, storage, data.vocab_size)
     if not ray.is_initialized():
         ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"))
     tuner, k = _tuner(cfg, plan, path, storage)
