@@ -102,6 +102,7 @@ class WorkerRun:
         )  # fmt: skip
         self.meter = RateMeter(cfg.gamma_window)
         self.step, self.stage, self.wall, self.flops = 0, 0, 0.0, 0.0
+        self._pending: list[tuple[int, float, float, torch.Tensor]] = []  # (step, wall, flops, loss on device)
         self.ramp: G.MaskRamp | None = None
         self.history: dict[str, list] = {"step": [], "wall_s": [], "flops": [], "train_loss": [], "val_step": [],
                                           "val_loss": [], "growth_steps": [], "growth_events": []}  # fmt: skip
@@ -164,17 +165,17 @@ class WorkerRun:
         logits = self.engine(batch["input_ids"].to(device))
         return self.engine.module.loss(logits, batch["labels"].to(device))
 
-    def _train_step(self) -> float:
+    def _train_step(self) -> torch.Tensor:
         lr = self.lr(self.step) * stage_lr_multiplier(self.cfg.lr_scale, self.structure, self.sched.target)
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
-        total = 0.0
+        total = None
         for _ in range(self.cfg.engine.grad_accum):
             loss = self._forward_loss(next(self.loader))
             self.engine.backward(loss)
             self.engine.step()
-            total += loss.item()
-        return total / self.cfg.engine.grad_accum
+            total = loss.detach().float() if total is None else total + loss.detach().float()
+        return total / self.cfg.engine.grad_accum  # stays on the device: no host sync per step (see _flush)
 
     @torch.no_grad()
     def _probe(self, batch: dict[str, torch.Tensor]) -> float:
@@ -197,6 +198,7 @@ class WorkerRun:
 
     # -- growth ------------------------------------------------------------------------------------------------
     def _grow(self, stage: int) -> None:
+        self._flush()
         target = self.sched.stages[stage].structure
         probe = next(self._loader(self.data.train_blocks, self.cfg.seed + 7919 * stage, self.rank, self.world))
         before = self._probe(probe)
@@ -242,6 +244,7 @@ class WorkerRun:
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def _checkpoint(self, final: bool = False) -> None:
+        self._flush()
         state = gather_state(self.engine)  # collective: every rank takes part
         folder = C.folder_name(self.stage, self.step, final)
         module = self.engine.module
@@ -291,6 +294,7 @@ class WorkerRun:
             self._checkpoint(final=True)
             self.tracker.finish(self.history)
         except BaseException:
+            self._pending.clear()  # a failed step's losses are not part of the history
             self.tracker.flush()
             raise
 
@@ -304,21 +308,35 @@ class WorkerRun:
         stage_start = self.history["growth_steps"][-1] if self.history["growth_steps"] else 0
         return self.policy is not None and self.policy.should_grow(self.step, stage_start)
 
-    def _after_step(self, loss: float) -> None:
+    def _flush(self) -> None:
+        """Move the pending per-step losses to the host in one transfer (one sync per log interval, not per step)
+        and feed them to the history, the γ meter and the adaptive policy, in step order."""
+        if not self._pending:
+            return
+        losses = torch.stack([p[3] for p in self._pending]).tolist()
+        h = self.history
+        for (step, wall, flops, _), loss in zip(self._pending, losses, strict=True):
+            self.meter.update(step, wall, loss)
+            if self.policy is not None:
+                self.policy.update(step, wall, loss)
+            for k, v in (("step", step), ("wall_s", wall), ("flops", flops), ("train_loss", loss)):
+                h[k].append(v)
+        self._pending.clear()
+
+    def _after_step(self, loss: torch.Tensor) -> None:
         s = self.structure
         fpt = flops_per_token(self.sched.arch, s, self.data.vocab_size, self.cfg.data.seq_len, self.sched.head_dim)
         self.flops += fpt * self.cfg.tokens_per_step
         self.step += 1
-        self.meter.update(self.step, self.wall, loss)
-        if self.policy is not None:
-            self.policy.update(self.step, self.wall, loss)
+        self._pending.append((self.step, self.wall, self.flops, loss))
         h = self.history
-        for k, v in (("step", self.step), ("wall_s", self.wall), ("flops", self.flops), ("train_loss", loss)):
-            h[k].append(v)
-        if self.step % self.cfg.log_every == 0 or self.step == self.cfg.total_steps:
-            rates = self.meter.rates()
-            self.tracker.step(self.step, loss, self.wall, self.flops, rates, s)
-            self.log.step(self.step, self.stage, s, loss, rates, self.wall)
+        log_due = self.step % self.cfg.log_every == 0 or self.step == self.cfg.total_steps
+        if log_due or self.policy is not None or self.step % self.cfg.eval_every == 0:
+            self._flush()  # the adaptive policy decides on every step's loss
+        if log_due:
+            rates, loss_v = self.meter.rates(), h["train_loss"][-1]
+            self.tracker.step(self.step, loss_v, self.wall, self.flops, rates, s)
+            self.log.step(self.step, self.stage, s, loss_v, rates, self.wall)
         if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.total_steps:
             val = self._evaluate()
             h["val_step"].append(self.step)
@@ -332,6 +350,7 @@ class WorkerRun:
 
     def _metrics(self) -> dict[str, Any]:
         """What Ray (and Tune's schedulers) see: progress on every time axis plus the current rates."""
+        self._flush()
         h = self.history
         recent = h["train_loss"][-self.cfg.gamma_window :]  # smoother than one step's loss, for ASHA
         out = {"step": self.step, "stage": self.stage, "train_loss": self._last_loss(), "wall_s": self.wall,
