@@ -47,8 +47,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--out", default="bench_schedules.jsonl")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every step count (quick checks)")
+    p.add_argument("--only", default="", help="comma list of labels to run (default: all)")
+    p.add_argument("--lrs", default="", help="comma list: run only these LRs of the study's grid")
+    p.add_argument("--seeds", default="", help="comma list: run only these seeds")
+    p.add_argument("--data", dest="data_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="DataConfig override for every run (tokenizer=bpe:4096, seq_len=128)")  # fmt: skip
     args = p.parse_args(argv)
-    study = S.STUDIES[args.study](args.scale)
+    study = S.select(S.STUDIES[args.study](args.scale), args.only, args.lrs, args.seeds, args.data_overrides)
     results, t0 = [], time.perf_counter()
     ctx = get_context("spawn")
     with (

@@ -2,7 +2,7 @@
 
 Runs ``msg-ray compare`` (same flags; defaults: mini-sch1-g on WikiText-2, msg/nomask/net2net/full, parallel
 trials) and prints, besides the comparison table, one row per stage of each operator's run: its step rate
-against the full run's over the same steps, next to the FLOPs-per-step ratio (the stage's own speed-up limit;
+against the full run's average step rate, next to the FLOPs-per-step ratio (the stage's own speed-up limit;
 small stages trail it most, because the LM head and per-step overheads do not shrink with the model).
 ``--from-mlflow EXPERIMENT`` prints the same tables for an existing comparison without training.
 
@@ -27,20 +27,22 @@ def _at(history: dict, key: str, step: int) -> float:
 
 
 def stage_rows(run: RunRecord, full: RunRecord) -> list[dict]:
-    """Per stage of ``run``: steps/s, the full run's steps/s over the same steps, and both ratios."""
+    """Per stage of ``run``: steps/s against the full run's average steps/s (the target's shape never changes, so
+    its rate is one number; this also holds when ``--budget flops`` gives the two runs different step counts)."""
     h, f = run.history, full.history
-    total = h["step"][-1]
-    bounds = [0, *run.growth_steps, total]
+    full_rate = f["step"][-1] / f["wall_s"][-1]
+    full_fps = f["flops"][-1] / f["step"][-1]  # FLOPs per step of the target
+    bounds = [0, *run.growth_steps, h["step"][-1]]
     rows = []
     for k, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
-        wall, fwall = _at(h, "wall_s", b) - _at(h, "wall_s", a), _at(f, "wall_s", b) - _at(f, "wall_s", a)
-        fl, ffl = _at(h, "flops", b) - _at(h, "flops", a), _at(f, "flops", b) - _at(f, "flops", a)
+        rate = (b - a) / (_at(h, "wall_s", b) - _at(h, "wall_s", a))
+        fps = (_at(h, "flops", b) - _at(h, "flops", a)) / (b - a)
         events = h.get("growth_events") or []
         structure = events[k - 1]["structure"] if k and len(events) >= k else "first stage"
         rows.append({
             "operator": run.operator, "stage": k, "structure": structure, "steps": f"{a}-{b}",
-            "steps_per_s": (b - a) / wall, "full_steps_per_s": (b - a) / fwall, "realised_ratio": fwall / wall,
-            "flops_ratio": ffl / fl, "realised/limit": (fwall / wall) / (ffl / fl),
+            "steps_per_s": rate, "full_steps_per_s": full_rate, "realised_ratio": rate / full_rate,
+            "flops_ratio": full_fps / fps, "realised/limit": (rate / full_rate) / (full_fps / fps),
         })  # fmt: skip
     return rows
 

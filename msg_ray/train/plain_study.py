@@ -89,6 +89,24 @@ STUDIES: dict[str, Callable[[float], Study]] = {
 }  # fmt: skip
 
 
+def select(study: Study, only: str = "", lrs: str = "", seeds: str = "", data: list[str] | None = None) -> Study:
+    """A subset of a study (comma lists of labels, LRs, seeds) with DataConfig overrides (``key=value``)."""
+    keep_labels = {x.strip() for x in only.split(",") if x.strip()}
+    keep_lrs = {float(x) for x in lrs.split(",") if x.strip()}
+    keep_seeds = {int(x) for x in seeds.split(",") if x.strip()}
+    jobs = [j for j in study.jobs if (not keep_labels or j.label in keep_labels)
+            and (not keep_lrs or j.lr in keep_lrs) and (not keep_seeds or j.seed in keep_seeds)]  # fmt: skip
+    if not jobs:
+        raise ValueError(f"no job of the study matches only={only!r} lrs={lrs!r} seeds={seeds!r}")
+    overrides = {}
+    for item in data or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--data expects key=value, got {item!r}")
+        overrides[key.strip()] = int(value) if value.strip().isdigit() else value.strip()
+    return Study(data={**study.data, **overrides}, jobs=jobs)
+
+
 def _ms(xs: list[float]) -> tuple[float, float]:
     xs = [x for x in xs if not math.isnan(x)]
     if not xs:
