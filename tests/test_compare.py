@@ -306,3 +306,21 @@ def test_flops_budget_comparison_end_to_end(tmp_path, ray_local):
     assert "equal flops" in res.report.markdown and "speedup_flops_to_target" in res.report.markdown
     parent = find_runs(res.tracking_uri, "test-compare", f"attributes.run_id = '{res.parent_run_id}'")[0]
     assert parent["params"]["compare.budget"] == "flops"
+
+
+def test_wall_budget_comparison_grows_and_ends_on_the_wall_clock(tmp_path, ray_local):
+    """--budget wall: every run trains for wall_s seconds; stage starts are fractions of that time."""
+    with pytest.raises(ValueError, match="CompareConfig.wall_s"):
+        CompareConfig(base=base_config(tmp_path), operators=("msg", "full"), budget="wall")
+    with pytest.raises(ValueError, match="RunConfig.wall_budget_s"):
+        RunConfig.from_dict({**base_config(tmp_path).to_dict(), "wall_budget_s": float("nan")})
+    cfg = CompareConfig(base=base_config(tmp_path), operators=("msg", "full"), seeds=(0,), name="eqw",
+                        mode="parallel", out_dir=str(tmp_path / "report"), budget="wall", wall_s=6.0)  # fmt: skip
+    res = run_comparison(cfg)
+    for r in res.records:
+        h = r.history
+        assert h["wall_s"][-1] >= 6.0 and h["wall_s"][-2] < 6.0  # stopped at the first step past the budget
+        assert h["val_step"][-1] == h["step"][-1]  # evaluated at its own end
+    msg = next(r for r in res.records if r.operator == "msg").history
+    (grew,) = msg["growth_steps"]  # grows once, when half of the wall budget (start 12 of 24 steps) has passed
+    assert msg["wall_s"][grew - 1] >= 3.0 and msg["wall_s"][grew - 2] < 3.0

@@ -35,9 +35,10 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lrs", default=None, help="comma list: the same LR search for every operator (best kept)")
     p.add_argument("--lr-search-seeds", type=int, default=None,
                    help="run the LR search on the first K seeds only; the other seeds run at each operator's chosen LR")  # fmt: skip
-    p.add_argument("--budget", choices=["flops", "steps"], default="flops",
+    p.add_argument("--budget", choices=["flops", "steps", "wall"], default="flops",
                    help="flops: --steps is the full run's budget, every schedule is solved to the same FLOPs "
-                        "(default); steps: every run trains --steps steps")  # fmt: skip
+                        "(default); steps: every run trains --steps steps; wall: every run trains --wall-s seconds")  # fmt: skip
+    p.add_argument("--wall-s", type=float, default=0.0, help="--budget wall: training seconds of every run")
     p.add_argument("--mode", choices=["auto", "parallel", "sequential"], default="auto")
     p.add_argument("--max-concurrent", type=int, default=None)
     p.add_argument("--evaluate", action="store_true", help="run the downstream evaluators on every final model")
@@ -84,6 +85,7 @@ def compare_config(args: argparse.Namespace, default_name: str = "compare"):
         lr_search_seeds=args.lr_search_seeds, name=args.name or default_name,
         mode=args.mode, max_concurrent=args.max_concurrent, evaluate=args.evaluate,
         eval=eval_config(args.eval_overrides), out_dir=args.out, extend_steps=args.extend_steps, budget=args.budget,
+        wall_s=args.wall_s,
     )  # fmt: skip
 
 

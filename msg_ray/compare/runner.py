@@ -4,7 +4,8 @@ Every run shares the base's data, data order (seed), compute budget and evaluati
 structure from scratch (``schedule.full`` with the same head_dim) for the base's steps N. ``budget="flops"``
 (default) gives every growth schedule the FLOPs of those N full steps (its length solved by
 ``msg_ray.flops.solve_total_steps``, stage fractions kept, its LR decayed at its own end); ``"steps"`` gives it N
-steps, which hands the schedule fewer FLOPs than the baseline. With ``lr_search_seeds = k`` a comparison runs
+steps, which hands the schedule fewer FLOPs than the baseline; ``"wall"`` gives every run ``wall_s`` seconds of
+training (stage starts and LR decay as fractions of that time; side by side runs share the machine's load). With ``lr_search_seeds = k`` a comparison runs
 in two phases: every LR on the first k seeds, then the other seeds at each operator's chosen LR only (the same
 tuning effort for every operator, fewer runs). Execution modes:
 - ``parallel``: one Ray Tune trial per run, each training in-process with DeepSpeed world size 1 (the loop's
@@ -30,7 +31,7 @@ from msg_ray.schedule import OPERATORS, full
 from msg_ray.train.config import RunConfig
 
 MODES = ("auto", "parallel", "sequential")
-BUDGETS = ("steps", "flops")
+BUDGETS = ("steps", "flops", "wall")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,12 +52,17 @@ class CompareConfig:
     extend_steps: int = 0  # >0: continue schedule runs that miss the full run's loss by up to this many steps
     zoom_window: int = 200
     # "flops" (default): the base schedule's total_steps is the full run's budget N, and every growth schedule is
-    # solved (same stage fractions) to spend the FLOPs of N full steps; "steps": every run trains N steps.
+    # solved (same stage fractions) to spend the FLOPs of N full steps; "steps": every run trains N steps;
+    # "wall": every run trains ``wall_s`` seconds, stage starts and LR decay as fractions of that time.
     budget: str = "flops"
+    wall_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
             raise ValueError(f"CompareConfig.budget must be one of {BUDGETS}, got {self.budget!r}")
+        if (self.budget == "wall") != (self.wall_s > 0):
+            raise ValueError(f"CompareConfig.wall_s: budget 'wall' needs wall_s > 0 seconds (and only it takes one), "
+                             f"got budget={self.budget!r}, wall_s={self.wall_s!r}")  # fmt: skip
         ops = self.operators
         if not ops or len(set(ops)) != len(ops) or set(ops) - {*OPERATORS, FULL}:
             raise ValueError(f"CompareConfig.operators must be distinct names from {(*OPERATORS, FULL)}, got {ops!r}")
@@ -133,7 +139,7 @@ def plan(
     for lr, seed, op in grid:
         name = "-".join(x for x in (cfg.name, tag, op, f"lr{lr:g}", f"s{seed}") if x)
         rc = replace(base, schedule=schedules[op], seed=seed, name=name, engine=replace(base.engine, lr=lr),
-                     data=replace(base.data, seed=seed))  # fmt: skip
+                     data=replace(base.data, seed=seed), wall_budget_s=cfg.wall_s)  # fmt: skip
         out.append(PlannedRun(operator=op, seed=seed, lr=lr, config=rc))
     return out
 

@@ -7,6 +7,7 @@ it back. ``apply_overrides`` implements the CLI's ``--set key=value`` (dotted ke
 from __future__ import annotations
 
 import ast
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -40,6 +41,9 @@ class RunConfig:
     # whole run did better at equal FLOPs against a tuned full baseline (msg_ray.train.lr, README).
     lr_reset_growths: int = 0
     lr_scale: str = "none"  # per-stage peak LR rule: none | width (x target hidden_dim / stage hidden_dim)
+    # >0: train for this many wall seconds; stage starts, warm-up and LR decay are fractions of the nominal
+    # total_steps read on the wall-time axis (the compare's --budget wall). 0: train total_steps steps.
+    wall_budget_s: float = 0.0
     dropout: float = 0.0
     log_every: int = 10
     eval_every: int = 100
@@ -69,6 +73,14 @@ class RunConfig:
                 raise bad(name, f"must be an int >= 0, got {v!r}")
         if self.lr_decay not in LR_DECAYS:
             raise bad("lr_decay", f"must be one of {LR_DECAYS}, got {self.lr_decay!r}")
+        if (
+            isinstance(self.wall_budget_s, bool)
+            or not isinstance(self.wall_budget_s, int | float)
+            or not (self.wall_budget_s >= 0 and math.isfinite(self.wall_budget_s))
+        ):
+            raise bad(
+                "wall_budget_s", f"must be a number of seconds >= 0 (0: no wall budget), got {self.wall_budget_s!r}"
+            )
         if self.lr_scale not in LR_SCALES:
             raise bad("lr_scale", f"must be one of {LR_SCALES}, got {self.lr_scale!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

@@ -103,6 +103,7 @@ class WorkerRun:
         self.meter = RateMeter(cfg.gamma_window)
         self.step, self.stage, self.wall, self.flops = 0, 0, 0.0, 0.0
         self._pending: list[tuple[int, float, float, torch.Tensor]] = []  # (step, wall, flops, loss on device)
+        self._finished, self._agreed_wall = False, 0.0
         self.ramp: G.MaskRamp | None = None
         self.history: dict[str, list] = {"step": [], "wall_s": [], "flops": [], "train_loss": [], "val_step": [],
                                           "val_loss": [], "growth_steps": [], "growth_events": []}  # fmt: skip
@@ -166,7 +167,7 @@ class WorkerRun:
         return self.engine.module.loss(logits, batch["labels"].to(device))
 
     def _train_step(self) -> torch.Tensor:
-        lr = self.lr(self.step) * stage_lr_multiplier(self.cfg.lr_scale, self.structure, self.sched.target)
+        lr = self.lr(self._lr_step()) * stage_lr_multiplier(self.cfg.lr_scale, self.structure, self.sched.target)
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
         total = None
@@ -276,7 +277,8 @@ class WorkerRun:
         self._start()
         self.tracker.start(self._n_params(), self.structure)
         try:
-            while self.step < self.cfg.total_steps:
+            self._finished = self._done()
+            while not self._finished:
                 self._maybe_fault()
                 t0 = time.perf_counter()
                 if self.ramp is not None:
@@ -298,12 +300,37 @@ class WorkerRun:
             self.tracker.flush()
             raise
 
+    # -- budget: steps, or wall seconds (``wall_budget_s``: stage starts, warm-up and LR decay read as fractions of
+    # the nominal total_steps, on the wall-time axis; every decision uses the wall time all ranks agree on) ----------
+    def _done(self) -> bool:
+        """Whether the budget is spent (collective under a wall budget with several workers)."""
+        budget = self.cfg.wall_budget_s
+        if not budget:
+            return self.step >= self.cfg.total_steps
+        wall = torch.tensor([self.wall], dtype=torch.float64)
+        if self.world > 1:  # the slowest rank's clock: ranks must agree on every growth and on the end
+            torch.distributed.all_reduce(wall, op=torch.distributed.ReduceOp.MAX)
+        self._agreed_wall = float(wall)
+        return self._agreed_wall >= budget
+
+    def _lr_step(self) -> float:
+        """Where the LR schedule stands: the step, or under a wall budget the wall-time fraction of total_steps."""
+        if not self.cfg.wall_budget_s:
+            return self.step
+        return self.cfg.total_steps * min(1.0, self._agreed_wall / self.cfg.wall_budget_s)
+
+    def _stage_started(self, stage: int) -> bool:
+        if not self.cfg.wall_budget_s:
+            return self.step >= self.sched.boundaries()[stage]
+        ramp_done = self.ramp is None or self.ramp.value(self.step) >= 1.0  # growths never overlap a ramp
+        return ramp_done and self._lr_step() >= self.sched.boundaries()[stage]
+
     def _growth_due(self) -> bool:
         """Fixed schedule: at the next stage's start. Adaptive: when the policy says, at the latest at that start."""
         nxt = self.stage + 1
         if nxt >= len(self.sched.stages):
             return False
-        if self.step >= self.sched.boundaries()[nxt]:
+        if self._stage_started(nxt):
             return True
         stage_start = self.history["growth_steps"][-1] if self.history["growth_steps"] else 0
         return self.policy is not None and self.policy.should_grow(self.step, stage_start)
@@ -330,21 +357,22 @@ class WorkerRun:
         self.step += 1
         self._pending.append((self.step, self.wall, self.flops, loss))
         h = self.history
-        log_due = self.step % self.cfg.log_every == 0 or self.step == self.cfg.total_steps
+        self._finished = last = self._done()
+        log_due = self.step % self.cfg.log_every == 0 or last
         if log_due or self.policy is not None or self.step % self.cfg.eval_every == 0:
             self._flush()  # the adaptive policy decides on every step's loss
         if log_due:
             rates, loss_v = self.meter.rates(), h["train_loss"][-1]
             self.tracker.step(self.step, loss_v, self.wall, self.flops, rates, s)
             self.log.step(self.step, self.stage, s, loss_v, rates, self.wall)
-        if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.total_steps:
+        if self.step % self.cfg.eval_every == 0 or last:
             val = self._evaluate()
             h["val_step"].append(self.step)
             h["val_loss"].append(val)
             self.tracker.metric("val/loss", val, self.step)
-        if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and self.step < self.cfg.total_steps:
+        if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and not last:
             self._checkpoint()
-        elif self.cfg.report_every and self.step % self.cfg.report_every == 0 and self.step < self.cfg.total_steps:
+        elif self.cfg.report_every and self.step % self.cfg.report_every == 0 and not last:
             self.tracker.flush()  # a scheduler may stop the trial at this report: its metrics must be in MLflow
             self.session.report(self._metrics())
 
