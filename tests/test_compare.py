@@ -291,7 +291,7 @@ def test_flops_budget_plan_solves_each_schedule_to_full_flops(tmp_path):
         replace(cfg, budget="wallclock")
 
 
-def test_flops_budget_comparison_end_to_end(tmp_path, ray_local):
+def test_flops_budget_comparison_end_to_end(tmp_path, ray_local, comparison):
     """msg vs full at equal FLOPs: real Tune trials; every run's LR decays at its own end; FLOPs columns."""
     cfg = CompareConfig(base=base_config(tmp_path), operators=("msg", "full"), seeds=(0,), name="eqf",
                         mode="parallel", out_dir=str(tmp_path / "report"))  # fmt: skip
@@ -306,6 +306,15 @@ def test_flops_budget_comparison_end_to_end(tmp_path, ray_local):
     assert "equal flops" in res.report.markdown and "speedup_flops_to_target" in res.report.markdown
     parent = find_runs(res.tracking_uri, "test-compare", f"attributes.run_id = '{res.parent_run_id}'")[0]
     assert parent["params"]["compare.budget"] == "flops"
+    # a report may merge comparisons of the same setting (e.g. a widened LR grid), never different budgets
+    from msg_ray.compare.runner import rebuild_report
+
+    with pytest.raises(ValueError, match="differ in compare.budget"):
+        rebuild_report("test-compare", tracking_uri=res.tracking_uri, parent=res.parent_run_id,
+                       merge=(comparison[1].parent_run_id,), out_dir=str(tmp_path / "m"))  # fmt: skip
+    with pytest.raises(ValueError, match="more than once"):
+        rebuild_report("test-compare", tracking_uri=res.tracking_uri, parent=res.parent_run_id,
+                       merge=(res.parent_run_id,), out_dir=str(tmp_path / "m"))  # fmt: skip
 
 
 def test_wall_budget_comparison_grows_and_ends_on_the_wall_clock(tmp_path, ray_local):

@@ -61,6 +61,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--parent", default=None, help="comparison run id or name (default: the newest)")
     r.add_argument("--tracking-uri", default=None)
     r.add_argument("--out", default=None)
+    r.add_argument("--merge", action="append", default=[], metavar="PARENT",
+                   help="another comparison (id or name) of the same setting to add to the table, e.g. a wider LR grid")  # fmt: skip
     r.add_argument("--extend-steps", type=int, default=0,
                    help="first continue runs that missed the full run's loss by up to N steps (trains; logged)")  # fmt: skip
     r.set_defaults(func=cmd_report)
@@ -123,7 +125,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from msg_ray.compare.runner import rebuild_report
 
     report, info = rebuild_report(args.experiment, tracking_uri=args.tracking_uri, parent=args.parent, out_dir=args.out,
-                                  extend_steps=args.extend_steps)  # fmt: skip
+                                  extend_steps=args.extend_steps, merge=tuple(args.merge))  # fmt: skip
     print(report.markdown)
     _print({"parent_run_id": info["run_id"], "files": [str(f) for f in report.files]})
     return 0
