@@ -237,14 +237,16 @@ def test_best_lr_is_judged_on_the_search_seeds_only():
 def test_lr_search_seeds_plan_and_validation(tmp_path):
     base = base_config(tmp_path)
     cfg = CompareConfig(base=base, operators=("msg", "full"), seeds=(0, 1, 2), lrs=(1e-3, 3e-3), lr_search_seeds=1)
-    search = plan(cfg, seeds=cfg.seeds[:1])
+    search = plan(cfg, seeds=cfg.seeds[:1], vocab_size=1024)
     assert sorted((r.operator, r.lr, r.seed) for r in search) == [
         ("full", 1e-3, 0), ("full", 3e-3, 0), ("msg", 1e-3, 0), ("msg", 3e-3, 0)]  # fmt: skip
-    rest = plan(cfg, seeds=(1, 2), lr_of={"msg": 3e-3, "full": 1e-3})
+    rest = plan(cfg, seeds=(1, 2), lr_of={"msg": 3e-3, "full": 1e-3}, vocab_size=1024)
     assert [(r.operator, r.lr, r.seed) for r in rest] == [
         ("full", 1e-3, 1), ("msg", 3e-3, 1), ("full", 1e-3, 2), ("msg", 3e-3, 2)]  # fmt: skip
     assert rest[1].config.engine.lr == 3e-3 and rest[1].config.data.seed == 1
-    assert len(plan(replace(cfg, lr_search_seeds=None))) == 12  # every seed x every LR x every operator
+    assert (
+        len(plan(replace(cfg, lr_search_seeds=None), vocab_size=1024)) == 12
+    )  # every seed x every LR x every operator
     with pytest.raises(ValueError, match="lr_search_seeds"):
         replace(cfg, lr_search_seeds=4)
 
@@ -291,7 +293,7 @@ def test_flops_budget_plan_solves_each_schedule_to_full_flops(tmp_path):
         replace(cfg, budget="wallclock")
 
 
-def test_flops_budget_comparison_end_to_end(tmp_path, ray_local, comparison):
+def test_flops_budget_comparison_end_to_end(tmp_path, ray_local):
     """msg vs full at equal FLOPs: real Tune trials; every run's LR decays at its own end; FLOPs columns."""
     cfg = CompareConfig(base=base_config(tmp_path), operators=("msg", "full"), seeds=(0,), name="eqf",
                         mode="parallel", out_dir=str(tmp_path / "report"))  # fmt: skip
@@ -307,11 +309,12 @@ def test_flops_budget_comparison_end_to_end(tmp_path, ray_local, comparison):
     parent = find_runs(res.tracking_uri, "test-compare", f"attributes.run_id = '{res.parent_run_id}'")[0]
     assert parent["params"]["compare.budget"] == "flops"
     # a report may merge comparisons of the same setting (e.g. a widened LR grid), never different budgets
-    from msg_ray.compare.runner import rebuild_report
+    from msg_ray.compare.runner import _check_mergeable, rebuild_report
 
+    steps_parent = {**parent, "run_id": "other", "params": {**parent["params"], "compare.budget": "steps"}}
     with pytest.raises(ValueError, match="differ in compare.budget"):
-        rebuild_report("test-compare", tracking_uri=res.tracking_uri, parent=res.parent_run_id,
-                       merge=(comparison[1].parent_run_id,), out_dir=str(tmp_path / "m"))  # fmt: skip
+        _check_mergeable(parent, steps_parent)
+    _check_mergeable(parent, {**parent, "run_id": "same-setting"})  # same setting: mergeable
     with pytest.raises(ValueError, match="more than once"):
         rebuild_report("test-compare", tracking_uri=res.tracking_uri, parent=res.parent_run_id,
                        merge=(res.parent_run_id,), out_dir=str(tmp_path / "m"))  # fmt: skip
