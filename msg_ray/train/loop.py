@@ -359,7 +359,10 @@ class WorkerRun:
         h = self.history
         self._finished = last = self._done()
         log_due = self.step % self.cfg.log_every == 0 or last
-        if log_due or self.policy is not None or self.step % self.cfg.eval_every == 0:
+        # On an accelerator, losses reach the host once per log interval (a per-step .item() is a device sync);
+        # on CPU there is no sync to save, so the history is kept current every step.
+        on_cpu = torch.device(self.engine.device).type == "cpu"
+        if on_cpu or log_due or self.policy is not None or self.step % self.cfg.eval_every == 0:
             self._flush()  # the adaptive policy decides on every step's loss
         if log_due:
             rates, loss_v = self.meter.rates(), h["train_loss"][-1]
