@@ -44,6 +44,30 @@ def _mask(x: torch.Tensor, mask: GrowthMask | None) -> torch.Tensor:
     return x if mask is None else x * mask.value.to(x.dtype)
 
 
+class MaskedLinear(nn.Linear):
+    """``nn.Linear`` whose output neurons (eq. 12) and/or input features can be masked, the masks folded into the
+    weight: (x·c_in) W^T ·c_out + b·c_out = x (c_out W c_in)^T + b·c_out. Same values and gradients as masking the
+    activations, at the cost of an O x I weight op instead of a B x T x (I or O) activation pass per mask. A module
+    (not a function on ``.weight``) so that ZeRO-3 gathers its parameters in its own forward hook."""
+
+    def forward(
+        self, x: torch.Tensor, c_out: torch.Tensor | None = None, c_in: torch.Tensor | None = None
+    ) -> torch.Tensor:  # [..., I] -> [..., O]; c_out [O], c_in [I]
+        if c_out is None and c_in is None:
+            return super().forward(x)
+        w, b = self.weight, self.bias  # [O, I], [O]
+        if c_out is not None:
+            c_out = c_out.to(w.dtype)
+            w, b = w * c_out[:, None], (None if b is None else b * c_out)
+        if c_in is not None:
+            w = w * c_in.to(w.dtype)
+        return F.linear(x, w, b)
+
+
+def _c(mask: GrowthMask | None) -> torch.Tensor | None:
+    return None if mask is None else mask.value
+
+
 class MaskedLayerNorm(nn.Module):
     """LayerNorm over the last dim whose mean/variance ignore masked features (eq. 17) and whose output is
     re-masked (eq. 19), so new hidden features neither change nor leak into existing ones."""
@@ -74,19 +98,22 @@ class Attention(nn.Module):
         inner = head_num * head_dim
         self.q = nn.Linear(hidden_dim, inner)
         self.k = nn.Linear(hidden_dim, inner)
-        self.v = nn.Linear(hidden_dim, inner)
-        self.proj = nn.Linear(inner, hidden_dim)
+        self.v = MaskedLinear(hidden_dim, inner)
+        self.proj = MaskedLinear(inner, hidden_dim)
         self.head_num, self.head_dim, self.causal, self.dropout = head_num, head_dim, causal, dropout
 
-    def forward(self, x: torch.Tensor, head_mask: GrowthMask | None, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, head_mask: GrowthMask | None, attn_mask: torch.Tensor | None,
+        out_mask: GrowthMask | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """[B, T, H] -> [B, T, H]; ``out_mask`` [H] masks the output projection's neurons (the hidden mask)."""
         B, T, _ = x.shape
         n, d = self.head_num, self.head_dim
         q = self.q(x).view(B, T, n, d).transpose(1, 2)  # [B, n, T, d]
         k = self.k(x).view(B, T, n, d).transpose(1, 2)
-        v = self.v(x).view(B, T, n, d)
-        if head_mask is not None:
-            v = v * head_mask.value.to(v.dtype)[:, None]  # eq. 23: new heads' values -> 0, [B, T, n, d]
-        v = v.transpose(1, 2)
+        # eq. 23: new heads' values -> 0, on V's rows (each head's c repeated over its d rows, [n*d])
+        v = self.v(x, None if head_mask is None else head_mask.value.repeat_interleave(d))
+        v = v.view(B, T, n, d).transpose(1, 2)  # [B, n, T, d]
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -95,7 +122,7 @@ class Attention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=self.causal and attn_mask is None,
         )  # [B, n, T, d]; new heads output 0 (eq. 24)
-        return self.proj(y.transpose(1, 2).reshape(B, T, n * d))  # eq. 25-26, [B, T, H]
+        return self.proj(y.transpose(1, 2).reshape(B, T, n * d), _c(out_mask))  # eq. 25-26, [B, T, H]
 
 
 class MLP(nn.Module):
@@ -104,10 +131,11 @@ class MLP(nn.Module):
     def __init__(self, hidden_dim: int, ffn_dim: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(hidden_dim, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, hidden_dim)
+        self.fc2 = MaskedLinear(ffn_dim, hidden_dim)
 
-    def forward(self, x: torch.Tensor, ffn_mask: GrowthMask | None) -> torch.Tensor:
-        return self.fc2(_mask(F.gelu(self.fc1(x)), ffn_mask))  # [B, T, F] -> [B, T, H]
+    def forward(self, x: torch.Tensor, ffn_mask: GrowthMask | None, out_mask: GrowthMask | None = None) -> torch.Tensor:
+        # eq. 12 after the activation, folded into fc2's input columns; out_mask [H]: the hidden mask on fc2's rows
+        return self.fc2(F.gelu(self.fc1(x)), _c(out_mask), _c(ffn_mask))  # [B, T, F] -> [B, T, H]
 
 
 class Block(nn.Module):
@@ -133,11 +161,13 @@ class Block(nn.Module):
         self.layer_mask: GrowthMask | None = None
 
     def _layer(self, x: torch.Tensor, hm: GrowthMask | None, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        if self.pre_ln:  # x + Attn(LN(x)), then + FFN(LN(.)); residual additions masked so new dims stay 0
-            x = x + _mask(self.drop(self.attn(self.ln1(x, hm), self.head_mask, attn_mask)), hm)
-            return x + _mask(self.drop(self.mlp(self.ln2(x, hm), self.ffn_mask)), hm)
-        x = self.ln1(x + _mask(self.drop(self.attn(x, self.head_mask, attn_mask)), hm), hm)
-        return self.ln2(x + _mask(self.drop(self.mlp(x, self.ffn_mask)), hm), hm)
+        # Residual additions masked (hm on the output projections' rows) so new hidden dims stay 0; dropout is
+        # elementwise, so masking before it equals masking after it.
+        if self.pre_ln:  # x + Attn(LN(x)), then + FFN(LN(.))
+            x = x + self.drop(self.attn(self.ln1(x, hm), self.head_mask, attn_mask, hm))
+            return x + self.drop(self.mlp(self.ln2(x, hm), self.ffn_mask, hm))
+        x = self.ln1(x + self.drop(self.attn(x, self.head_mask, attn_mask, hm)), hm)
+        return self.ln2(x + self.drop(self.mlp(x, self.ffn_mask, hm)), hm)
 
     def forward(
         self, x: torch.Tensor, hidden_mask: GrowthMask | None, attn_mask: torch.Tensor | None

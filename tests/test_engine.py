@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import socket
 import time
@@ -195,6 +196,33 @@ def job_grow(rank: int, stage: int, precision: str) -> dict:
     return out
 
 
+def job_ramp(rank: int, stage: int) -> dict:
+    """A GPT mid-ramp (all four dimensions grown, c = 0.5) through an engine: its masked projections fold the
+    masks into weights, which ZeRO-3 must have gathered (they are used in the layer's own forward)."""
+    import copy
+
+    from msg_ray.growth import grow, set_mask_value
+    from msg_ray.model import build_model
+    from msg_ray.structure import Structure
+
+    small = build_model("gpt", Structure(16, 32, 1, 1), vocab_size=64, max_seq_len=8, head_dim=8, seed=0)
+    model = grow(small, Structure(32, 64, 2, 2), "msg", seed=1)
+    set_mask_value(model, 0.5)
+    ref = copy.deepcopy(model)
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(rank))
+    eng = build_engine(model, EngineConfig(zero_stage=stage))
+    loss = eng.module.loss(eng(ids), ids)
+    eng.backward(loss)
+    eng.step()
+    out = {
+        "engine": loss.item(),
+        "plain": ref.loss(ref(ids), ids).item(),
+        "after": eng.module.loss(eng(ids), ids).item(),
+    }
+    release(eng)
+    return out
+
+
 def _live_engines() -> int:
     from deepspeed.runtime.engine import DeepSpeedEngine
 
@@ -237,13 +265,15 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import deepspeed
 
     deepspeed.utils.logger.setLevel(logging.WARNING)
-    res: dict = {"identical": {}, "grow": {}, "memory": {}}
+    res: dict = {"identical": {}, "grow": {}, "memory": {}, "ramp": {}}
     for stage, prec in IDENTICAL:
         res["identical"][stage, prec] = job_identical(rank, stage, prec)
     for stage, prec in GROW:
         res["grow"][stage, prec] = job_grow(rank, stage, prec)
     for stage in MEMORY[world]:
         res["memory"][stage] = job_memory(rank, stage)
+    for stage in (0, 3):
+        res["ramp"][stage] = job_ramp(rank, stage)
     torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
@@ -323,6 +353,15 @@ def test_many_rebuilds_do_not_grow_memory(runs, world, stage):
         )
         assert growth < 150, r["rss"]
         assert r["leaked_engines"] == 0  # a leak keeps released engines reachable
+
+
+@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("stage", [0, 3])
+def test_mid_ramp_model_trains_under_zero(runs, world, stage):
+    for rank, res in enumerate(runs[world]):
+        r = res["ramp"][stage]
+        assert abs(r["engine"] - r["plain"]) < 1e-5, (rank, r)  # same function as the module outside the engine
+        assert math.isfinite(r["after"]) and r["after"] < r["engine"], (rank, r)  # the step trained it
 
 
 def test_config_validation_and_ds_config():
