@@ -1,8 +1,8 @@
 """Benchmark growth events on the real DeepSpeed engine, in one process (world size 1, CPU, gloo).
 
 Walks the mini GPT schedule ``mini-sch1-g`` (80,128,3,1) -> ... -> (128,512,4,4): at each stage it trains a few
-steps on random tokens (tokens/s while the masks ramp and after they fold), then grows exactly as the training
-loop does (msg_ray/train/loop.py), timing each part of the event:
+steps on random tokens (tokens/s while the masks ramp and after they fold), then grows with the training loop's own
+growth event (``msg_ray.train.growth_event.grow_engine``), timing each part of it:
 
   gather   ``gather_state(engine)``: full fp32 masters + Adam moments by name
   grow     rebuild the old model from the masters + ``grow(old, target, "msg")``
@@ -37,17 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from msg_ray import growth as G  # noqa: E402
 from msg_ray.model import ModelConfig, build_from_config, with_structure  # noqa: E402
 from msg_ray.schedule import Schedule, get_schedule  # noqa: E402
-from msg_ray.structure import Structure  # noqa: E402
-from msg_ray.train.engine import (  # noqa: E402
-    EngineConfig,
-    build_engine,
-    carry_train_state,
-    gather_state,
-    release,
-    restore_state,
-)
-
-PARTS = ("gather", "grow", "carry", "release", "build", "restore")
+from msg_ray.train.engine import EngineConfig, build_engine, release  # noqa: E402
+from msg_ray.train.growth_event import PARTS, grow_engine  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -82,28 +73,6 @@ def probe(engine, ids: torch.Tensor) -> float:
     return loss
 
 
-def growth_event(engine, config: ModelConfig, old_s: Structure, new_s: Structure, cfg: EngineConfig, seed: int):
-    """One growth (or a same-size rebuild when ``new_s == old_s``), as the training loop does it, timed by part."""
-    t: dict[str, float] = {}
-    t0 = time.perf_counter()
-    state = gather_state(engine)
-    t["gather"], t0 = time.perf_counter() - t0, time.perf_counter()
-    old = build_from_config(with_structure(config, old_s))
-    old.load_state_dict(state.params)
-    new = old if new_s == old_s else G.grow(old, new_s, "msg", seed=seed)
-    t["grow"], t0 = time.perf_counter() - t0, time.perf_counter()
-    carried = carry_train_state(state, dict(new.named_parameters()))
-    t["carry"], t0 = time.perf_counter() - t0, time.perf_counter()
-    release(engine)
-    del engine, state
-    t["release"], t0 = time.perf_counter() - t0, time.perf_counter()
-    engine = build_engine(new, cfg)
-    t["build"], t0 = time.perf_counter() - t0, time.perf_counter()
-    restore_state(engine, carried)
-    t["restore"] = time.perf_counter() - t0
-    return engine, t
-
-
 def stage_rates(engine, args, n_tokens: int, ramping: bool, seed: int) -> tuple[float, float]:
     """Tokens/s (median step) while the masks ramp (first half, c 0 -> 1) and after they fold (second half)."""
     half = max(2, args.steps // 2)
@@ -130,7 +99,9 @@ def run(args: argparse.Namespace, sched: Schedule) -> tuple[list[str], list[str]
     for i, target in enumerate([None, *targets]):
         if target is not None:
             before, rss0 = probe(engine, probe_ids), rss_mb()
-            engine, t = growth_event(engine, config, current, target, cfg, seed=1000 + i)
+            grown = grow_engine(engine, with_structure(config, current), target, cfg, step=0,
+                                phi=max(2, args.steps // 2), seed=1000 + i)  # fmt: skip
+            engine, t = grown.engine, grown.seconds
             rss1, after = rss_mb(), probe(engine, probe_ids)
             kind = "grow" if target != current else "rebuild"
             cells = " | ".join(f"{t[p]:.3f}" for p in PARTS)

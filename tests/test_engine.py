@@ -28,6 +28,7 @@ from msg_ray.train.engine import (
     param_groups,
     rebuild,
     release,
+    set_lr,
 )
 
 D_IN, D_OUT, K = 8, 4, 4  # K steps before and after the rebuild
@@ -38,8 +39,8 @@ MEMORY = {1: [2, 3], 2: [3]}  # world size -> ZeRO stages given 20 rebuilds in a
 N_REBUILDS = 20
 
 
-def lr_lambda(step: int) -> float:
-    return min(1.0, (step + 1) / 3)  # a warm-up, so a wrong LR position after restore changes the losses
+def lr_at(step: int, base: float) -> float:
+    return base * min(1.0, (step + 1) / 3)  # a warm-up, so a wrong step position after restore changes the losses
 
 
 class Net(nn.Module):
@@ -72,9 +73,11 @@ def batch(step: int, rank: int, mb: int = 8) -> tuple[torch.Tensor, torch.Tensor
     return torch.randn(mb, D_IN, generator=g), torch.randn(mb, D_OUT, generator=g)
 
 
-def train(engine, start: int, steps: int, rank: int) -> list[float]:
+def train(engine, start: int, steps: int, rank: int, base_lr: float = EngineConfig().lr) -> list[float]:
+    """Steps as the training loop takes them: the LR set per step (``set_lr``), the engine holds no schedule."""
     losses = []
     for step in range(start, start + steps):
+        set_lr(engine, lr_at(step, base_lr))
         x, y = batch(step, rank)
         loss = nn.functional.mse_loss(engine(x), y)
         engine.backward(loss)
@@ -98,20 +101,20 @@ def job_identical(rank: int, stage: int, precision: str) -> dict:
     torch.manual_seed(0)
     net = Net()
     init = model_params(net)
-    eng = build_engine(net, cfg, lr_lambda=lr_lambda)
+    eng = build_engine(net, cfg)
     fresh = gather_state(eng)  # a fresh engine: exact fp32 init (not bf16-rounded), no steps, zero moments
     straight = train(eng, 0, 2 * K, rank)
     straight_end = gather_state(eng)
     release(eng)
 
     torch.manual_seed(0)
-    eng = build_engine(Net(), cfg, lr_lambda=lr_lambda)
+    eng = build_engine(Net(), cfg)
     first = train(eng, 0, K, rank)
     t0 = time.perf_counter()
     state = gather_state(eng)
     release(eng)
     torch.manual_seed(99)  # different init: only restore_state can make the second half identical
-    eng = rebuild(None, Net(), cfg, state, lr_lambda=lr_lambda)
+    eng = rebuild(Net(), cfg, state)
     seconds = time.perf_counter() - t0
     second = train(eng, K, K, rank)
     end = gather_state(eng)
@@ -146,7 +149,7 @@ def _reference_step(carried, cfg: EngineConfig, world: int) -> dict[str, torch.T
     ref.load_state_dict(carried.params)
     opt = torch.optim.AdamW(param_groups(ref, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     for g in opt.param_groups:
-        g["lr"] = cfg.lr * lr_lambda(carried.step)
+        g["lr"] = lr_at(carried.step, cfg.lr)
     for n, p in ref.named_parameters():
         opt.state[p] = {
             "step": torch.tensor(float(carried.step)),
@@ -171,14 +174,14 @@ def _module_weights(eng, stage: int) -> dict[str, torch.Tensor]:
 def job_grow(rank: int, stage: int, precision: str) -> dict:
     cfg = EngineConfig(zero_stage=stage, precision=precision, grad_clip=0.5)
     torch.manual_seed(0)
-    eng = build_engine(Net(16, 32), cfg, lr_lambda=lr_lambda)
+    eng = build_engine(Net(16, 32), cfg)
     train(eng, 0, 3, rank)
     old = gather_state(eng)
     release(eng)
     torch.manual_seed(1)
     big = Net(24, 48, extra=True, reverse=True)
     carried = carry_train_state(old, _grown_values(old.params, big))
-    eng = rebuild(None, big, cfg, carried, lr_lambda=lr_lambda)
+    eng = rebuild(big, cfg, carried)
     got = gather_state(eng)
     weights = _module_weights(eng, stage)
     lp_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -234,7 +237,7 @@ def job_memory(rank: int, stage: int) -> dict:
     live_before = _live_engines()  # engines earlier jobs in this process still hold are not this job's leak
     cfg = EngineConfig(zero_stage=stage)
     torch.manual_seed(0)
-    eng = build_engine(Net(64, 256), cfg, lr_lambda=lr_lambda)
+    eng = build_engine(Net(64, 256), cfg)
     train(eng, 0, 1, rank)
     rss, secs = [rss_mb()], []
     for i in range(N_REBUILDS):
@@ -242,7 +245,7 @@ def job_memory(rank: int, stage: int) -> dict:
         state = gather_state(eng)
         release(eng)
         del eng
-        eng = rebuild(None, Net(64, 256), cfg, state, lr_lambda=lr_lambda)
+        eng = rebuild(Net(64, 256), cfg, state)
         secs.append(time.perf_counter() - t0)
         train(eng, 1 + i, 1, rank)
         rss.append(rss_mb())

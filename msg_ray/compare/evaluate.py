@@ -30,7 +30,8 @@ from msg_ray.compare.finetune import (
     predict,
     train_classifier,
 )  # fmt: skip
-from msg_ray.model import GrowableTransformer, ModelConfig, build_from_config
+from msg_ray.model import GrowableTransformer, build_from_config
+from msg_ray.structure import Structure
 
 GPT_TASKS = ("wikitext2_ppl",)
 BERT_TASKS = ("movie_snippets", "bbc_news")
@@ -111,8 +112,8 @@ def _from_checkpoint(p: Path, meta: dict[str, Any]) -> GrowableTransformer:
 
     cfg = RunConfig.from_dict(meta["config"])
     vocab = prepare(cfg.data).vocab_size
-    mc = ModelConfig(arch=cfg.schedule.arch, structure=meta["structure"], vocab_size=vocab,
-                     max_seq_len=cfg.data.seq_len, head_dim=cfg.schedule.head_dim)  # fmt: skip
+    # dropout 0, as evaluation always built it (fine-tuning adds none of the pretraining's)
+    mc = replace(cfg.model_config(vocab, Structure.parse(meta["structure"])), dropout=0.0)
     model = build_from_config(mc)
     state = torch.load(p / "model.pt", map_location="cpu", weights_only=False)
     model.load_state_dict({**state["params"], **state["buffers"]})

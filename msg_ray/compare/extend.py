@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from msg_ray.model import ModelConfig, build_from_config
+from msg_ray.model import build_from_config
+from msg_ray.structure import Structure
 
 
 def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threads: int = 1) -> dict[str, list]:
@@ -39,9 +40,8 @@ def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threa
     if cfg.workers != 1 or cfg.engine.grad_accum != 1:
         raise ValueError("extend_run continues 1-worker runs without gradient accumulation")
     data = prepare(cfg.data)
-    s, e = cfg.schedule, cfg.engine
-    model = build_from_config(ModelConfig(arch=s.arch, structure=meta["structure"], vocab_size=data.vocab_size,
-                                          max_seq_len=cfg.data.seq_len, head_dim=s.head_dim, dropout=cfg.dropout))  # fmt: skip
+    e = cfg.engine
+    model = build_from_config(cfg.model_config(data.vocab_size, Structure.parse(meta["structure"])))
     model.load_state_dict({**loaded.params, **loaded.buffers})
     opt = torch.optim.AdamW(param_groups(model, e.weight_decay), lr=e.lr, betas=e.betas, eps=e.eps)
     _restore_moments(model, opt, loaded.moments)

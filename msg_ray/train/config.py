@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from msg_ray.data import DataConfig
+from msg_ray.model import ModelConfig
 from msg_ray.schedule import Schedule, get_schedule
+from msg_ray.structure import Structure
 from msg_ray.train.engine import EngineConfig
 from msg_ray.train.lr import LR_SCALES
 
@@ -105,6 +107,15 @@ class RunConfig:
     @property
     def total_steps(self) -> int:
         return self.schedule.total_steps
+
+    def model_config(self, vocab_size: int, structure: Structure | None = None) -> ModelConfig:
+        """The model this run builds for ``structure`` (default: the first stage's) over a ``vocab_size`` vocabulary
+        (known once the data is prepared)."""
+        s = self.schedule
+        return ModelConfig(
+            arch=s.arch, structure=structure or s.stages[0].structure, vocab_size=vocab_size,
+            max_seq_len=self.data.seq_len, head_dim=s.head_dim, dropout=self.dropout,
+        )  # fmt: skip
 
     @property
     def tokens_per_step(self) -> int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +75,6 @@ class TrainState:
     exp_avg: dict[str, torch.Tensor]
     exp_avg_sq: dict[str, torch.Tensor]
     step: int  # optimizer steps taken (Adam bias correction uses it for every parameter, old or new)
-    lr_step: int | None = None  # LambdaLR position; None means "same as step"
 
     def adam_state(self) -> dict[str, AdamState]:
         return {n: {"exp_avg": self.exp_avg[n], "exp_avg_sq": self.exp_avg_sq[n]} for n in self.params}
@@ -97,7 +96,6 @@ def carry_train_state(
         exp_avg={n: m["exp_avg"] for n, m in moments.items()},
         exp_avg_sq={n: m["exp_avg_sq"] for n, m in moments.items()},
         step=old.step,
-        lr_step=old.lr_step,
     )
 
 
@@ -164,8 +162,9 @@ def _skip_shm_comm_op() -> None:
     ops["__compatible_ops__"]["deepspeed_shm_comm"] = False
 
 
-def build_engine(model: torch.nn.Module, cfg: EngineConfig, *, lr_lambda: Callable[[int], float] | None = None):
-    """A DeepSpeed engine around ``model`` with a torch AdamW and an optional LambdaLR(lr_lambda)."""
+def build_engine(model: torch.nn.Module, cfg: EngineConfig):
+    """A DeepSpeed engine around ``model`` with a torch AdamW at ``cfg.lr``. The engine holds no LR schedule: the
+    training loop sets each step's LR (``set_lr``) from ``msg_ray.train.lr``, so a rebuild never has to restore one."""
     _skip_shm_comm_op()
     ensure_distributed()
     import deepspeed
@@ -173,15 +172,9 @@ def build_engine(model: torch.nn.Module, cfg: EngineConfig, *, lr_lambda: Callab
     originals = model_params(model)  # exact fp32 init: bf16 engines would otherwise start from rounded masters
     groups = param_groups(model, cfg.weight_decay)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
-    sched = None
-    if lr_lambda is not None:
-
-        def sched(o: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-            return torch.optim.lr_scheduler.LambdaLR(o, lr_lambda)
-
     world = torch.distributed.get_world_size()
     engine, *_ = deepspeed.initialize(
-        model=model, optimizer=opt, lr_scheduler=sched, config=ds_config(cfg, world), dist_init_required=False
+        model=model, optimizer=opt, config=ds_config(cfg, world), dist_init_required=False
     )
     if _mode(engine) == "unfused":
         # Stage 0 + bf16 (FP16_UnfusedOptimizer) takes a dummy zero-grad step at creation, which applies
@@ -280,8 +273,6 @@ def gather_state(engine) -> TrainState:
             vals = [safe_get_full_fp32_param(p)] + [safe_get_full_optimizer_state(p, k) for k in MOMENT_KEYS]
         full = [v.detach().float().cpu().clone().reshape(_full_shape(p)) for v in vals]
         out.params[name], out.exp_avg[name], out.exp_avg_sq[name] = full
-    sched = engine.lr_scheduler
-    out.lr_step = int(sched.last_epoch) if sched is not None and hasattr(sched, "last_epoch") else None
     return out
 
 
@@ -325,19 +316,17 @@ def _write_params(engine, values: Mapping[str, torch.Tensor], moments: TrainStat
 
 
 def restore_state(engine, state: TrainState) -> None:
-    """Write masters, moments, step and LR position (shapes must match the engine's model). Every rank."""
+    """Write masters, moments and step (shapes must match the engine's model). Every rank."""
     _check_names(engine, state)
     _ensure_optimizer_state(engine, step=state.step)
     _write_params(engine, state.params, state)
     engine.global_steps = state.step
-    sched = engine.lr_scheduler
-    if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
-        pos = state.step if state.lr_step is None else state.lr_step
-        sched.last_epoch = pos
-        lrs = [base * fn(pos) for base, fn in zip(sched.base_lrs, sched.lr_lambdas, strict=True)]
-        for group, lr in zip(sched.optimizer.param_groups, lrs, strict=True):
-            group["lr"] = lr
-        sched._last_lr = lrs
+
+
+def set_lr(engine, lr: float) -> None:
+    """The learning rate of the next optimizer step, for every parameter group."""
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
 
 
 def release(engine) -> None:
@@ -359,15 +348,8 @@ def release(engine) -> None:
         torch.cuda.empty_cache()
 
 
-def rebuild(
-    old_engine,
-    new_model: torch.nn.Module,
-    cfg: EngineConfig,
-    carried: TrainState,
-    lr_lambda: Callable[[int], float] | None = None,
-):
-    """A new engine for ``new_model`` holding ``carried``. ``old_engine`` is unused here: the caller releases it."""
-    del old_engine
-    engine = build_engine(new_model, cfg, lr_lambda=lr_lambda)
+def rebuild(new_model: torch.nn.Module, cfg: EngineConfig, carried: TrainState):
+    """A new engine for ``new_model`` holding ``carried`` (the caller has released the old one)."""
+    engine = build_engine(new_model, cfg)
     restore_state(engine, carried)
     return engine

@@ -21,10 +21,11 @@ import torch
 from msg_ray import growth as G
 from msg_ray.data import BlockLoader, prepare
 from msg_ray.flops import flops_per_token
-from msg_ray.model import GrowableTransformer, ModelConfig, build_from_config
+from msg_ray.model import GrowableTransformer, build_from_config
 from msg_ray.train import checkpoint as C
 from msg_ray.train.config import RunConfig
-from msg_ray.train.engine import TrainState, build_engine, carry_train_state, gather_state, release, restore_state
+from msg_ray.train.engine import TrainState, build_engine, gather_state, restore_state, set_lr
+from msg_ray.train.growth_event import grow_engine
 from msg_ray.train.lr import LRSchedule, stage_lr_multiplier
 from msg_ray.train.metrics import RateMeter
 from msg_ray.train.progress import StepLog, WorkerTracker
@@ -120,12 +121,6 @@ class WorkerRun:
             special_ids=d.special_ids, mlm_probability=self.cfg.data.mlm_probability,
         )  # fmt: skip
 
-    def _model_config(self, structure) -> ModelConfig:
-        return ModelConfig(
-            arch=self.sched.arch, structure=structure, vocab_size=self.data.vocab_size,
-            max_seq_len=self.cfg.data.seq_len, head_dim=self.sched.head_dim, dropout=self.cfg.dropout,
-        )  # fmt: skip
-
     def _engine_for(self, model: GrowableTransformer, state: TrainState | None):
         engine = build_engine(model, self.cfg.engine)
         if state is not None:
@@ -135,7 +130,7 @@ class WorkerRun:
     def _start(self) -> None:
         ckpt = self.session.get_checkpoint()
         if ckpt is None:
-            model = build_from_config(self._model_config(self.sched.stages[0].structure), seed=self.cfg.seed)
+            model = build_from_config(self.cfg.model_config(self.data.vocab_size), seed=self.cfg.seed)
             self.engine = self._engine_for(model, None)
             return
         with ckpt.as_directory() as d:
@@ -146,7 +141,7 @@ class WorkerRun:
         m = loaded.meta
         self.step, self.stage, self.wall, self.flops = m["step"], m["stage"], m["wall_s"], m["flops"]
         self.history = m["history"]
-        model = build_from_config(self._model_config(self.structure))
+        model = build_from_config(self.cfg.model_config(self.data.vocab_size, self.structure))
         model.load_state_dict({**loaded.params, **loaded.buffers})  # recreates masks mid-ramp
         self.ramp = G.MaskRamp(**m["ramp"]) if m["ramp"] else None
         if self.policy is not None and m.get("adaptive"):
@@ -167,9 +162,8 @@ class WorkerRun:
         return self.engine.module.loss(logits, batch["labels"].to(device))
 
     def _train_step(self) -> torch.Tensor:
-        lr = self.lr(self._lr_step()) * stage_lr_multiplier(self.cfg.lr_scale, self.structure, self.sched.target)
-        for group in self.engine.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.engine, self.lr(self._lr_step()) * stage_lr_multiplier(self.cfg.lr_scale, self.structure,
+                                                                             self.sched.target))  # fmt: skip
         total = None
         for _ in range(self.cfg.engine.grad_accum):
             loss = self._forward_loss(next(self.loader))
@@ -198,24 +192,18 @@ class WorkerRun:
         return sum(losses) / len(losses)
 
     # -- growth ------------------------------------------------------------------------------------------------
-    def _grow(self, stage: int) -> None:
+    def _grow(self, stage: int) -> TrainState:
+        """The growth event at a stage start; returns the state the new engine holds (for the boundary checkpoint)."""
         self._flush()
         target = self.sched.stages[stage].structure
         probe = next(self._loader(self.data.train_blocks, self.cfg.seed + 7919 * stage, self.rank, self.world))
         before = self._probe(probe)
-        t0 = time.perf_counter()
-        state = gather_state(self.engine)
-        old = build_from_config(self._model_config(self.sched.stages[stage - 1].structure))
-        old.load_state_dict(state.params)
-        new = G.grow(
-            old, target, self.sched.operator, depth_init=self.sched.depth_init, seed=self.cfg.seed * 1000 + stage
-        )
-        carried = carry_train_state(state, dict(new.named_parameters()))  # old moments by name, new ones 0
-        release(self.engine)
-        del old, state
-        self.engine = self._engine_for(new, carried)
-        self.ramp = G.MaskRamp(start_step=self.step, phi=self.sched.phi) if self.sched.operator == "msg" else None
-        seconds = time.perf_counter() - t0
+        grown = grow_engine(
+            self.engine, self.cfg.model_config(self.data.vocab_size, self.structure), target, self.cfg.engine,
+            step=self.step, phi=self.sched.phi, operator=self.sched.operator, depth_init=self.sched.depth_init,
+            seed=self.cfg.seed * 1000 + stage,
+        )  # fmt: skip
+        self.engine, self.ramp, seconds = grown.engine, grown.ramp, grown.total_seconds
         after = self._probe(probe)
         self.stage = stage
         self.meter.reset()
@@ -231,6 +219,7 @@ class WorkerRun:
             self.log.line(f"WARNING: msg growth changed the loss by {jump:.3g} (> {self.cfg.growth_check_tol}); "
                           "the operator is not preserving the function")  # fmt: skip
         self.log.line(f"grew to {target} at step {self.step}: loss {before:.5f} -> {after:.5f} in {seconds:.2f}s")
+        return grown.state
 
     @property
     def structure(self):
@@ -244,9 +233,10 @@ class WorkerRun:
         return param_count(self.sched.arch, s, self.data.vocab_size, self.cfg.data.seq_len, self.sched.head_dim)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
-    def _checkpoint(self, final: bool = False) -> None:
+    def _checkpoint(self, final: bool = False, state: TrainState | None = None) -> None:
+        """``state``: the engine's state when the caller already holds it (right after a growth), else gathered."""
         self._flush()
-        state = gather_state(self.engine)  # collective: every rank takes part
+        state = state if state is not None else gather_state(self.engine)  # collective: every rank takes part
         folder = C.folder_name(self.stage, self.step, final)
         module = self.engine.module
         buffers = {
@@ -266,7 +256,9 @@ class WorkerRun:
             C.save(tmp, rank=self.rank, rank_state=rank_state, meta=meta, params=state.params, buffers=buffers,
                    moments=moments)  # fmt: skip
             if final and self.rank == 0:
-                self.tracker.export(tmp, module, self._model_config(self.sched.target), self.cfg.export_hf)
+                self.tracker.export(
+                    tmp, module, self.cfg.model_config(self.data.vocab_size, self.sched.target), self.cfg.export_hf
+                )
             self.session.report(self._metrics(), tmp, folder)
 
     def _last_loss(self) -> float:
@@ -283,13 +275,11 @@ class WorkerRun:
                 t0 = time.perf_counter()
                 if self.ramp is not None:
                     self.tracker.mask(self.ramp.apply(self.engine.module, self.step), self.step)
-                if self._growth_due():
-                    self._grow(self.stage + 1)
+                if self._growth_due():  # the event applies its new ramp for this step
+                    state = self._grow(self.stage + 1)
                     self.wall += time.perf_counter() - t0
-                    self._checkpoint()
+                    self._checkpoint(state=state)
                     t0 = time.perf_counter()
-                    if self.ramp is not None:
-                        self.ramp.apply(self.engine.module, self.step)
                 loss = self._train_step()
                 self.wall += time.perf_counter() - t0
                 self._after_step(loss)
