@@ -6,6 +6,8 @@ Face's GPT-2/BERT derive the head size from the hidden size, while ours is decou
 Layout differences handled here: GPT-2's ``Conv1D`` stores weights as [in, out] (transposed) and fuses q, k, v
 into one ``c_attn``; BERT gets a single all-zero token-type embedding (we have no segments); activations are the
 exact erf GELU (``"gelu"``, not GPT-2's default tanh ``"gelu_new"``). ``transformers`` is imported lazily.
+
+transformers is imported only by the Hugging Face export and load paths (an optional, slow import).
 """
 
 from __future__ import annotations

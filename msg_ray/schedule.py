@@ -11,11 +11,12 @@ from typing import Any
 
 import yaml
 
+from msg_ray import presets
+from msg_ray.growth import DEPTH_INITS, OPERATORS
+from msg_ray.model import ARCHS
 from msg_ray.structure import DIMENSIONS, Structure
 
-ARCHS = ("gpt", "bert")
-OPERATORS = ("msg", "net2net", "nomask")
-DEPTH_INITS = ("stack", "random")
+FULL = "full"  # the name of full training (from scratch at the target) in comparisons, sweeps and studies
 _FIELDS = ("name", "arch", "operator", "phi", "head_dim", "depth_init", "total_steps", "stages", "target")
 
 
@@ -265,48 +266,6 @@ def full(arch: str, target: Structure | Any, total_steps: int, **kw: Any) -> Sch
     )
 
 
-def paper_stage_starts(total_steps: int, n_stages: int, early_weight: float = 1.2) -> list[int]:
-    """Start steps for ``n_stages`` stages splitting ``total_steps`` (paper section 3.2.1).
-
-    "Roughly equal number of steps, while slightly emphasizing the early stages": stage weights fall
-    linearly from ``early_weight`` (first stage) to 1 (last stage); ``early_weight=1`` gives equal splits.
-    """
-    if not _is_int(n_stages) or n_stages < 1:
-        raise ValueError(f"n_stages must be an int >= 1, got {n_stages!r}")
-    if not _is_int(total_steps) or total_steps < n_stages:
-        raise ValueError(f"total_steps must be an int >= n_stages={n_stages}, got {total_steps!r}")
-    if not early_weight >= 1.0:
-        raise ValueError(f"early_weight must be >= 1 (early stages are not shorter), got {early_weight}")
-    if n_stages == 1:
-        return [0]
-    weights = [early_weight - (early_weight - 1.0) * i / (n_stages - 1) for i in range(n_stages)]
-    total_weight = sum(weights)
-    starts, acc = [], 0.0
-    for w in weights:
-        starts.append(int(round(total_steps * acc / total_weight)))
-        acc += w
-    # Rounding may tie two starts on tiny budgets; push later ones forward so every stage has >= 1 step.
-    for i in range(1, n_stages):
-        starts[i] = max(starts[i], starts[i - 1] + 1)
-    if starts[-1] >= total_steps:
-        raise ValueError(f"total_steps={total_steps} is too small for {n_stages} stages")
-    return starts
-
-
-def schedule_from_structures(
-    arch: str,
-    structures: list[Any],
-    total_steps: int,
-    *,
-    early_weight: float = 1.2,
-    **kw: Any,
-) -> Schedule:
-    """Schedule over ``structures`` with stage starts from :func:`paper_stage_starts`."""
-    starts = paper_stage_starts(total_steps, len(structures), early_weight)
-    stages = tuple(Stage(structure=s, start=b) for s, b in zip(structures, starts, strict=True))
-    return Schedule(arch=arch, stages=stages, total_steps=total_steps, **kw)
-
-
 # Per-dimension rounding grain for miniature structures (keeps sizes tidy and head counts whole).
 _MINI_GRAIN = {"hidden_dim": 16, "ffn_dim": 32, "head_num": 1, "layer_num": 1}
 
@@ -345,8 +304,6 @@ def miniaturize(
 
 
 def _build_presets() -> dict[str, Schedule]:
-    from msg_ray import presets
-
     out: dict[str, Schedule] = {}
     for name, spec in presets.PAPER.items():
         out[name] = Schedule.from_dict({"name": name, "phi": presets.PAPER_PHI, **spec})

@@ -14,9 +14,8 @@ from msg_ray.schedule import (
     full,
     get_schedule,
     miniaturize,
-    paper_stage_starts,
-    schedule_from_structures,
 )
+from msg_ray.splits import paper_stage_starts, schedule_from_structures
 from msg_ray.structure import Structure
 
 # Transcribed independently from the paper (tables 2, 8, 10; totals from appendix D/J), to check the presets.

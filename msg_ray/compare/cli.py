@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
+
+from msg_ray.compare.evaluate import EvalConfig, evaluate_many
+from msg_ray.compare.runner import CompareConfig, rebuild_report, run_comparison
+from msg_ray.run_args import add_run_args, build_run_config
+from msg_ray.train.config import apply_overrides
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -26,7 +32,6 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
     """Add the ``compare``, ``eval`` and ``report`` subcommands to ``msg-ray``'s subparsers."""
-    from msg_ray.cli import add_run_args
 
     p = sub.add_parser("compare", help="MSG vs Net2Net vs No-Mask vs full: train, evaluate, speed-up table + plots")
     add_run_args(p)
@@ -69,16 +74,12 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def eval_config(overrides: list[str]):
-    from msg_ray.compare.evaluate import EvalConfig
-    from msg_ray.train.config import apply_overrides
 
     return EvalConfig.from_dict(apply_overrides({}, overrides))
 
 
 def compare_config(args: argparse.Namespace, default_name: str = "compare"):
     """The `CompareConfig` of parsed ``compare`` flags (``--name`` names the comparison, not one run)."""
-    from msg_ray.cli import build_run_config
-    from msg_ray.compare.runner import CompareConfig
 
     return CompareConfig(
         base=build_run_config(replace_ns(args, name=None)),
@@ -92,7 +93,6 @@ def compare_config(args: argparse.Namespace, default_name: str = "compare"):
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from msg_ray.compare.runner import run_comparison
 
     result = run_comparison(compare_config(args), ray_address=args.address)
     _print({"parent_run_id": result.parent_run_id, "report": str(result.out_dir), "tracking_uri": result.tracking_uri})
@@ -104,9 +104,6 @@ def replace_ns(ns: argparse.Namespace, **changes: Any) -> argparse.Namespace:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import os
-
-    from msg_ray.compare.evaluate import evaluate_many
 
     if args.address:
         os.environ["RAY_ADDRESS"] = args.address
@@ -122,8 +119,6 @@ def replace_dict(d: dict, **changes: Any) -> dict:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from msg_ray.compare.runner import rebuild_report
-
     report, info = rebuild_report(args.experiment, tracking_uri=args.tracking_uri, parent=args.parent, out_dir=args.out,
                                   extend_steps=args.extend_steps, merge=tuple(args.merge))  # fmt: skip
     print(report.markdown)

@@ -6,6 +6,8 @@
   macro-F1), one value per fine-tuning seed (paper appendix F: mean (std) over 3 seeds).
 Results are ``{metric: [value per seed]}``. Text is tokenised with the producing run's tokenizer (its resolved
 config travels in the checkpoint's ``meta.json``); a bare export folder needs ``EvalConfig.data``.
+
+Ray is imported only where evaluations run in parallel (importing it costs seconds).
 """
 
 from __future__ import annotations
@@ -30,8 +32,14 @@ from msg_ray.compare.finetune import (
     predict,
     train_classifier,
 )  # fmt: skip
+from msg_ray.compare.mlflow_io import append_metrics
+from msg_ray.data import DataConfig, prepare
+from msg_ray.data.downstream import load_classification, num_labels
+from msg_ray.data.tokenizer import tokenizer_digest
+from msg_ray.export import load_exported
 from msg_ray.model import GrowableTransformer, build_from_config
 from msg_ray.structure import Structure
+from msg_ray.train.config import RunConfig
 
 GPT_TASKS = ("wikitext2_ppl",)
 BERT_TASKS = ("movie_snippets", "bbc_news")
@@ -94,8 +102,6 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         p_export, meta_file = None, p / "meta.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     if p_export is not None:
-        from msg_ray.export import load_exported
-
         model = load_exported(p_export)
     elif meta and (p / "model.pt").is_file():
         model = _from_checkpoint(p, meta)
@@ -107,8 +113,6 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
 
 
 def _from_checkpoint(p: Path, meta: dict[str, Any]) -> GrowableTransformer:
-    from msg_ray.data import prepare
-    from msg_ray.train.config import RunConfig
 
     cfg = RunConfig.from_dict(meta["config"])
     vocab = prepare(cfg.data).vocab_size
@@ -121,7 +125,6 @@ def _from_checkpoint(p: Path, meta: dict[str, Any]) -> GrowableTransformer:
 
 
 def _data_config(loaded: LoadedModel, cfg: EvalConfig):
-    from msg_ray.data import DataConfig
 
     if cfg.data is not None:
         d = dict(cfg.data)
@@ -149,8 +152,6 @@ def evaluate_model(loaded: LoadedModel, cfg: EvalConfig) -> dict[str, list[float
 
 def evaluate_lm(model: GrowableTransformer, data_cfg, cfg: EvalConfig) -> dict[str, list[float]]:
     """PPL-zs and PPL-ft on WikiText-2 valid/test, tokenised like the pretraining run."""
-    from msg_ray.data import DataConfig, prepare
-    from msg_ray.data.tokenizer import tokenizer_digest
 
     if model.arch != "gpt":
         raise ValueError("wikitext2_ppl needs a GPT checkpoint")
@@ -174,8 +175,6 @@ def evaluate_lm(model: GrowableTransformer, data_cfg, cfg: EvalConfig) -> dict[s
 
 def evaluate_classification(model: GrowableTransformer, task: str, data_cfg, cfg: EvalConfig) -> dict[str, list[float]]:
     """Fine-tune a classifier per seed on the task's train split, score it on the test split."""
-    from msg_ray.data import prepare
-    from msg_ray.data.downstream import load_classification, num_labels
 
     data = prepare(data_cfg)  # the pretraining run's tokenizer and special ids
     split_seed = data_cfg.split_seed if cfg.split_seed is None else cfg.split_seed
@@ -214,7 +213,6 @@ def log_scores(loaded: LoadedModel, scores: dict[str, list[float]]) -> bool:
 
     The run is reopened by id and closed again with the status it had, so a finished run stays FINISHED.
     """
-    from msg_ray.compare.mlflow_io import append_metrics
 
     if loaded.run_config is None or loaded.mlflow_run_id is None:
         return False

@@ -16,8 +16,13 @@ from typing import Any
 
 import torch
 
+from msg_ray.data import prepare
 from msg_ray.model import build_from_config
 from msg_ray.structure import Structure
+from msg_ray.train import checkpoint as C
+from msg_ray.train.config import RunConfig
+from msg_ray.train.engine import param_groups
+from msg_ray.train.lr import LRSchedule
 
 
 def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threads: int = 1) -> dict[str, list]:
@@ -25,11 +30,6 @@ def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threa
 
     Returns ``{"step", "wall_s", "train_loss", "val_step", "val_loss"}`` continuing the run's own step and wall-time axes.
     """
-    from msg_ray.data import prepare
-    from msg_ray.train import checkpoint as C
-    from msg_ray.train.config import RunConfig
-    from msg_ray.train.engine import param_groups
-    from msg_ray.train.lr import LRSchedule
 
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")

@@ -12,7 +12,17 @@ import json
 from typing import Any
 
 from msg_ray.compare.report import RunRecord
-from msg_ray.tracking import Tracker, child_runs, find_runs, load_json_artifact, load_run_metrics, resolve_tracking_uri
+from msg_ray.tracking import (
+    TERMINAL_STATUSES,
+    Tracker,
+    child_runs,
+    find_runs,
+    get_run,
+    load_json_artifact,
+    load_run_metrics,
+    resolve_tracking_uri,
+)
+from msg_ray.train.run import log_run_config
 
 KIND, NAME = "msg_ray.compare", "msg_ray.compare.name"
 OP, SEED, LR, LIMIT = (f"msg_ray.compare.{k}" for k in ("operator", "seed", "lr", "flops_limit"))
@@ -37,7 +47,6 @@ def open_child(cfg, parent_id: str | None, *, operator: str, seed: int, lr: floa
     tracker = Tracker(uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.name, parent_run_id=parent_id,
                       tags=tags)  # fmt: skip
     run_id = tracker.start()
-    from msg_ray.train.run import log_run_config
 
     log_run_config(tracker, cfg)
     return run_id
@@ -46,9 +55,9 @@ def open_child(cfg, parent_id: str | None, *, operator: str, seed: int, lr: floa
 def fail_unfinished(uri: str, experiment: str, run_ids: list[str | None]) -> None:
     """Mark children that a failed comparison left RUNNING as FAILED (finished ones keep their status)."""
     for run_id in filter(None, run_ids):
-        found = find_runs(uri, experiment, f"attributes.run_id = '{run_id}'")
-        if found and found[0]["status"] == "RUNNING":
-            tracker = Tracker(uri=uri, experiment=experiment, run_name=found[0]["name"], run_id=run_id)
+        found = get_run(uri, run_id)
+        if found and found["status"] == "RUNNING":
+            tracker = Tracker(uri=uri, experiment=experiment, run_name=found["name"], run_id=run_id)
             if tracker.start():  # reopen by id (finish needs an open client), then close as FAILED
                 tracker.finish("FAILED")
 
@@ -56,8 +65,8 @@ def fail_unfinished(uri: str, experiment: str, run_ids: list[str | None]) -> Non
 def append_metrics(run_config: dict[str, Any], run_id: str, series: dict[str, list[tuple[int, float]]]) -> bool:
     """Add metric points to a finished run (reopened by id, closed again with the status it had)."""
     uri, exp = run_config.get("tracking_uri"), run_config.get("experiment", "msg_ray")
-    before = find_runs(uri, exp, f"attributes.run_id = '{run_id}'")
-    status = before[0]["status"] if before else "FINISHED"
+    before = get_run(uri, run_id)
+    status = before["status"] if before else "FINISHED"
     tracker = Tracker(uri=uri, experiment=exp, run_name=run_config.get("name", "run"), run_id=run_id)
     if tracker.start() is None:
         return False
@@ -65,13 +74,13 @@ def append_metrics(run_config: dict[str, Any], run_id: str, series: dict[str, li
         for step, value in points:
             tracker.log_metrics({key: value}, step=step)
     tracker.flush()
-    tracker.finish(status if status in ("FINISHED", "FAILED", "KILLED") else "FINISHED")
+    tracker.finish(status if status in TERMINAL_STATUSES else "FINISHED")
     return tracker.healthy
 
 
 def find_parent(uri: str | None, experiment: str, parent: str | None = None) -> dict[str, Any]:
     """The parent run by id or comparison name; the newest comparison of the experiment when ``parent`` is None."""
-    parents = find_runs(uri, experiment, f"tags.`{KIND}` = 'parent'")
+    parents = find_runs(uri, experiment, tags={KIND: "parent"})
     if parent is not None:
         parents = [p for p in parents if parent in (p["run_id"], p["tags"].get(NAME), p["name"])]
     if not parents:

@@ -31,9 +31,8 @@ from typing import Any
 import numpy as np
 
 from msg_ray import plots
+from msg_ray.schedule import FULL
 from msg_ray.train.metrics import first_reach
-
-FULL = "full"
 
 
 @dataclass

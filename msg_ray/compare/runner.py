@@ -13,6 +13,8 @@ tuning effort for every operator, fewer runs). Execution modes:
   wall-time ratio needs on a shared CPU (platform notes: a lone run is faster than two side by side);
 - ``sequential``: ``msg_ray.train.run.run`` one after another, any number of Ray Train workers per run.
 ``auto`` picks parallel for 1-worker runs, sequential otherwise.
+
+Ray is imported inside the functions that start runs (importing it costs seconds; planning and reports need none).
 """
 
 from __future__ import annotations
@@ -25,10 +27,15 @@ from typing import Any
 
 from msg_ray.compare import mlflow_io
 from msg_ray.compare.evaluate import EvalConfig, evaluate_many
+from msg_ray.compare.extend import compact, extend_run
 from msg_ray.compare.report import FULL, Report, RunRecord, best_lrs, reach_target, write_report
-from msg_ray.flops import equal_flops
+from msg_ray.data import prepare
+from msg_ray.flops import equal_flops, flops_ratio
 from msg_ray.schedule import OPERATORS, full
+from msg_ray.tracking import resolve_tracking_uri
 from msg_ray.train.config import RunConfig
+from msg_ray.train.run import run
+from msg_ray.train.worker import run_worker
 
 MODES = ("auto", "parallel", "sequential")
 BUDGETS = ("steps", "flops", "wall")
@@ -159,9 +166,6 @@ def run_comparison(cfg: CompareConfig, *, ray_address: str | None = None) -> Com
     """Train every planned run, evaluate (optional), write and log the report; returns where it all is."""
     import ray
 
-    from msg_ray.data import prepare
-    from msg_ray.tracking import resolve_tracking_uri
-
     uri = resolve_tracking_uri(cfg.base.tracking_uri)
     base = replace(cfg.base, tracking_uri=uri)
     cfg = replace(cfg, base=base)
@@ -209,7 +213,6 @@ def _execute(runs: list[PlannedRun], cfg: CompareConfig, mode: str, tag: str, ra
 
 def _open_runs(runs: list[PlannedRun], parent_id: str | None, vocab_size: int, seq_len: int) -> list[PlannedRun]:
     """Give each planned run its FLOPs-ratio limit and an MLflow child run under the comparison's parent."""
-    from msg_ray.flops import flops_ratio
 
     for r in runs:
         r.flops_limit = flops_ratio(r.config.schedule, vocab_size, seq_len)
@@ -235,8 +238,6 @@ def _extend(records: list[RunRecord], paths: list[str | None], max_steps: int) -
     """Continue (Ray tasks, in parallel) the best-LR schedule runs that did not reach their full run's loss;
     the continuation is logged to each run as ``extend/val_loss`` and ``extend/wall_s``. Returns how many."""
     import ray
-
-    from msg_ray.compare.extend import compact, extend_run
 
     lrs = best_lrs(records)
     full_by_seed = {r.seed: r for r in records if r.operator == FULL and r.lr == lrs[FULL]}
@@ -279,7 +280,6 @@ def _evaluate(records: list[RunRecord], paths: list[str], cfg: CompareConfig) ->
 
 
 def _run_sequential(runs: list[PlannedRun], ray_address: str | None) -> list[str]:
-    from msg_ray.train.run import run
 
     paths = []
     for r in runs:
@@ -292,13 +292,7 @@ def _run_sequential(runs: list[PlannedRun], ray_address: str | None) -> list[str
 
 def _tune_trainable(config: dict[str, Any]) -> None:
     """One run inside a Tune trial: DeepSpeed world size 1 in this process, reporting through Ray Tune."""
-    from msg_ray.train.loop import Session, WorkerRun
-    from msg_ray.train.run import worker_env
-
-    os.environ.update(worker_env(False))  # before deepspeed is imported
-
-    cfg = RunConfig.from_dict(config["run"])
-    WorkerRun(cfg, run_id=config["mlflow_run_id"], session=Session("tune")).train()
+    run_worker(config["run"], config["mlflow_run_id"], "tune")
 
 
 def _run_parallel(runs: list[PlannedRun], cfg: CompareConfig, tag: str) -> list[str]:

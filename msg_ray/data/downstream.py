@@ -1,4 +1,4 @@
-"""Downstream evaluation data: seeded classification splits and WikiText-2 perplexity blocks.
+"""Downstream evaluation data: seeded classification splits (perplexity uses ``prepare(...).valid_blocks``).
 
 - ``load_classification("movie_snippets" | "bbc_news", seed)`` -> ``{"train"|"dev"|"test": [(text, label)]}``:
   stratified 80/10/10 splits fixed by ``seed``. movie_snippets is binary by the sign of the mean human score
@@ -7,17 +7,12 @@
 - Held out of pretraining: `DataConfig(source="bbc_news" | "movie_snippets", split_seed=seed)` pretrains on the
   train part only (its dev part is the validation split, its test part is never trained on), so pretrain with
   the same ``split_seed`` as the ``seed`` used here. WikiText-2 (the usual pretraining text) contains neither.
-- ``perplexity_blocks(tokenizer, seq_len, split)``: WikiText-2 valid/test blocks for PPL (zero-shot or after
-  fine-tuning on WikiText-2 train), identical to `prepare(...).valid_blocks` / `.test_blocks`.
 """
 
 from __future__ import annotations
 
-import torch
-
 from msg_ray.data.builtin import BBC_CLASSES, labelled_records, labelled_splits
 from msg_ray.data.cache import cache_root
-from msg_ray.data.pipeline import DataConfig, prepare
 
 CLASSIFICATION_TASKS = {"movie_snippets": ("negative", "positive"), "bbc_news": BBC_CLASSES}
 
@@ -36,13 +31,3 @@ def num_labels(name: str) -> int:
     if name not in CLASSIFICATION_TASKS:
         raise ValueError(f"unknown classification task {name!r}; choose from {sorted(CLASSIFICATION_TASKS)}")
     return len(CLASSIFICATION_TASKS[name])
-
-
-def perplexity_blocks(
-    tokenizer: str = "gpt2", seq_len: int = 128, split: str = "test", cache_dir: str | None = None
-) -> torch.Tensor:
-    """WikiText-2 ``valid`` or ``test`` blocks ``[N, seq_len]`` (int32) for perplexity evaluation."""
-    if split not in ("valid", "test"):
-        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-    data = prepare(DataConfig(source="wikitext2", tokenizer=tokenizer, seq_len=seq_len, cache_dir=cache_dir))
-    return data.valid_blocks if split == "valid" else data.test_blocks

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -199,8 +199,3 @@ def prepare(cfg: DataConfig) -> PreparedData:
         sep_id=ids["sep"],
         stats=stats,
     )
-
-
-def config_dict(cfg: DataConfig) -> dict[str, Any]:
-    """Plain-dict view of a config (for logging to MLflow)."""
-    return asdict(cfg)

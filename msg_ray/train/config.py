@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -226,5 +226,14 @@ def _deep_copy(d: Any) -> Any:
     return {k: _deep_copy(v) for k, v in d.items()} if isinstance(d, dict) else d
 
 
-def with_schedule(config: RunConfig, schedule: Schedule) -> RunConfig:
-    return replace(config, schedule=schedule)
+def _deep(d: Any) -> Any:
+    return {k: _deep(v) for k, v in d.items()} if isinstance(d, dict) else d
+
+
+def merge_dicts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``b`` over ``a``, nested mappings merged key by key (a trial's ``engine.lr`` keeps the space's engine);
+    the inputs are not modified."""
+    out = _deep(a)
+    for k, v in b.items():
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else _deep(v)
+    return out

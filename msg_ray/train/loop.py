@@ -1,6 +1,6 @@
-"""The per-worker training function run by Ray Train: batches, mask ramp, growth events, rates, checkpoints.
+"""The per-worker training loop: batches, mask ramp, growth events, rates, checkpoints.
 
-One ``WorkerRun`` per Ray Train worker. Steps count *optimizer* steps (gradient accumulation runs
+One ``WorkerRun`` per Ray Train worker (started by ``msg_ray.train.worker``). Steps count *optimizer* steps (gradient accumulation runs
 ``engine.grad_accum`` micro-batches per step), and growth and the mask ramp follow optimizer steps.
 At a stage start every rank: probes the loss on its next batch, gathers the full fp32 state (collective),
 grows the model with the core operator (same seed on every rank, so identical new weights), carries the
@@ -20,21 +20,22 @@ import torch
 
 from msg_ray import growth as G
 from msg_ray.data import BlockLoader, prepare
-from msg_ray.flops import flops_per_token
+from msg_ray.flops import flops_per_token, param_count
 from msg_ray.model import GrowableTransformer, build_from_config
 from msg_ray.train import checkpoint as C
+from msg_ray.train.adaptive import AdaptiveGrowth, gamma_curve
 from msg_ray.train.config import RunConfig
 from msg_ray.train.engine import TrainState, build_engine, gather_state, restore_state, set_lr
 from msg_ray.train.growth_event import grow_engine
 from msg_ray.train.lr import LRSchedule, stage_lr_multiplier
 from msg_ray.train.metrics import RateMeter
 from msg_ray.train.progress import StepLog, WorkerTracker
+from msg_ray.train.session import Session
 
 
 def _adaptive_policy(cfg: RunConfig):
     if cfg.adaptive is None:
         return None
-    from msg_ray.train.adaptive import AdaptiveGrowth, gamma_curve
 
     a = cfg.adaptive
     tg = a["target_gamma"]
@@ -43,49 +44,6 @@ def _adaptive_policy(cfg: RunConfig):
         target, window=a.get("window", cfg.gamma_window), patience=a.get("patience", 3),
         min_stage_steps=a.get("min_stage_steps", cfg.schedule.phi), margin=a.get("margin", 0.05),
     )  # fmt: skip
-
-
-class Session:
-    """Where a run reports to: Ray Train (``ray.train.*``, any number of workers) or, for one-worker Tune trials
-    run in-process, Ray Tune (``ray.tune.*``). Train V2 keeps the two APIs apart."""
-
-    def __init__(self, kind: str = "train") -> None:
-        if kind == "train":
-            import ray.train as api
-
-            ctx = api.get_context()
-            self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        elif kind == "tune":
-            import ray.tune as api
-
-            self.rank, self.world = 0, 1
-        else:
-            raise ValueError(f"Session kind must be 'train' or 'tune', got {kind!r}")
-        self.api, self.kind = api, kind
-
-    def get_checkpoint(self):
-        return self.api.get_checkpoint()
-
-    def report(self, metrics: dict[str, Any], directory: str | None = None, name: str | None = None) -> None:
-        """Metrics, and a checkpoint folder when given. Ray Train names the folder ``name``; ray.tune.report takes
-        no folder name in Ray 2.60 (the stage/step stays in the checkpoint's meta.json)."""
-        if directory is None:
-            self.api.report(metrics)
-            return
-        ckpt = self.api.Checkpoint.from_directory(directory)
-        if self.kind == "train":
-            self.api.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
-        else:
-            self.api.report(metrics, checkpoint=ckpt)
-
-
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point (``TorchTrainer(train_loop_per_worker, train_loop_config={"run": cfg.to_dict()})``)."""
-    from msg_ray.train.run import worker_env
-
-    os.environ.update(worker_env(bool(config["run"].get("use_gpu"))))  # before deepspeed is imported
-    session = Session(config.get("session", "train"))
-    WorkerRun(RunConfig.from_dict(config["run"]), run_id=config.get("mlflow_run_id"), session=session).train()
 
 
 class WorkerRun:
@@ -228,7 +186,6 @@ class WorkerRun:
 
     def _n_params(self) -> int:
         s = self.structure
-        from msg_ray.flops import param_count
 
         return param_count(self.sched.arch, s, self.data.vocab_size, self.cfg.data.seq_len, self.sched.head_dim)
 

@@ -13,10 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from msg_ray.schedule import Schedule, Stage, full, get_schedule
+from msg_ray.schedule import FULL, Schedule, Stage, full, get_schedule
 from msg_ray.train.plain import PlainJob, flops_to_reach
 
-FULL = "full"
 _T = [128, 512, 4, 4]  # the mini target (head_dim 32)
 _FFN_FIRST = [[64, 256, 2, 2], [64, 512, 2, 2], [128, 512, 2, 2], [128, 512, 4, 2], _T]
 

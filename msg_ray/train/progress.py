@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from msg_ray import plots
+from msg_ray.export import export_hf
 from msg_ray.flops import peak_flops_per_gpu
 from msg_ray.model import ModelConfig
 from msg_ray.structure import Structure
@@ -85,8 +86,6 @@ class WorkerTracker:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
         if hf and config.structure.head_num * config.head_dim == config.structure.hidden_dim:
             try:
-                from msg_ray.export import export_hf
-
                 export_hf(sd, config, out / "hf")
             except Exception as exc:  # export is a convenience; never lose the run over it
                 print(f"msg_ray: Hugging Face export skipped: {exc}", file=sys.stderr, flush=True)

@@ -16,6 +16,7 @@ from typing import Any
 from msg_ray.data import prepare
 from msg_ray.tracking import Tracker, find_runs, resolve_tracking_uri
 from msg_ray.train.config import RunConfig
+from msg_ray.train.worker import torch_trainer
 
 RUN_TAG = "msg_ray.run_name"
 
@@ -34,17 +35,10 @@ class RunResult:
         return Path(self.checkpoint_path) / "export" if self.checkpoint_path else None
 
 
-def worker_env(use_gpu: bool) -> dict[str, str]:
-    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if not use_gpu:
-        env["DS_ACCELERATOR"] = "cpu"
-    return env
-
-
 def _open_mlflow_run(cfg: RunConfig) -> str | None:
     """Find the unfinished MLflow run of this run name (resume) or create it; log params, config, schedule."""
     existing = [
-        r for r in find_runs(cfg.tracking_uri, cfg.experiment, f"tags.`{RUN_TAG}` = '{cfg.name}'")
+        r for r in find_runs(cfg.tracking_uri, cfg.experiment, tags={RUN_TAG: cfg.name})
         if r.get("status") != "FINISHED"
     ]  # fmt: skip
     tracker = Tracker(
@@ -68,11 +62,7 @@ def log_run_config(tracker: Tracker, cfg: RunConfig) -> None:
 
 def run(cfg: RunConfig, *, ray_address: str | None = None) -> RunResult:
     """Train one schedule with Ray Train + DeepSpeed; returns where the results are."""
-    import ray
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from msg_ray.train.loop import train_loop_per_worker
+    import ray  # heavy: only when a run is launched
 
     data = prepare(cfg.data)  # fetch/tokenise/pack in the driver: data errors surface before Ray starts
     cfg = replace(cfg, tracking_uri=resolve_tracking_uri(cfg.tracking_uri))
@@ -80,19 +70,7 @@ def run(cfg: RunConfig, *, ray_address: str | None = None) -> RunResult:
     run_id = _open_mlflow_run(cfg)
     if not ray.is_initialized():
         ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"))
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"run": cfg.to_dict(), "mlflow_run_id": run_id},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
-        ),
-        run_config=ray.train.RunConfig(
-            name=cfg.name,
-            storage_path=cfg.storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-        ),  # fmt: skip
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-    )
+    trainer = torch_trainer(cfg, run_id)
     try:
         result = trainer.fit()
     except Exception:

@@ -10,6 +10,9 @@ import argparse
 import json
 from typing import Any
 
+from msg_ray.tune.space import load_space
+from msg_ray.tune.sweep import SweepConfig, run_sweep
+
 
 def add_tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", required=True, help="space name in tune_spaces/ (structures, durations, schedules, "
@@ -29,8 +32,6 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
 
 
 def sweep_config(args: argparse.Namespace):
-    from msg_ray.tune.space import load_space
-    from msg_ray.tune.sweep import SweepConfig
 
     space = load_space(args.space, args.overrides)
     return SweepConfig(space=space, name=args.name or "", num_samples=args.num_samples,
@@ -40,7 +41,6 @@ def sweep_config(args: argparse.Namespace):
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from msg_ray.tune.sweep import run_sweep
 
     result = run_sweep(sweep_config(args), ray_address=args.address)
     summary: dict[str, Any] = {"name": result.name, "interrupted": result.interrupted, "path": str(result.path),

@@ -29,13 +29,13 @@ from typing import Any
 import yaml
 
 from msg_ray.flops import equal_flops
-from msg_ray.schedule import OPERATORS, Schedule, Stage, full, get_schedule, paper_stage_starts
+from msg_ray.schedule import FULL, OPERATORS, Schedule, Stage, full, get_schedule
+from msg_ray.splits import paper_stage_starts
 from msg_ray.structure import DIMENSIONS, Structure
-from msg_ray.train.config import RunConfig, apply_overrides
+from msg_ray.train.config import RunConfig, apply_overrides, merge_dicts
 
 KINDS = ("structures", "durations", "schedules", "phi", "operators", "adaptive")
 COMPUTES = ("steps", "flops")
-FULL = "full"
 TIME_ATTRS = ("wall_s", "flops")
 SPLITS = {"equal": 1.0, "paper": 1.2, "front": 2.0}  # early_weight of paper_stage_starts
 _KIND_FIELDS = {
@@ -166,7 +166,7 @@ class SearchSpace:
         base = self._with_reference(base)
         if self.lrs:  # the same LR grid for every trial, the reference included
             base = [TrialSpec(f"{t.label}@lr{lr:g}", t.schedule, {**t.meta, "lr": lr, "base_label": t.label}, 0,
-                              _merge(t.run, {"engine": {"lr": lr}})) for t in base for lr in self.lrs]  # fmt: skip
+                              merge_dicts(t.run, {"engine": {"lr": lr}})) for t in base for lr in self.lrs]  # fmt: skip
         labels = [t.label for t in base]
         if len(set(labels)) != len(labels):
             raise ValueError(
@@ -306,7 +306,7 @@ class SearchSpace:
         """The trial's validated RunConfig: RUN_DEFAULTS < space.run < trial.run < extra; schedule, name, seed set
         here. With compute 'flops' and a ``vocab_size``, the schedule is solved to the FLOPs of ``total_steps``
         steps of the space's target (without one, it is validated as written - the check before data exists)."""
-        d = _merge(_merge(_merge(RUN_DEFAULTS, self.run), trial.run), extra)
+        d = merge_dicts(merge_dicts(merge_dicts(RUN_DEFAULTS, self.run), trial.run), extra)
         d.update(schedule=trial.schedule.to_dict(), name=f"{sweep_name}-{trial.label}", seed=trial.seed)
         data = dict(d.get("data") or {})
         if data.get("cache_dir"):  # Tune trials run in their own cwd
@@ -348,18 +348,6 @@ def _structure(value: Any, where: str) -> Structure:
         return Structure.parse(value)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from e
-
-
-def _deep(d: Any) -> Any:
-    return {k: _deep(v) for k, v in d.items()} if isinstance(d, dict) else d
-
-
-def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """``b`` over ``a``, nested mappings merged key by key (a trial's ``engine.lr`` keeps the space's engine)."""
-    out = _deep(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else _deep(v)
-    return out
 
 
 def load_space(name_or_path: str | os.PathLike, overrides: list[str] | None = None) -> SearchSpace:

@@ -5,6 +5,8 @@ experiment state, ``msg_ray_plan.json`` (the trials, their run configs and MLflo
 ``results/`` (``results.csv``, ``results.md``, ``best_schedule.yaml``, ``gamma_vs_time.png``). Running the same
 ``name`` again after an interruption restores the experiment (``Tuner.restore``): finished trials are kept, the
 others resume from their last checkpoint, and they log into the same MLflow runs.
+
+Ray is imported inside the functions that run the sweep (importing it costs seconds; planning needs none).
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from msg_ray.tracking import Tracker, find_runs, resolve_tracking_uri
+from msg_ray import plots
+from msg_ray.data import prepare
+from msg_ray.tracking import Tracker, resolve_tracking_uri
+from msg_ray.train.config import RunConfig
 from msg_ray.tune import results as R
 from msg_ray.tune.space import SearchSpace
 from msg_ray.tune.trial import inprocess_trial, nested_trial, plan_resources
@@ -232,9 +237,6 @@ def run_sweep(cfg: SweepConfig, *, ray_address: str | None = None) -> SweepResul
     """Plan, validate, run (or resume) the sweep and write/log its results."""
     import ray
 
-    from msg_ray.data import prepare
-    from msg_ray.train.config import RunConfig
-
     t0 = time.perf_counter()
     uri = resolve_tracking_uri(cfg.tracking_uri)
     storage = cfg.storage_path or str(Path(os.environ.get("MSG_RAY_HOME", "runs")) / "ray")  # RunConfig's default
@@ -275,7 +277,6 @@ def run_sweep(cfg: SweepConfig, *, ray_address: str | None = None) -> SweepResul
 def _write_results(
     rows: list[dict], trials: list[R.TrialSeries], cfg: SweepConfig, out: Path, parent: Tracker
 ) -> Path | None:
-    from msg_ray import plots
 
     R.write_csv(rows, out / "results.csv")
     (out / "results.md").write_text(R.markdown(rows, f"sweep {cfg.sweep_name} ({cfg.space.kind})"))
@@ -292,8 +293,3 @@ def _write_results(
                         "tune/n_stopped_early": sum(t.status == "stopped_early" for t in trials)}, step=0)  # fmt: skip
     parent.set_tags({"msg_ray.tune.best": rows[0]["label"]})
     return best
-
-
-def existing_sweeps(uri: str | None, experiment: str) -> list[dict[str, Any]]:
-    """Parent runs of the sweeps in an experiment (newest first)."""
-    return find_runs(uri, experiment, f"tags.`{KIND}` = 'parent'")

@@ -19,55 +19,28 @@ import os
 from typing import Any
 
 from msg_ray.train.config import RunConfig
-from msg_ray.train.loop import Session, WorkerRun
+from msg_ray.train.worker import run_worker, torch_trainer
 
 TRIAL_CPU = 0.05  # what a nested trial's own actor holds: it only waits on its TorchTrainer
-
-
-def _train(run: dict[str, Any], run_id: str | None, kind: str) -> None:
-    from msg_ray.train.run import worker_env
-
-    os.environ.update(worker_env(bool(run.get("use_gpu"))))  # before deepspeed is imported
-    WorkerRun(RunConfig.from_dict(run), run_id=run_id, session=Session(kind)).train()
 
 
 def inprocess_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
     """Tune function trainable: train ``plan["trials"][config["trial"]]`` here, world size 1."""
     spec = plan["trials"][config["trial"]]
-    _train(spec["run"], spec["mlflow_run_id"], "tune")
-
-
-def nested_worker_loop(config: dict[str, Any]) -> None:
-    """Ray Train worker function of a nested trial (the loop with the reporting session)."""
-    _train(config["run"], config.get("mlflow_run_id"), "train")
+    run_worker(spec["run"], spec["mlflow_run_id"], "tune")
 
 
 def nested_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
     """Tune function trainable: run the trial's TorchTrainer and forward rank 0's reports to Tune."""
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.tune.integration.ray_train import TuneReportCallback  # heavy: only inside a Tune trial
 
     spec = plan["trials"][config["trial"]]
     cfg = RunConfig.from_dict(spec["run"])
     # Train V2 moves reports through its controller, which polls workers every 2 s by default: a trial
     # reporting every few steps for ASHA would spend most of its time waiting. Propagated to the controller.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    trainer = TorchTrainer(
-        nested_worker_loop,
-        train_loop_config={"run": spec["run"], "mlflow_run_id": spec["mlflow_run_id"]},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
-        ),
-        # same name + storage: a restored trial's TorchTrainer resumes from its last checkpoint
-        run_config=ray.train.RunConfig(
-            name=cfg.name,
-            storage_path=cfg.storage_path,
-            callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-        ),  # fmt: skip
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-    )
+    # same name + storage: a restored trial's TorchTrainer resumes from its last checkpoint
+    trainer = torch_trainer(cfg, spec["mlflow_run_id"], callbacks=[TuneReportCallback()])
     trainer.fit()
 
 

@@ -1,20 +1,16 @@
-"""MLflow tracking for msg_ray: a rank-0 `Tracker` that never kills training, plus read-back query helpers.
+"""MLflow implementation of the tracking seam: a rank-0 ``Tracker`` that never kills training.
 
-This is the only module of msg_ray that imports mlflow (lazily, so importing it stays cheap). Every MLflow call
-made by `Tracker` is wrapped: when the store is unreachable or errors, one warning is printed and the tracker
-turns into a cheap no-op (retrying the connection once after `retry_after_s`), so a dead server costs seconds,
-not a training run. HTTP retries/timeouts are shortened only around our own calls. Resolve the tracking URI in
-the driver (`resolve_tracking_uri`) and pass the absolute string to workers: Ray Tune changes each trial's cwd.
+Every MLflow call made by ``Tracker`` is wrapped: when the store is unreachable or errors, one warning is printed
+and the tracker turns into a cheap no-op (retrying the connection once after ``retry_after_s``), so a dead server
+costs seconds, not a training run. HTTP retries/timeouts are shortened only around our own calls. MLflow is
+imported inside functions (importing it costs seconds; most callers only need the seam).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import logging
 import os
-import posixpath
 import re
 import sys
 import time
@@ -22,12 +18,17 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from msg_ray.tracking.base import (
+    MAX_TAG_VAL_LENGTH,
+    TERMINAL_STATUSES,
+    clean_key,
+    flatten_params,
+    plain,
+    resolve_tracking_uri,
+)
+
 log = logging.getLogger(__name__)
 
-# MLflow's own limits (mlflow.utils.validation); copied so importing this module does not import mlflow.
-MAX_PARAM_VAL_LENGTH = 6000
-MAX_TAG_VAL_LENGTH = 8000
-MAX_KEY_LENGTH = 250
 _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
 # Short HTTP settings for our calls (MLflow's defaults: 7 retries, backoff 2, 120 s timeout = minutes when a
@@ -40,44 +41,6 @@ _SHORT_HTTP_ENV = {
 }
 # Error codes meaning "the store answered but refused this data": drop the data, keep tracking healthy.
 _DATA_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST"}
-_BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
-TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
-
-
-def default_root() -> Path:
-    """Where embedded defaults live: $MSG_RAY_HOME, else ./runs, made absolute."""
-    return Path(os.environ.get("MSG_RAY_HOME") or "runs").expanduser().resolve()
-
-
-def default_tracking_uri() -> str:
-    """The embedded default store: a sqlite file `<default_root()>/mlruns.db`."""
-    return f"sqlite:///{default_root() / 'mlruns.db'}"
-
-
-DEFAULT_TRACKING_URI = default_tracking_uri()
-
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """Pick the tracking URI (explicit > $MLFLOW_TRACKING_URI > default) and make it safe to hand to workers.
-
-    Relative sqlite paths become absolute (Ray Tune runs trials in their own cwd, where a relative path would
-    scatter one database per trial). File stores and bare paths raise ValueError: MLflow >= 3.14 refuses them.
-    """
-    raw = (uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()).strip()
-    scheme = raw.split(":", 1)[0].lower() if ":" in raw else ""
-    if scheme == "file" or len(scheme) <= 1:  # "file:...", "/abs/path", "rel/path", "C:\\path"
-        raise ValueError(
-            f"tracking URI {raw!r} is a file store or a bare path, which MLflow 3 refuses; use "
-            "'sqlite:////abs/path/mlruns.db' for a local store or 'http://host:port' for a tracking server"
-        )
-    if scheme != "sqlite":
-        return raw
-    if not raw.startswith("sqlite:///") or raw in ("sqlite:///", "sqlite:///:memory:"):
-        raise ValueError(f"tracking URI {raw!r} has no database file; use 'sqlite:////abs/path/mlruns.db'")
-    path, sep, query = raw[len("sqlite:///") :].partition("?")
-    absolute = Path(path).expanduser()
-    absolute = absolute if absolute.is_absolute() else Path.cwd() / absolute
-    return f"sqlite:///{os.path.normpath(absolute)}{sep}{query}"
 
 
 @contextlib.contextmanager
@@ -100,26 +63,6 @@ def _client(uri: str):
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :].partition("?")[0]).parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri)
-
-
-def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Flatten nested mappings/dataclasses to {"a.b.c": str(value)}, keys sanitised, values truncated."""
-    flat: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            value = dataclasses.asdict(value)
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten_params(value, prefix=f"{name}."))
-        else:
-            flat[_clean_key(name)] = str(value)[:MAX_PARAM_VAL_LENGTH]
-    return flat
-
-
-def _clean_key(key: str) -> str:
-    """A key MLflow accepts: allowed characters only, and a normalised relative path ("a//b" -> "a/b")."""
-    key = posixpath.normpath(_BAD_KEY_CHARS.sub("_", str(key)) or "_").lstrip("/")
-    return ("_" + key if key.startswith(".") else key)[:MAX_KEY_LENGTH]
 
 
 def _experiment_id(client, uri: str, name: str) -> str:
@@ -270,7 +213,7 @@ class Tracker:
         now = int(time.time() * 1000)
         for key, value in metrics.items():
             try:
-                self._metrics.append(Metric(_clean_key(key), float(value), now, int(step)))
+                self._metrics.append(Metric(clean_key(key), float(value), now, int(step)))
             except (TypeError, ValueError):  # a non-number must not stop training either
                 self._warn(f"msg_ray: metric {key!r}={value!r} is not a number; not logged")
         if len(self._metrics) > self.max_buffer:  # unreachable for long: keep the newest points
@@ -290,7 +233,7 @@ class Tracker:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not tags or not self._ready():
             return
-        entities = _tag_entities({_clean_key(k): v for k, v in tags.items()})
+        entities = _tag_entities({clean_key(k): v for k, v in tags.items()})
         for i in range(0, len(entities), _PARAMS_PER_BATCH):
             chunk = entities[i : i + _PARAMS_PER_BATCH]
             self._call("set tags", self._batch(tags=chunk))
@@ -303,7 +246,7 @@ class Tracker:
     def log_dict(self, d: Mapping[str, Any], name: str) -> None:
         """Store a dict as a .json or .yaml/.yml artifact (format chosen by `name`'s extension)."""
         if self._ready():
-            self._call("log dict", lambda: self._client.log_dict(self.run_id, _plain(d), name))
+            self._call("log dict", lambda: self._client.log_dict(self.run_id, plain(d), name))
 
     def log_figure(self, fig, name: str) -> None:
         """Store a matplotlib figure (e.g. from msg_ray.plots) as an image artifact; the figure stays open."""
@@ -390,90 +333,3 @@ def _tag_entities(tags: Mapping[str, Any]) -> list:
     from mlflow.entities import RunTag
 
     return [RunTag(k, str(v)[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()]
-
-
-def _plain(d: Any) -> Any:
-    """Make configs (dataclasses, Paths, tuples) serialisable as JSON/YAML."""
-    if dataclasses.is_dataclass(d) and not isinstance(d, type):
-        d = dataclasses.asdict(d)
-    if isinstance(d, Mapping):
-        return {str(k): _plain(v) for k, v in d.items()}
-    if isinstance(d, list | tuple):
-        return [_plain(v) for v in d]
-    if d is None or isinstance(d, bool | int | float | str):
-        return d
-    return str(d)
-
-
-# -- query helpers (raise on failure: a report without data is an error, unlike training without tracking) ---
-
-
-def load_run_metrics(uri: str | None, run_id: str, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
-    """Full history of each metric key as [(step, value)] sorted by step (empty list for unknown keys)."""
-    client = _client(resolve_tracking_uri(uri))
-    out: dict[str, list[tuple[int, float]]] = {}
-    with _short_http():
-        for key in keys:
-            history = client.get_metric_history(run_id, key)
-            out[key] = sorted((int(m.step), float(m.value)) for m in history)
-    return out
-
-
-def load_json_artifact(uri: str | None, run_id: str, artifact_path: str) -> Any:
-    """A JSON artifact of a run, parsed (raises when the run has none or the store is unreachable)."""
-    import tempfile
-
-    from mlflow.artifacts import download_artifacts
-
-    quiet = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ
-    if quiet:  # one progress bar per run would drown a report
-        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        with tempfile.TemporaryDirectory() as tmp, _short_http():
-            path = download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp,
-                                      tracking_uri=resolve_tracking_uri(uri))  # fmt: skip
-            return json.loads(Path(path).read_text())
-    finally:
-        if quiet:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-
-
-def _run_dict(run) -> dict[str, Any]:
-    return {
-        "run_id": run.info.run_id,
-        "name": run.info.run_name,
-        "experiment_id": run.info.experiment_id,
-        "status": run.info.status,
-        "start_time": run.info.start_time,
-        "end_time": run.info.end_time,
-        "params": dict(run.data.params),
-        "tags": dict(run.data.tags),
-        "metrics": dict(run.data.metrics),
-    }
-
-
-def _search(client, experiment_ids: list[str], filter_string: str) -> list[dict[str, Any]]:
-    runs, token = [], None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000, page_token=token)
-        runs.extend(_run_dict(r) for r in page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def find_runs(uri: str | None, experiment: str, filter_string: str = "") -> list[dict[str, Any]]:
-    """Runs of an experiment (newest first) as dicts: run_id, name, status, params, tags, latest metrics."""
-    client = _client(resolve_tracking_uri(uri))
-    with _short_http():
-        exp = client.get_experiment_by_name(experiment)
-        return [] if exp is None else _search(client, [exp.experiment_id], filter_string)
-
-
-def child_runs(uri: str | None, parent_run_id: str) -> list[dict[str, Any]]:
-    """Runs whose mlflow.parentRunId tag names `parent_run_id`, searched across all experiments."""
-    client = _client(resolve_tracking_uri(uri))
-    with _short_http():
-        exp_ids = [e.experiment_id for e in client.search_experiments()]
-        query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
-        return _search(client, exp_ids, query) if exp_ids else []

@@ -1,0 +1,51 @@
+"""Where a training worker reports to (Ray Train or Ray Tune) and the process environment it needs.
+
+Ray is imported inside ``Session``: this module is imported by the training loop, which the plain tests and the
+driver import without starting (or importing) Ray.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def worker_env(use_gpu: bool) -> dict[str, str]:
+    """Environment of a training process, set before DeepSpeed is imported (it picks its accelerator then)."""
+    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if not use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+class Session:
+    """Where a run reports to: Ray Train (``ray.train.*``, any number of workers) or, for one-worker Tune trials
+    run in-process, Ray Tune (``ray.tune.*``). Train V2 keeps the two APIs apart."""
+
+    def __init__(self, kind: str = "train") -> None:
+        if kind == "train":
+            import ray.train as api
+
+            ctx = api.get_context()
+            self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        elif kind == "tune":
+            import ray.tune as api
+
+            self.rank, self.world = 0, 1
+        else:
+            raise ValueError(f"Session kind must be 'train' or 'tune', got {kind!r}")
+        self.api, self.kind = api, kind
+
+    def get_checkpoint(self):
+        return self.api.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], directory: str | None = None, name: str | None = None) -> None:
+        """Metrics, and a checkpoint folder when given. Ray Train names the folder ``name``; ray.tune.report takes
+        no folder name in Ray 2.60 (the stage/step stays in the checkpoint's meta.json)."""
+        if directory is None:
+            self.api.report(metrics)
+            return
+        ckpt = self.api.Checkpoint.from_directory(directory)
+        if self.kind == "train":
+            self.api.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
+        else:
+            self.api.report(metrics, checkpoint=ckpt)

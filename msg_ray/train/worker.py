@@ -1,0 +1,51 @@
+"""How a training run executes on Ray: the one ``WorkerRun`` entry and the one ``TorchTrainer`` builder.
+
+- ``run_worker(run, run_id, kind)``: set the worker environment, open the reporting session (Ray Train, or Ray Tune
+  for a 1-worker trial in the trial's own process) and train. Every path that trains calls it.
+- ``train_loop_per_worker``: the Ray Train worker function (``run_worker`` with a Train session).
+- ``torch_trainer(cfg, run_id, callbacks)``: the ``TorchTrainer`` of a run, used by ``train.run`` (one run) and by
+  nested Tune trials (``tune.trial``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from msg_ray.train.config import RunConfig
+from msg_ray.train.loop import WorkerRun
+from msg_ray.train.session import Session, worker_env
+
+
+def run_worker(run: dict[str, Any], run_id: str | None, kind: str = "train") -> None:
+    """Train the run described by ``run`` (``RunConfig.to_dict()``) in this process, reporting to ``kind``."""
+    cfg = RunConfig.from_dict(run)
+    os.environ.update(worker_env(cfg.use_gpu))  # before deepspeed is imported
+    WorkerRun(cfg, run_id=run_id, session=Session(kind)).train()
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point (``train_loop_config={"run": cfg.to_dict(), "mlflow_run_id": ...}``)."""
+    run_worker(config["run"], config.get("mlflow_run_id"), config.get("session", "train"))
+
+
+def torch_trainer(cfg: RunConfig, run_id: str | None, callbacks: list | None = None):
+    """The Ray Train ``TorchTrainer`` of one run: ``cfg.workers`` workers, gloo on CPU / NCCL on GPUs, resumable
+    under its name in ``cfg.storage_path`` (a re-used name continues from the last checkpoint)."""
+    import ray.train  # heavy: only where a run is launched
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": cfg.to_dict(), "mlflow_run_id": run_id},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.name,
+            storage_path=cfg.storage_path,
+            callbacks=callbacks or [],
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        ),  # fmt: skip
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+    )
