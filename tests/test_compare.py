@@ -7,7 +7,9 @@ the report is then rebuilt from MLflow alone and must give the same table.
 from __future__ import annotations
 
 import argparse
+import csv
 import math
+import statistics
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from msg_ray.compare.finetune import (
     predict,
     train_classifier,
 )
-from msg_ray.compare.report import best_lrs, grid_edge_warnings, summarize
+from msg_ray.compare.report import best_lrs, grid_edge_warnings, summarize, to_csv
 from msg_ray.compare.runner import plan
 from msg_ray.export import export_plain
 from msg_ray.model import build_model
@@ -43,6 +45,40 @@ SCHEDULE = {
     "stages": [{"structure": [32, 64, 1, 1], "start": 0}, {"structure": [48, 96, 2, 2], "start": 12}],
 }
 TINY_EVAL = EvalConfig(lm=FinetuneConfig(steps=4, batch_size=4), max_eval_blocks=8, lm_seeds=(0,))
+
+
+def check_stds(rows: list[dict], *, single: bool = False) -> int:
+    """Every (mean, std) cell: std >= 0 and not NaN wherever the mean exists (NaN only with a NaN mean, e.g. no
+    seed reached the target); ``single``: one value per cell, so every std is exactly 0. Returns the cells seen."""
+    seen = 0
+    for row in rows:
+        for key, value in row.items():
+            if not isinstance(value, tuple):
+                continue
+            mean, std = value
+            where = (row["operator"], row.get("lr"), key, value)
+            if math.isnan(mean):
+                assert math.isnan(std), where
+                continue
+            seen += 1
+            assert not math.isnan(std) and std >= 0, where
+            if single:
+                assert std == 0.0, where
+    return seen
+
+
+def check_csv_stds(text: str, rows: list[dict]) -> None:
+    """The CSV's ``<col>_std`` columns are the rows' stds (NaN written as 'nan'), never negative; a column that
+    another row has and this one lacks is left empty."""
+    table = list(csv.DictReader(text.splitlines()))
+    assert len(table) == len(rows)
+    for line, row in zip(table, rows, strict=True):
+        stds = {k[: -len("_std")]: float(v) for k, v in line.items() if k.endswith("_std") and v != ""}
+        assert stds and set(stds) == {k for k, v in row.items() if isinstance(v, tuple)}
+        for key, std in stds.items():
+            expected = row[key][1]
+            assert (math.isnan(std) and math.isnan(expected)) or std == pytest.approx(expected), (key, std)
+            assert math.isnan(std) or std >= 0, (key, std)
 
 
 def base_config(tmp: Path) -> RunConfig:
@@ -68,18 +104,36 @@ def test_comparison_table_plots_and_mlflow(comparison):
     rows = {r["operator"]: r for r in res.report.rows}
     assert list(rows) == ["msg", "nomask", "full"]
     assert rows["full"]["speedup_equal_steps"] == (1.0, 0.0) and rows["full"]["flops_limit"] == 1.0
+    recs = {r.operator: r for r in res.records}
+    assert len(res.records) == len(recs) == 3  # one seed, one LR: one run per operator
+
+    def per_step(r: RunRecord) -> float:  # wall seconds per optimizer step
+        return r.wall / r.history["step"][-1]
+
+    for op in ("msg", "nomask", "full"):  # the table's numbers are the runs' own (one seed: std exactly 0)
+        assert math.isfinite(recs[op].final_val) and 0 < recs[op].final_val < 20
+        assert rows[op]["final_val_loss"] == (pytest.approx(recs[op].final_val), 0.0)
+        assert rows[op]["val_vs_full"] == (pytest.approx(recs[op].final_val - recs["full"].final_val), 0.0)
+        assert rows[op]["flops"] == (pytest.approx(recs[op].flops), 0.0) and rows[op]["seeds"] == 1
     for op in ("msg", "nomask"):
         assert rows[op]["flops_limit"] > 1.2  # first stage is much smaller than the target
         assert rows[op]["flops"][0] < rows["full"]["flops"][0]
-        assert math.isfinite(rows[op]["final_val_loss"][0])
-        assert rows[op]["speedup_equal_steps"][0] > 0
+        speedup = per_step(recs["full"]) / per_step(recs[op])
+        assert speedup > 0 and rows[op]["speedup_equal_steps"] == (pytest.approx(speedup), 0.0)
+        assert rows[op]["efficiency"] == (pytest.approx(speedup / rows[op]["flops_limit"]), 0.0)
+    # per row, 7 (mean, std) columns are always defined (wall_s, steps, flops, speedup_equal_steps, efficiency,
+    # final_val_loss, val_vs_full); time/FLOPs-to-target are NaN when full's loss was not reached
+    assert check_stds(res.report.rows, single=True) >= 3 * 7
+    check_stds(res.report.lr_rows, single=True)
+    check_csv_stds(res.report.csv, res.report.rows)
+    assert (res.out_dir / "comparison.csv").read_text() == res.report.csv
     # runs that miss full's final loss within the budget are continued (at most 8 steps, evaluated every 4)
-    recs = {r.operator: r for r in res.records}
     for op in ("msg", "nomask"):
         if time_to_reach(recs[op].history, recs["full"].final_val) is None:
             assert recs[op].extension is not None and set(recs[op].extension["val_step"]) <= {28, 32}
     ppl = rows["msg"]["ppl_zs/valid"][0]
     assert math.isfinite(ppl) and ppl > 1
+    assert rows["msg"]["ppl_zs/valid"] == (pytest.approx(statistics.fmean(recs["msg"].scores["ppl_zs/valid"])), 0.0)
     for name in ("comparison.md", "comparison.csv", "loss_vs_wall.png", "loss_vs_flops.png", "growth_zoom.png"):
         assert (res.out_dir / name).stat().st_size > 0, name
     assert "| operator |" in res.report.markdown and "speedup_time_to_target" in res.report.markdown
@@ -109,6 +163,8 @@ def test_gpt_evaluator_on_checkpoint_and_export(comparison):
     out = evaluate_checkpoint(res.eval_results[0]["path"], TINY_EVAL, log=False)
     for key in ("ppl_zs/valid", "ppl_zs/test", "ppl_ft/valid", "ppl_ft/test"):
         assert math.isfinite(out["scores"][key][0]) and out["scores"][key][0] > 1, key
+        assert len(out["scores"][key]) == 1  # one LM fine-tuning seed: its value, std exactly 0
+        assert out["summary"][key] == (pytest.approx(out["scores"][key][0]), 0.0), key
     # fine-tuning on WikiText-2 train lowers perplexity of an under-trained model
     assert out["scores"]["ppl_ft/valid"][0] < out["scores"]["ppl_zs/valid"][0]
 
@@ -122,11 +178,47 @@ def test_time_to_reach_interpolates():
     fast = RunRecord(operator="msg", seed=0, lr=1e-3, name="m", flops_limit=2.0,
                      history={"step": [1, 2, 3, 4], "wall_s": [0.5, 1.0, 1.5, 2.0], "flops": [2.0] * 4,
                               "val_step": [2, 4], "val_loss": [4.0, 2.9]})  # fmt: skip
-    rows = {r["operator"]: r for r in summarize([fast, full])}
-    assert rows["msg"]["speedup_equal_steps"][0] == pytest.approx(2.0)
-    assert rows["msg"]["efficiency"][0] == pytest.approx(1.0)
+    summary = summarize([fast, full])
+    rows = {r["operator"]: r for r in summary}
+    assert rows["msg"]["speedup_equal_steps"] == (pytest.approx(2.0), 0.0)  # one seed: std exactly 0
+    assert rows["msg"]["efficiency"] == (pytest.approx(1.0), 0.0)
     # full's final val loss 3.0: msg crosses it between (1.0 s, 4.0) and (2.0 s, 2.9)
-    assert rows["msg"]["speedup_time_to_target"][0] == pytest.approx(4.0 / (1.0 + 1.0 / 1.1))
+    assert rows["msg"]["speedup_time_to_target"] == (pytest.approx(4.0 / (1.0 + 1.0 / 1.1)), 0.0)
+    assert check_stds(summary, single=True) > 0
+
+
+def _seed_rec(op: str, seed: int, final: float, wall: float, scores: dict | None = None) -> RunRecord:
+    h = {"step": [2, 4], "wall_s": [wall / 2, wall], "flops": [1.0, 2.0], "val_step": [2, 4],
+         "val_loss": [final + 1.0, final]}  # fmt: skip
+    return RunRecord(operator=op, seed=seed, lr=1e-3, name=f"{op}-{seed}", history=h, scores=scores or {})
+
+
+def test_summary_std_over_seeds_is_the_sample_std_and_never_negative():
+    full = [_seed_rec("full", s, 3.1, 4.0, {"acc": [0.6, 0.6]}) for s in range(3)]
+    msg = [_seed_rec("msg", 0, 3.0, 2.0, {"acc": [0.5, 0.7]}), _seed_rec("msg", 1, 3.2, 2.5, {"acc": [0.6, 0.6]}),
+           _seed_rec("msg", 2, 3.4, 1.6, {"acc": [0.4, 0.8]})]  # fmt: skip
+    nomask = [_seed_rec("nomask", s, 3.5 + 0.1 * s, 2.0) for s in range(3)]  # never reaches full's 3.1
+    summary = summarize(msg + nomask + full)
+    rows = {r["operator"]: r for r in summary}
+    m = rows["msg"]
+    assert m["seeds"] == 3
+    assert m["final_val_loss"] == pytest.approx((3.2, 0.2))  # sample std (n - 1): population std would be 0.163
+    assert m["val_vs_full"] == pytest.approx((0.1, 0.2))  # -0.1, 0.1, 0.3
+    eq = [1.0 / 0.5, 1.0 / 0.625, 1.0 / 0.4]  # full's 1 s/step over msg's s/step, per seed
+    mean_eq = sum(eq) / 3
+    assert m["speedup_equal_steps"] == pytest.approx((mean_eq, math.sqrt(sum((e - mean_eq) ** 2 for e in eq) / 2)))
+    # only seed 0 reaches 3.1 (at 0.9 of the way from (1 s, 4.0) to (2 s, 3.0)): one value, std 0 (not NaN)
+    assert m["ttt_reached"] == "1/3" and m["speedup_time_to_target"] == pytest.approx((4.0 / 1.9, 0.0))
+    assert m["speedup_flops_to_target"] == pytest.approx((2.0 / 1.9, 0.0))
+    acc = [0.5, 0.7, 0.6, 0.6, 0.4, 0.8]  # every fine-tune seed of every run
+    assert m["acc"] == pytest.approx((0.6, math.sqrt(sum((a - 0.6) ** 2 for a in acc) / 5)))
+    assert rows["full"]["final_val_loss"] == pytest.approx((3.1, 0.0), abs=1e-12)  # identical seeds: 0, not < 0
+    assert rows["full"]["acc"] == pytest.approx((0.6, 0.0), abs=1e-12)
+    # no seed reached the target: (nan, nan), shown as n/a, not a misleading 0
+    assert all(math.isnan(x) for x in rows["nomask"]["speedup_time_to_target"])
+    # 9 (mean, std) columns per row plus 'acc' for msg and full; nomask's two time/FLOPs-to-target cells are NaN
+    assert check_stds(summary) == 10 + 10 + 7
+    check_csv_stds(to_csv(summary), summary)
 
 
 @pytest.mark.parametrize("arch", ["gpt", "bert"])
@@ -179,7 +271,12 @@ def test_bert_evaluator_on_real_tasks(tmp_path):
     assert set(s) >= {"movie_snippets/accuracy", "movie_snippets/f1", "movie_snippets/mcc", "bbc_news/macro_f1"}
     assert all(len(v) == 2 and all(-1.0 <= x <= 1.0 for x in v) for v in s.values())
     assert all(0.0 <= x <= 1.0 for k, v in s.items() if not k.endswith("mcc") for x in v)
-    assert out["summary"]["bbc_news/accuracy"][1] >= 0.0 and not out["logged"]
+    assert set(out["summary"]) == set(s) and not out["logged"]
+    for key, (mean, std) in out["summary"].items():  # two seeds: the sample std, finite and >= 0
+        assert not math.isnan(std) and std >= 0, (key, std)
+        assert mean == pytest.approx(sum(s[key]) / 2) and std == pytest.approx(
+            abs(s[key][0] - s[key][1]) / math.sqrt(2)
+        )
 
 
 def test_sequential_mode_trains_into_the_child_runs(tmp_path, ray_local):
@@ -261,6 +358,16 @@ def test_lr_search_on_one_seed_then_more_seeds(tmp_path, ray_local):
     assert {(op, lr) for op, s, lr in got if s == 1} == set(chosen.items())
     rows = {r["operator"]: r for r in res.report.rows}
     assert rows["msg"]["seeds"] == 2 and rows["msg"]["lr"] == chosen["msg"]
+    for op in ("msg", "full"):  # two seeds at the chosen LR: mean and sample std of their final losses
+        finals = [r.final_val for r in res.records if r.operator == op and r.lr == chosen[op]]
+        assert len(finals) == 2 and all(math.isfinite(v) for v in finals)
+        mean, std = rows[op]["final_val_loss"]
+        assert mean == pytest.approx(sum(finals) / 2) and std == pytest.approx(
+            abs(finals[0] - finals[1]) / math.sqrt(2)
+        )
+    check_stds(res.report.rows)
+    check_stds(res.report.lr_rows)
+    check_csv_stds(res.report.csv, res.report.rows)
     children = child_runs(res.tracking_uri, res.parent_run_id)
     assert len(children) == 6 and all(c["status"] == "FINISHED" for c in children)
 

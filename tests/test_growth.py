@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 import torch
@@ -72,11 +73,17 @@ def test_msg_preserves_with_large_random_init_and_padding(arch):
 def _train_steps(model, x, steps: int, c: float | None) -> None:
     """A few SGD steps at partial mask c, so old and new weights both move away from their init."""
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    # GPT: next-token prediction, labels = inputs (the model shifts). BERT: masked LM, as the data pipeline's
+    # "mlm" objective: every third input replaced by a [MASK] stand-in (id 0), labels the original token there
+    # and -100 (ignored) elsewhere.
+    mlm = torch.arange(x.shape[1]) % 3 == 0
+    inputs = x if model.arch == "gpt" else x.masked_fill(mlm, 0)
+    labels = x if model.arch == "gpt" else x.masked_fill(~mlm, -100)
     model.train()
     for _ in range(steps):
         if c is not None:
             G.set_mask_value(model, c)
-        loss = model.loss(model(x), x if model.arch == "gpt" else x)
+        loss = model.loss(model(inputs), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -210,7 +217,10 @@ def test_optimizer_state_carry_by_name():
     bigger = grow(model, Structure(48, 96, 3, 3), "msg")
     new_shapes = {n: p.shape for n, p in bigger.named_parameters()}
     # module reordering: present the new parameters in a shuffled order, old state in reversed order
-    shuffled = dict(sorted(new_shapes.items(), key=lambda kv: hash(kv[0]) % 97))
+    order = list(new_shapes)
+    random.Random(0).shuffle(order)  # seeded: the same order in every process (hash() of str is randomised)
+    shuffled = {name: new_shapes[name] for name in order}
+    assert list(shuffled) != list(new_shapes)
     carried = carry_adam_state(dict(reversed(list(old_state.items()))), shuffled)
     assert set(carried) == set(new_shapes)
     for name, shape in new_shapes.items():

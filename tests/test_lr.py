@@ -20,13 +20,45 @@ def test_warmup_then_cosine_to_min_at_the_runs_own_end():
     assert all(s(i) >= s(i + 1) for i in range(10, 100))  # monotone after warm-up
 
 
-def test_growth_resets_jump_back_to_peak_and_decay_to_the_same_end():
-    s = LRSchedule(lr=2.0, total_steps=100, warmup_steps=10, reset_steps=(40, 70))
-    plain = LRSchedule(lr=2.0, total_steps=100, warmup_steps=10)
-    assert s(39) == pytest.approx(plain(39))
-    assert s(40) == pytest.approx(2.0) and s(70) == pytest.approx(2.0)
-    assert s(69) < 2.0 and s(55) > plain(55)
-    assert s(100) == pytest.approx(plain(100)) == pytest.approx(0.2)
+def _expected(lr: float, decay: str, min_ratio: float, step: int, start: int, end: int) -> float:
+    """The documented decay from ``start`` (warm-up end or a reset) to ``end``: lr·mult(frac), frac ∈ [0, 1]."""
+    frac = min(1.0, max(0.0, (step - start) / (end - start)))
+    if decay == "linear":
+        return lr * (1.0 - (1.0 - min_ratio) * frac)
+    return lr * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+
+@pytest.mark.parametrize("decay", ["cosine", "linear"])
+def test_growth_resets_jump_back_to_peak_and_decay_to_the_same_end(decay):
+    lr, total, warmup, min_ratio, resets = 2.0, 100, 10, 0.1, (40, 70)
+    s = LRSchedule(lr=lr, total_steps=total, warmup_steps=warmup, decay=decay, min_ratio=min_ratio,
+                   reset_steps=resets)  # fmt: skip
+    plain = LRSchedule(lr=lr, total_steps=total, warmup_steps=warmup, decay=decay, min_ratio=min_ratio)
+    # warm-up, then the plain decay up to the first reset: resets change nothing before they happen
+    for step in range(warmup):
+        assert s(step) == pytest.approx(lr * (step + 1) / warmup)
+    for step in range(resets[0]):
+        assert s(step) == pytest.approx(plain(step)), step
+    # segments: [warm-up end, 1st reset), [1st reset, 2nd reset), [2nd reset, end]; each decays from the peak
+    # towards min_ratio·lr at the run's own end (not at the next reset)
+    bounds = [warmup, *resets, total + 1]
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        assert s(start) == pytest.approx(lr), start  # right at the reset (or warm-up end): the peak
+        for step in range(start, stop):
+            assert s(step) == pytest.approx(_expected(lr, decay, min_ratio, step, start, total)), step
+        assert all(s(i) > s(i + 1) for i in range(start, stop - 1)), start  # strictly decreasing in between
+    for r in resets:  # a jump back up at each reset, from below the peak
+        assert s(r - 1) < s(r) == pytest.approx(lr), r
+    # later resets decay over a shorter span, so they sit above the plain schedule until the shared end
+    assert all(s(i) > plain(i) for i in range(resets[0], total))
+    assert s(total) == pytest.approx(plain(total)) == pytest.approx(min_ratio * lr)
+    assert s(total + 50) == pytest.approx(min_ratio * lr)  # held at the floor past the end
+    # a growth during warm-up also jumps straight to the peak (the warm-up is not resumed)
+    early = LRSchedule(
+        lr=lr, total_steps=total, warmup_steps=warmup, decay=decay, min_ratio=min_ratio, reset_steps=(5,)
+    )
+    assert early(4) == pytest.approx(lr * 5 / warmup) and early(5) == pytest.approx(lr)
+    assert early(6) == pytest.approx(_expected(lr, decay, min_ratio, 6, 5, total))
 
 
 @pytest.mark.parametrize("decay", ["linear", "constant"])

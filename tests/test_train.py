@@ -86,11 +86,34 @@ def test_checkpoint_folders_and_export(runs):
     assert {"stage1-step0000010", "stage2-step0000020"} <= names
     export = plain.export_dir
     cfg = ModelConfig.from_dict(json.loads((export / "config.json").read_text()))
-    model = build_model(cfg.arch, cfg.structure, vocab_size=cfg.vocab_size, max_seq_len=cfg.max_seq_len,
-                        head_dim=cfg.head_dim)  # fmt: skip
-    model.load_state_dict(torch.load(export / "model.pt"))
-    x = torch.randint(0, cfg.vocab_size, (2, 16))
-    assert torch.isfinite(model(x)).all()
+    assert cfg.structure.as_tuple() == (48, 96, 3, 2) and cfg.arch == "gpt"  # the target, not a stage
+
+    def fresh(seed: int | None = None) -> torch.nn.Module:
+        return build_model(cfg.arch, cfg.structure, vocab_size=cfg.vocab_size, max_seq_len=cfg.max_seq_len,
+                           head_dim=cfg.head_dim, seed=seed).eval()  # fmt: skip
+
+    # the exported weights are the final checkpoint's fp32 masters (step 30), tensor by tensor
+    exported = torch.load(export / "model.pt", weights_only=True)
+    final = torch.load(folder / "model.pt", weights_only=True)  # {"params": fp32 masters, "buffers": masks}
+    assert final["params"] and set(exported) == set(final["params"]) | set(final["buffers"])
+    for name, value in final["params"].items():
+        torch.testing.assert_close(exported[name], value, rtol=0, atol=1e-6, msg=name)
+    # and give the same logits as the model rebuilt from that checkpoint (strict loads: nothing missing or extra)
+    model, source = fresh(), fresh()
+    model.load_state_dict(exported)
+    source.load_state_dict({**final["params"], **final["buffers"]})
+    x = torch.randint(0, cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, ref, untrained = model(x), source(x), fresh(seed=0)(x)
+    assert ours.shape == (2, 16, cfg.vocab_size) and torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+    assert (ours - untrained).abs().max().item() > 1e-2  # trained weights, not a fresh init
+    # the Hugging Face copy (3 heads x 16 = hidden 48, so the loop writes one) gives the same logits too
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(export / "hf").float().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=x).logits, ours, rtol=0, atol=1e-5)
 
 
 def test_mlflow_has_metrics_params_and_artifacts(runs):
