@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -21,8 +20,8 @@ from msg_ray.model import build_from_config
 from msg_ray.structure import Structure
 from msg_ray.train import checkpoint as C
 from msg_ray.train.config import RunConfig
-from msg_ray.train.engine import param_groups
 from msg_ray.train.lr import LRSchedule
+from msg_ray.train.optim import adamw, apply_lr, clipped_step, load_moments
 
 
 def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threads: int = 1) -> dict[str, list]:
@@ -43,12 +42,12 @@ def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threa
     e = cfg.engine
     model = build_from_config(cfg.model_config(data.vocab_size, Structure.parse(meta["structure"])))
     model.load_state_dict({**loaded.params, **loaded.buffers})
-    opt = torch.optim.AdamW(param_groups(model, e.weight_decay), lr=e.lr, betas=e.betas, eps=e.eps)
-    _restore_moments(model, opt, loaded.moments)
-    lr = LRSchedule(lr=e.lr, total_steps=cfg.total_steps, warmup_steps=cfg.warmup_steps, decay=cfg.lr_decay,
-                    min_ratio=cfg.min_lr_ratio)(cfg.total_steps)  # fmt: skip
-    for g in opt.param_groups:
-        g["lr"] = lr
+    opt = adamw(model, e.lr, e.weight_decay, betas=e.betas, eps=e.eps)
+    mom = loaded.moments
+    by_name = {n: {"exp_avg": mom["exp_avg"][n], "exp_avg_sq": mom["exp_avg_sq"][n]} for n in mom["exp_avg"]}
+    load_moments(model, opt, by_name, mom["step"])
+    apply_lr(opt, LRSchedule(lr=e.lr, total_steps=cfg.total_steps, warmup_steps=cfg.warmup_steps,
+                             decay=cfg.lr_decay, min_ratio=cfg.min_lr_ratio)(cfg.total_steps))  # fmt: skip
     loader = data.loader("train", batch_size=e.micro_batch_size, seed=cfg.seed)
     loader.load_state_dict(loaded.rank_state["loader"])
     out: dict[str, list] = {"step": [], "wall_s": [], "train_loss": [], "val_step": [], "val_loss": []}
@@ -58,11 +57,7 @@ def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threa
         batch = next(loader)
         model.train()
         loss = model.loss(model(batch["input_ids"]), batch["labels"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if e.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), e.grad_clip)
-        opt.step()
+        clipped_step(model, opt, loss, e.grad_clip)
         wall += time.perf_counter() - t0
         step += 1
         out["step"].append(step)
@@ -75,15 +70,6 @@ def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threa
             if val <= target_loss:
                 break
     return out
-
-
-def _restore_moments(model: torch.nn.Module, opt: torch.optim.Optimizer, moments: dict[str, Any]) -> None:
-    names = {p: n for n, p in model.named_parameters()}
-    for group in opt.param_groups:
-        for p in group["params"]:
-            n = names[p]
-            opt.state[p] = {"step": torch.tensor(float(moments["step"])), "exp_avg": moments["exp_avg"][n].clone(),
-                            "exp_avg_sq": moments["exp_avg_sq"][n].clone()}  # fmt: skip
 
 
 @torch.no_grad()

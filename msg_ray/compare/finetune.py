@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from msg_ray.model import GrowableTransformer
+from msg_ray.train.lr import LRSchedule
+from msg_ray.train.optim import adamw, apply_lr, clipped_step
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,19 +68,13 @@ class SequenceClassifier(nn.Module):
         return self.head(self.drop(pooled))
 
 
-def _optimizer(
-    module: nn.Module, cfg: FinetuneConfig
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    decay = [p for n, p in module.named_parameters() if p.dim() >= 2]
-    rest = [p for n, p in module.named_parameters() if p.dim() < 2]  # biases and LN: no weight decay
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=cfg.lr
-    )
-    warm = max(1, cfg.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1.0 - s / cfg.steps)
-    )  # linear warm-up then linear decay to 0
-    return opt, sched
+def _optimizer(module: nn.Module, cfg: FinetuneConfig) -> tuple[torch.optim.Optimizer, LRSchedule]:
+    """AdamW (fine-tuning betas 0.9/0.999; no decay for biases and norms) and its LR: linear warm-up, then linear
+    decay to 0 at ``cfg.steps`` (the usual fine-tuning schedule), from the one LR module."""
+    opt = adamw(module, cfg.lr, cfg.weight_decay, betas=(0.9, 0.999))
+    lr = LRSchedule(lr=cfg.lr, total_steps=cfg.steps, warmup_steps=max(1, cfg.warmup_steps), decay="linear",
+                    min_ratio=0.0)  # fmt: skip
+    return opt, lr
 
 
 @torch.no_grad()
@@ -99,13 +95,10 @@ def perplexity(model: GrowableTransformer, blocks: torch.Tensor, batch_size: int
     return math.exp(total / count)
 
 
-def _step(model: nn.Module, loss: torch.Tensor, opt, sched) -> float:
-    """One clipped AdamW step (clip 1.0) with its LR schedule; returns the loss value."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    sched.step()
+def _step(model: nn.Module, loss: torch.Tensor, opt: torch.optim.Optimizer, lr: float) -> float:
+    """One clipped AdamW step (clip 1.0) at ``lr``; returns the loss value."""
+    apply_lr(opt, lr)
+    clipped_step(model, opt, loss, grad_clip=1.0)
     return loss.item()
 
 
@@ -115,10 +108,10 @@ def finetune_lm(model: GrowableTransformer, blocks: torch.Tensor, cfg: FinetuneC
     opt, sched = _optimizer(model, cfg)
     model.train()
     losses = []
-    for _ in range(cfg.steps):
+    for step in range(cfg.steps):
         ids = blocks[torch.randint(len(blocks), (cfg.batch_size,), generator=gen)].long()
         loss = model.loss(model(ids), ids)
-        losses.append(_step(model, loss, opt, sched))
+        losses.append(_step(model, loss, opt, sched(step)))
     model.eval()
     return losses
 
@@ -155,11 +148,11 @@ def train_classifier(clf: SequenceClassifier, train: Encoded, cfg: FinetuneConfi
     opt, sched = _optimizer(clf, cfg)
     clf.train()
     losses = []
-    for _ in range(cfg.steps):
+    for step in range(cfg.steps):
         idx = torch.randint(len(train), (cfg.batch_size,), generator=gen)
         logits = clf(train.input_ids[idx], train.attention_mask[idx])
         loss = F.cross_entropy(logits.float(), train.labels[idx])
-        losses.append(_step(clf, loss, opt, sched))
+        losses.append(_step(clf, loss, opt, sched(step)))
     clf.eval()
     return losses
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from msg_ray.optim_carry import AdamState, carry_adam_state
+from msg_ray.train.optim import apply_lr, param_groups
 
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
 PRECISIONS = ("fp32", "bf16")
@@ -113,25 +114,6 @@ def ds_config(cfg: EngineConfig, world_size: int) -> dict[str, Any]:
         "steps_per_print": 10**9,  # the training loop logs; DeepSpeed's own step log is noise
         "wall_clock_breakdown": False,
     }
-
-
-def _no_decay(name: str, p: torch.Tensor) -> bool:
-    # Biases and norm gains are 1-D; the name test also catches norm weights stored 2-D (e.g. stacked).
-    parts = name.lower().split(".")
-    return p.ndim < 2 or any("norm" in s or s.startswith("ln") for s in parts)
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay for matrices, none for 1-D params and norm parameters. Each group has "names"."""
-    decay: dict[str, Any] = {"params": [], "names": [], "weight_decay": weight_decay}
-    plain: dict[str, Any] = {"params": [], "names": [], "weight_decay": 0.0}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        group = plain if _no_decay(name, p) else decay
-        group["params"].append(p)
-        group["names"].append(name)
-    return [g for g in (decay, plain) if g["params"]]
 
 
 def _free_port() -> int:
@@ -325,8 +307,7 @@ def restore_state(engine, state: TrainState) -> None:
 
 def set_lr(engine, lr: float) -> None:
     """The learning rate of the next optimizer step, for every parameter group."""
-    for group in engine.optimizer.param_groups:
-        group["lr"] = lr
+    apply_lr(engine.optimizer, lr)
 
 
 def release(engine) -> None:

@@ -18,11 +18,10 @@ import torch
 from msg_ray import growth as G
 from msg_ray.flops import flops_per_token, solve_total_steps
 from msg_ray.model import ModelConfig, build_from_config
-from msg_ray.optim_carry import carry_adam_state
 from msg_ray.schedule import Schedule
-from msg_ray.train.engine import param_groups
 from msg_ray.train.lr import LRSchedule, stage_lr_multiplier
 from msg_ray.train.metrics import first_reach
+from msg_ray.train.optim import adamw, apply_lr, clipped_step, load_moments, moments
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,26 +43,10 @@ class PlainJob:
 
 
 def _adamw(model: torch.nn.Module, job: PlainJob, state: dict[str, dict] | None, step: int) -> torch.optim.AdamW:
-    groups = param_groups(model, job.weight_decay)
-    opt = torch.optim.AdamW(groups, lr=job.lr, betas=(0.9, 0.95), eps=1e-8)
+    opt = adamw(model, job.lr, job.weight_decay)
     if state:  # moments by parameter name (old coordinates in the leading slice, new ones zero)
-        shapes = {n: p.shape for n, p in model.named_parameters()}
-        carried = carry_adam_state(state, shapes)
-        params = dict(model.named_parameters())
-        for name, mom in carried.items():
-            p = params[name]
-            opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": mom["exp_avg"].to(p.device),
-                            "exp_avg_sq": mom["exp_avg_sq"].to(p.device)}  # fmt: skip
+        load_moments(model, opt, state, step)
     return opt
-
-
-def _moments(model: torch.nn.Module, opt: torch.optim.AdamW) -> dict[str, dict]:
-    out = {}
-    for name, p in model.named_parameters():
-        s = opt.state.get(p)
-        if s:
-            out[name] = {"exp_avg": s["exp_avg"].detach().cpu(), "exp_avg_sq": s["exp_avg_sq"].detach().cpu()}
-    return out
 
 
 @torch.no_grad()
@@ -100,22 +83,18 @@ def run_plain(job: PlainJob, data: Any, valid_batches: list[dict[str, torch.Tens
     for step in range(total):
         if stage + 1 < len(sched.stages) and step >= starts[stage]:
             stage += 1
-            moments = _moments(model, opt)
+            moms = moments(model, opt)
             model = G.grow(model.cpu(), sched.stages[stage].structure, sched.operator, depth_init=sched.depth_init,
                            seed=job.seed * 1000 + stage).to(device)  # fmt: skip
-            opt = _adamw(model, job, moments, step)
+            opt = _adamw(model, job, moms, step)
             ramp = G.MaskRamp(start_step=step, phi=sched.phi) if sched.operator == "msg" else None
         if ramp is not None:
             ramp.apply(model, step)
         structure = sched.stages[stage].structure
-        for group in opt.param_groups:
-            group["lr"] = lr(step) * stage_lr_multiplier(job.lr_scale, structure, sched.target)
+        apply_lr(opt, lr(step) * stage_lr_multiplier(job.lr_scale, structure, sched.target))
         batch = next(loader)
         loss = model.loss(model(batch["input_ids"].to(device)), batch["labels"].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        clipped_step(model, opt, loss, grad_clip=1.0)
         flops += flops_per_token(sched.arch, structure, vocab, seq_len, sched.head_dim) * job.batch_size * seq_len
         if step + 1 in evals:
             if device.startswith("cuda"):
