@@ -20,7 +20,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = run(cfg, ray_address=args.address)
     final = result.history.get("val_loss", [None])[-1] if result.history.get("val_loss") else None
     print(json.dumps({"name": result.name, "final_val_loss": final, "checkpoint": result.checkpoint_path,
-                      "mlflow_run_id": result.mlflow_run_id, "tracking_uri": result.tracking_uri}, indent=1))  # fmt: skip
+                      "run_id": result.run_id, "tracking_uri": result.tracking_uri}, indent=1))  # fmt: skip
     print(f"MLflow UI: mlflow ui --backend-store-uri {result.tracking_uri}")
     return 0
 

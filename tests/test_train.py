@@ -118,7 +118,7 @@ def test_checkpoint_folders_and_export(runs):
 
 def test_mlflow_has_metrics_params_and_artifacts(runs):
     _, plain, _ = runs
-    m = load_run_metrics(plain.tracking_uri, plain.mlflow_run_id,
+    m = load_run_metrics(plain.tracking_uri, plain.run_id,
                          ["train/loss", "val/loss", "growth/gamma", "growth/loss_jump", "perf/tokens_per_s",
                           "perf/flops", "growth/mask", "model/hidden_dim"])  # fmt: skip
     assert len(m["train/loss"]) == 15  # every log_every=2 steps
@@ -129,10 +129,10 @@ def test_mlflow_has_metrics_params_and_artifacts(runs):
     flops = [v for _, v in m["perf/flops"]]
     assert flops == sorted(flops) and flops[0] > 0
     client = mlflow.MlflowClient(plain.tracking_uri)
-    run = client.get_run(plain.mlflow_run_id)
+    run = client.get_run(plain.run_id)
     assert run.data.params["operator"] == "msg" and run.data.params["zero_stage"] == "2"
     assert run.info.status == "FINISHED"
-    artifacts = {a.path for a in client.list_artifacts(plain.mlflow_run_id)}
+    artifacts = {a.path for a in client.list_artifacts(plain.run_id)}
     assert {"loss_curve.png", "resolved_config.json", "schedule.yaml"} <= artifacts
 
 
@@ -144,7 +144,7 @@ def test_killed_worker_resumes_exactly_in_the_same_mlflow_run(runs):
     # resumed from the stage-1 boundary checkpoint (step 10): same structure, masks, optimizer and data
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 1e-6
     runs_named = find_runs(killed.tracking_uri, "test-train", "tags.`msg_ray.run_name` = 'killed'")
-    assert len(runs_named) == 1 and runs_named[0]["run_id"] == killed.mlflow_run_id
+    assert len(runs_named) == 1 and runs_named[0]["run_id"] == killed.run_id
 
 
 def test_invalid_configs_fail_before_ray(tmp_path):

@@ -87,7 +87,7 @@ class EvalConfig:
 class LoadedModel:
     model: GrowableTransformer
     run_config: dict[str, Any] | None  # RunConfig.to_dict() of the producing run, when known
-    mlflow_run_id: str | None
+    run_id: str | None
     path: Path
 
 
@@ -109,7 +109,8 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         raise ValueError(
             f"{p}: neither a checkpoint folder (meta.json + model.pt) nor an export (config.json + model.pt)"
         )
-    return LoadedModel(model.eval(), meta.get("config"), meta.get("mlflow_run_id"), p)
+    run_id = meta.get("run_id", meta.get("mlflow_run_id"))  # checkpoints written before the key's rename
+    return LoadedModel(model.eval(), meta.get("config"), run_id, p)
 
 
 def _from_checkpoint(p: Path, meta: dict[str, Any]) -> GrowableTransformer:
@@ -199,7 +200,7 @@ def evaluate_checkpoint(path: str | os.PathLike, cfg: EvalConfig | None = None, 
     loaded = load_model(path)
     scores = evaluate_model(loaded, cfg)
     logged = log_scores(loaded, scores) if log else False
-    return {"path": str(path), "mlflow_run_id": loaded.mlflow_run_id, "scores": scores, "logged": logged,
+    return {"path": str(path), "run_id": loaded.run_id, "scores": scores, "logged": logged,
             "summary": summarize_scores(scores)}  # fmt: skip
 
 
@@ -214,10 +215,10 @@ def log_scores(loaded: LoadedModel, scores: dict[str, list[float]]) -> bool:
     The run is reopened by id and closed again with the status it had, so a finished run stays FINISHED.
     """
 
-    if loaded.run_config is None or loaded.mlflow_run_id is None:
+    if loaded.run_config is None or loaded.run_id is None:
         return False
     series = {EVAL_PREFIX + k: list(enumerate(v)) for k, v in scores.items()}
-    return append_metrics(loaded.run_config, loaded.mlflow_run_id, series)
+    return append_metrics(loaded.run_config, loaded.run_id, series)
 
 
 def evaluate_many(

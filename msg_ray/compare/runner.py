@@ -292,7 +292,7 @@ def _run_sequential(runs: list[PlannedRun], ray_address: str | None) -> list[str
 
 def _tune_trainable(config: dict[str, Any]) -> None:
     """One run inside a Tune trial: DeepSpeed world size 1 in this process, reporting through Ray Tune."""
-    run_worker(config["run"], config["mlflow_run_id"], "tune")
+    run_worker(config["run"], config["run_id"], "tune")
 
 
 def _run_parallel(runs: list[PlannedRun], cfg: CompareConfig, tag: str) -> list[str]:
@@ -300,7 +300,7 @@ def _run_parallel(runs: list[PlannedRun], cfg: CompareConfig, tag: str) -> list[
 
     cpus = cfg.base.cpus_per_worker
     space = {"i": tune.grid_search(list(range(len(runs))))}
-    configs = [{"run": r.config.to_dict(), "mlflow_run_id": r.run_id} for r in runs]
+    configs = [{"run": r.config.to_dict(), "run_id": r.run_id} for r in runs]
 
     def trainable(config: dict[str, Any]) -> None:
         _tune_trainable(configs[config["i"]])

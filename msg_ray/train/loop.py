@@ -204,7 +204,7 @@ class WorkerRun:
             "folder": folder, "step": self.step, "stage": self.stage, "wall_s": self.wall, "flops": self.flops,
             "structure": self.structure.as_dict(), "mask_c": G.mask_value(module),
             "ramp": None if self.ramp is None else {"start_step": self.ramp.start_step, "phi": self.ramp.phi},
-            "mlflow_run_id": self.tracker.run_id, "history": self.history, "config": self.cfg.to_dict(),
+            "run_id": self.tracker.run_id, "history": self.history, "config": self.cfg.to_dict(),
             "world_size": self.world, "adaptive": self.policy.state_dict() if self.policy else None,
         }  # fmt: skip
         rank_state = {"loader": self.loader.state_dict(), "rng": C.rng_state()}

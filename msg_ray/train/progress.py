@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from msg_ray import plots
-from msg_ray.export import export_hf
+from msg_ray.export import export_hf, export_plain
 from msg_ray.flops import peak_flops_per_gpu
 from msg_ray.model import ModelConfig
 from msg_ray.structure import Structure
@@ -78,13 +78,15 @@ class WorkerTracker:
         self.t.set_tags({f"growth.{event['stage']}": json.dumps(event)})
 
     def export(self, directory: str, module: torch.nn.Module, config: ModelConfig, hf: bool) -> None:
-        """Final model as a plain state_dict + config (and a Hugging Face checkpoint when the shapes allow)."""
-        out = Path(directory) / "export"
-        out.mkdir(exist_ok=True)
-        sd = {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
-        torch.save(sd, out / "model.pt")
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        """Final model as ``export_plain`` writes it (state_dict + config), plus a Hugging Face checkpoint when
+        the shapes allow."""
+        try:
+            out = export_plain(module, Path(directory) / "export")
+        except ValueError as exc:  # a run that ends mid-ramp: its checkpoint (with masks) is the model
+            print(f"msg_ray: export skipped: {exc}", file=sys.stderr, flush=True)
+            return
         if hf and config.structure.head_num * config.head_dim == config.structure.hidden_dim:
+            sd = {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
             try:
                 export_hf(sd, config, out / "hf")
             except Exception as exc:  # export is a convenience; never lose the run over it

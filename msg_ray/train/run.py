@@ -24,7 +24,7 @@ RUN_TAG = "msg_ray.run_name"
 @dataclass
 class RunResult:
     name: str
-    mlflow_run_id: str | None
+    run_id: str | None
     tracking_uri: str
     checkpoint_path: str | None
     metrics: dict[str, Any]
@@ -82,6 +82,6 @@ def run(cfg: RunConfig, *, ray_address: str | None = None) -> RunResult:
         meta = Path(ckpt.path) / "meta.json"
         history = json.loads(meta.read_text())["history"] if meta.exists() else {}
     return RunResult(
-        name=cfg.name, mlflow_run_id=run_id, tracking_uri=cfg.tracking_uri,
+        name=cfg.name, run_id=run_id, tracking_uri=cfg.tracking_uri,
         checkpoint_path=ckpt.path if ckpt else None, metrics=dict(result.metrics or {}), history=history,
     )  # fmt: skip

@@ -25,8 +25,8 @@ def run_worker(run: dict[str, Any], run_id: str | None, kind: str = "train") -> 
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point (``train_loop_config={"run": cfg.to_dict(), "mlflow_run_id": ...}``)."""
-    run_worker(config["run"], config.get("mlflow_run_id"), config.get("session", "train"))
+    """Ray Train entry point (``train_loop_config={"run": cfg.to_dict(), "run_id": ...}``)."""
+    run_worker(config["run"], config.get("run_id"), config.get("session", "train"))
 
 
 def torch_trainer(cfg: RunConfig, run_id: str | None, callbacks: list | None = None):
@@ -37,7 +37,7 @@ def torch_trainer(cfg: RunConfig, run_id: str | None, callbacks: list | None = N
 
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"run": cfg.to_dict(), "mlflow_run_id": run_id},
+        train_loop_config={"run": cfg.to_dict(), "run_id": run_id},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),

@@ -98,7 +98,7 @@ def plan_trials(cfg: SweepConfig, storage: str, uri: str, vocab_size: int | None
             extra.setdefault("lr_decay", space.run.get("lr_decay", "constant"))
         rc = space.run_config(spec, cfg.sweep_name, vocab_size, **extra)
         out.append({"label": spec.label, "seed": spec.seed, "meta": spec.meta, "run": rc.to_dict(),
-                    "mlflow_run_id": None})  # fmt: skip
+                    "run_id": None})  # fmt: skip
     return out
 
 
@@ -138,10 +138,12 @@ def _load_or_create_plan(cfg: SweepConfig, path: Path, uri: str, storage: str, v
         if plan["digest"] != cfg.space.digest() or len(plan["trials"]) != len(trials):
             raise ValueError(f"sweep {cfg.sweep_name!r} at {path} was started with a different space or sample count; "
                              "pick another --name to start a new sweep")  # fmt: skip
+        for t in plan["trials"]:  # plans written before the key was renamed
+            t.setdefault("run_id", t.pop("mlflow_run_id", None))
         return plan, _open_parent(cfg, uri, plan["parent_run_id"])
     parent = _open_parent(cfg, uri, None)
     for t in trials:
-        t["mlflow_run_id"] = _open_child(t, parent.run_id, uri, cfg.experiment)
+        t["run_id"] = _open_child(t, parent.run_id, uri, cfg.experiment)
     plan = {"name": cfg.sweep_name, "digest": cfg.space.digest(), "parent_run_id": parent.run_id, "trials": trials,
             "space": cfg.space.to_dict(), "kind": cfg.space.kind}  # fmt: skip
     path.mkdir(parents=True, exist_ok=True)
@@ -223,7 +225,7 @@ def _collect(grid, plan: dict, space: SearchSpace) -> list[R.TrialSeries]:
 def _finish_children(trials: list[R.TrialSeries], rows: list[dict], plan: dict, uri: str, experiment: str) -> None:
     rank = {r["label"]: r for r in rows}
     for t, p in zip(trials, plan["trials"], strict=True):
-        tr = Tracker(uri=uri, experiment=experiment, run_name=p["run"]["name"], run_id=p["mlflow_run_id"])
+        tr = Tracker(uri=uri, experiment=experiment, run_name=p["run"]["name"], run_id=p["run_id"])
         tr.start()
         r = rank[t.spec.label]
         tr.log_metrics({f"tune/{k}": r[k] for k in ("rank", "gamma_rank", "gamma_early", "gamma_mid", "loss_at_T")

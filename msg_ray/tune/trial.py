@@ -27,7 +27,7 @@ TRIAL_CPU = 0.05  # what a nested trial's own actor holds: it only waits on its 
 def inprocess_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
     """Tune function trainable: train ``plan["trials"][config["trial"]]`` here, world size 1."""
     spec = plan["trials"][config["trial"]]
-    run_worker(spec["run"], spec["mlflow_run_id"], "tune")
+    run_worker(spec["run"], spec["run_id"], "tune")
 
 
 def nested_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
@@ -40,7 +40,7 @@ def nested_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
     # reporting every few steps for ASHA would spend most of its time waiting. Propagated to the controller.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     # same name + storage: a restored trial's TorchTrainer resumes from its last checkpoint
-    trainer = torch_trainer(cfg, spec["mlflow_run_id"], callbacks=[TuneReportCallback()])
+    trainer = torch_trainer(cfg, spec["run_id"], callbacks=[TuneReportCallback()])
     trainer.fit()
 
 
