@@ -21,7 +21,8 @@ from msg_ray.structure import Structure
 from msg_ray.train import checkpoint as C
 from msg_ray.train.config import RunConfig
 from msg_ray.train.lr import LRSchedule
-from msg_ray.train.optim import adamw, apply_lr, clipped_step, load_moments
+from msg_ray.train.optim import adamw, load_moments
+from msg_ray.train.steps import run_steps
 
 
 def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threads: int = 1) -> dict[str, list]:
@@ -46,29 +47,30 @@ def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threa
     mom = loaded.moments
     by_name = {n: {"exp_avg": mom["exp_avg"][n], "exp_avg_sq": mom["exp_avg_sq"][n]} for n in mom["exp_avg"]}
     load_moments(model, opt, by_name, mom["step"])
-    apply_lr(opt, LRSchedule(lr=e.lr, total_steps=cfg.total_steps, warmup_steps=cfg.warmup_steps,
-                             decay=cfg.lr_decay, min_ratio=cfg.min_lr_ratio)(cfg.total_steps))  # fmt: skip
+    # the run's decayed floor, held for the whole extension
+    lr = LRSchedule(lr=e.lr, total_steps=cfg.total_steps, warmup_steps=cfg.warmup_steps, decay=cfg.lr_decay,
+                    min_ratio=cfg.min_lr_ratio)(cfg.total_steps)  # fmt: skip
     loader = data.loader("train", batch_size=e.micro_batch_size, seed=cfg.seed)
     loader.load_state_dict(loaded.rank_state["loader"])
     out: dict[str, list] = {"step": [], "wall_s": [], "train_loss": [], "val_step": [], "val_loss": []}
-    step, wall = int(meta["step"]), float(meta["wall_s"])
-    for _ in range(max_steps):
-        t0 = time.perf_counter()
-        batch = next(loader)
-        model.train()
-        loss = model.loss(model(batch["input_ids"]), batch["labels"])
-        clipped_step(model, opt, loss, e.grad_clip)
-        wall += time.perf_counter() - t0
-        step += 1
+    clock = {"wall": float(meta["wall_s"]), "t0": time.perf_counter()}
+
+    def after_step(step: int, loss: float) -> bool:
+        clock["wall"] += time.perf_counter() - clock["t0"]  # training time only: evaluation is not counted
         out["step"].append(step)
-        out["wall_s"].append(wall)
-        out["train_loss"].append(loss.item())
+        out["wall_s"].append(clock["wall"])
+        out["train_loss"].append(loss)
+        reached = False
         if step % cfg.eval_every == 0:
-            val = _validate(model, data, cfg)
             out["val_step"].append(step)
-            out["val_loss"].append(val)
-            if val <= target_loss:
-                break
+            out["val_loss"].append(_validate(model, data, cfg))
+            reached = out["val_loss"][-1] <= target_loss
+        clock["t0"] = time.perf_counter()
+        return reached
+
+    run_steps(model, opt, loader, lambda b: model.loss(model(b["input_ids"]), b["labels"]), steps=max_steps,
+              lr_at=lambda _step: lr, grad_clip=e.grad_clip, first_step=int(meta["step"]),
+              after_step=after_step)  # fmt: skip
     return out
 
 

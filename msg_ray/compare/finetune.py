@@ -17,7 +17,8 @@ from torch import nn
 
 from msg_ray.model import GrowableTransformer
 from msg_ray.train.lr import LRSchedule
-from msg_ray.train.optim import adamw, apply_lr, clipped_step
+from msg_ray.train.optim import adamw
+from msg_ray.train.steps import run_steps
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,25 +96,13 @@ def perplexity(model: GrowableTransformer, blocks: torch.Tensor, batch_size: int
     return math.exp(total / count)
 
 
-def _step(model: nn.Module, loss: torch.Tensor, opt: torch.optim.Optimizer, lr: float) -> float:
-    """One clipped AdamW step (clip 1.0) at ``lr``; returns the loss value."""
-    apply_lr(opt, lr)
-    clipped_step(model, opt, loss, grad_clip=1.0)
-    return loss.item()
-
-
 def finetune_lm(model: GrowableTransformer, blocks: torch.Tensor, cfg: FinetuneConfig) -> list[float]:
     """Continue causal-LM training on ``blocks`` for ``cfg.steps`` steps (in place); returns the losses."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt, sched = _optimizer(model, cfg)
-    model.train()
-    losses = []
-    for step in range(cfg.steps):
-        ids = blocks[torch.randint(len(blocks), (cfg.batch_size,), generator=gen)].long()
-        loss = model.loss(model(ids), ids)
-        losses.append(_step(model, loss, opt, sched(step)))
-    model.eval()
-    return losses
+    opt, lr = _optimizer(model, cfg)
+    batches = (blocks[torch.randint(len(blocks), (cfg.batch_size,), generator=gen)].long() for _ in iter(int, 1))
+    return run_steps(model, opt, batches, lambda ids: model.loss(model(ids), ids), steps=cfg.steps, lr_at=lr,
+                     grad_clip=1.0)  # fmt: skip
 
 
 @dataclass
@@ -145,16 +134,14 @@ def encode(tokenizer, examples: list[tuple[str, int]], seq_len: int, cls_id: int
 def train_classifier(clf: SequenceClassifier, train: Encoded, cfg: FinetuneConfig) -> list[float]:
     """Fine-tune body + head with cross-entropy for ``cfg.steps`` mini-batches (sampled with replacement)."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt, sched = _optimizer(clf, cfg)
-    clf.train()
-    losses = []
-    for step in range(cfg.steps):
-        idx = torch.randint(len(train), (cfg.batch_size,), generator=gen)
+    opt, lr = _optimizer(clf, cfg)
+    batches = (torch.randint(len(train), (cfg.batch_size,), generator=gen) for _ in iter(int, 1))
+
+    def loss_fn(idx: torch.Tensor) -> torch.Tensor:
         logits = clf(train.input_ids[idx], train.attention_mask[idx])
-        loss = F.cross_entropy(logits.float(), train.labels[idx])
-        losses.append(_step(clf, loss, opt, sched(step)))
-    clf.eval()
-    return losses
+        return F.cross_entropy(logits.float(), train.labels[idx])
+
+    return run_steps(clf, opt, batches, loss_fn, steps=cfg.steps, lr_at=lr, grad_clip=1.0)
 
 
 @torch.no_grad()
