@@ -348,6 +348,24 @@ def test_lr_search_seeds_plan_and_validation(tmp_path):
         replace(cfg, lr_search_seeds=4)
 
 
+def test_lr_of_runs_each_operator_at_its_own_lr(tmp_path):
+    from msg_ray.compare.cli import _lr_of
+
+    base = base_config(tmp_path)
+    cfg = CompareConfig(base=base, operators=("msg", "full"), seeds=(1, 2), lr_of={"msg": 8e-3, "full": 4e-3})
+    assert [(r.operator, r.lr, r.seed) for r in plan(cfg, vocab_size=1024)] == [
+        ("full", 4e-3, 1), ("msg", 8e-3, 1), ("full", 4e-3, 2), ("msg", 8e-3, 2)]  # fmt: skip
+    assert _lr_of("msg=8e-3, full=0.004") == {"msg": 8e-3, "full": 4e-3}
+    for bad in ({"msg": 8e-3}, {"msg": 8e-3, "full": -1.0}, {"msg": 8e-3, "full": float("nan")}):
+        with pytest.raises(ValueError, match="lr_of must give every operator"):
+            replace(cfg, lr_of=bad)
+    with pytest.raises(ValueError, match="replaces the LR search"):
+        replace(cfg, lrs=(1e-3,))
+    for text in ("msg:8e-3", "msg=fast"):
+        with pytest.raises(ValueError, match="--lr-of"):
+            _lr_of(text)
+
+
 def test_lr_search_on_one_seed_then_more_seeds(tmp_path, ray_local):
     cfg = CompareConfig(base=base_config(tmp_path), operators=("msg", "full"), seeds=(0, 1), lrs=(3e-3, 1e-3),
                         lr_search_seeds=1, name="twophase", mode="parallel", out_dir=str(tmp_path / "report"))  # fmt: skip

@@ -30,6 +30,19 @@ def _seeds(text: str) -> tuple[int, ...]:
     return tuple(range(n))
 
 
+def _lr_of(text: str) -> dict[str, float]:
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        op, sep, lr = item.partition("=")
+        try:
+            out[op.strip()] = float(lr)
+        except ValueError:
+            raise ValueError(f"--lr-of: expected OP=LR items (msg=8e-3,full=4e-3), got {item!r}") from None
+        if not sep:
+            raise ValueError(f"--lr-of: expected OP=LR items (msg=8e-3,full=4e-3), got {item!r}")
+    return out
+
+
 def register_cli(sub: argparse._SubParsersAction) -> None:
     """Add the ``compare``, ``eval`` and ``report`` subcommands to ``msg-ray``'s subparsers."""
 
@@ -40,6 +53,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lrs", default=None, help="comma list: the same LR search for every operator (best kept)")
     p.add_argument("--lr-search-seeds", type=int, default=None,
                    help="run the LR search on the first K seeds only; the other seeds run at each operator's chosen LR")  # fmt: skip
+    p.add_argument("--lr-of", default=None, metavar="OP=LR,...",
+                   help="no LR search: each operator at its own LR (e.g. msg=8e-3,full=4e-3: more seeds at chosen LRs)")  # fmt: skip
     p.add_argument("--budget", choices=["flops", "steps", "wall"], default="flops",
                    help="flops: --steps is the full run's budget, every schedule is solved to the same FLOPs "
                         "(default); steps: every run trains --steps steps; wall: every run trains --wall-s seconds")  # fmt: skip
@@ -85,7 +100,8 @@ def compare_config(args: argparse.Namespace, default_name: str = "compare"):
         base=build_run_config(replace_ns(args, name=None)),
         operators=tuple(x.strip() for x in args.operators.split(",") if x.strip()),
         seeds=_seeds(args.seeds), lrs=_floats(args.lrs) if args.lrs else None,
-        lr_search_seeds=args.lr_search_seeds, name=args.name or default_name,
+        lr_search_seeds=args.lr_search_seeds, lr_of=_lr_of(args.lr_of) if args.lr_of else None,
+        name=args.name or default_name,
         mode=args.mode, max_concurrent=args.max_concurrent, evaluate=args.evaluate,
         eval=eval_config(args.eval_overrides), out_dir=args.out, extend_steps=args.extend_steps, budget=args.budget,
         wall_s=args.wall_s,

@@ -50,6 +50,8 @@ class CompareConfig:
     # None: every seed runs every LR. k: the first k seeds run the LR search, the other seeds then run only at
     # each operator's chosen LR (chosen on those k seeds) - the same tuning effort per operator, fewer runs.
     lr_search_seeds: int | None = None
+    # operator -> LR: no search, each operator at its own LR (e.g. more seeds at the LRs a merged search chose)
+    lr_of: dict[str, float] | None = None
     name: str = "compare"
     mode: str = "auto"
     max_concurrent: int | None = None  # parallel mode: trials at once (None: as many as Ray's CPUs allow)
@@ -88,6 +90,14 @@ class CompareConfig:
         if self.lr_search_seeds is not None and not 1 <= self.lr_search_seeds <= len(self.seeds):
             raise ValueError(f"CompareConfig.lr_search_seeds must be in [1, {len(self.seeds)}] (the number of seeds), "
                              f"got {self.lr_search_seeds}")  # fmt: skip
+        if self.lr_of is not None:
+            if self.lrs is not None or self.lr_search_seeds is not None:
+                raise ValueError("CompareConfig.lr_of replaces the LR search: give it without lrs/lr_search_seeds")
+            if set(self.lr_of) != set(ops) or any(
+                not (isinstance(v, float | int) and v > 0) for v in self.lr_of.values()
+            ):
+                raise ValueError(f"CompareConfig.lr_of must give every operator {sorted(ops)} a positive LR, "
+                                 f"got {self.lr_of!r}")  # fmt: skip
         if self.extend_steps < 0:
             raise ValueError(f"CompareConfig.extend_steps must be >= 0, got {self.extend_steps}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
@@ -139,6 +149,7 @@ def plan(
     ops = [FULL, *(op for op in cfg.operators if op != FULL)]
     out = []
     seeds = cfg.seeds if seeds is None else seeds
+    lr_of = lr_of or cfg.lr_of
     if lr_of:  # one pass over seeds x operators, each at its own LR
         grid = [(lr_of[op], seed, op) for seed in seeds for op in ops]
     else:
@@ -223,7 +234,8 @@ def _open_runs(runs: list[PlannedRun], parent_id: str | None, vocab_size: int, s
 
 def _params(cfg: CompareConfig) -> dict[str, Any]:
     return {"compare.operators": ",".join(cfg.operators), "compare.seeds": ",".join(map(str, cfg.seeds)),
-            "compare.lrs": ",".join(f"{x:g}" for x in cfg.lrs or (cfg.base.engine.lr,)), "compare.mode": cfg.mode,
+            "compare.lrs": ",".join(f"{op}={x:g}" for op, x in cfg.lr_of.items()) if cfg.lr_of
+            else ",".join(f"{x:g}" for x in cfg.lrs or (cfg.base.engine.lr,)), "compare.mode": cfg.mode,
             "compare.lr_search_seeds": cfg.lr_search_seeds or len(cfg.seeds), "compare.budget": cfg.budget,
             "base": cfg.base.to_dict()}  # fmt: skip
 
