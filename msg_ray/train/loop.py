@@ -1,11 +1,11 @@
 """The per-worker training loop: batches, mask ramp, growth events, rates, checkpoints.
 
-One ``WorkerRun`` per Ray Train worker (started by ``msg_ray.train.worker``). Steps count *optimizer* steps (gradient accumulation runs
-``engine.grad_accum`` micro-batches per step), and growth and the mask ramp follow optimizer steps.
-At a stage start every rank: probes the loss on its next batch, gathers the full fp32 state (collective),
-grows the model with the core operator (same seed on every rank, so identical new weights), carries the
-AdamW moments by name, rebuilds the DeepSpeed engine and probes the same batch again; with ``msg`` the two
-losses must agree (``growth/loss_jump``), which catches a broken operator in a real run.
+One ``WorkerRun`` per Ray Train worker (started by ``msg_ray.train.worker``). Steps count *optimizer* steps
+(gradient accumulation runs ``engine.grad_accum`` micro-batches per step); growth and the mask ramp follow them.
+At a stage start every rank probes the loss on a fixed batch, runs the growth event
+(``msg_ray.train.growth_event.grow_engine``: gather -> grow -> carry -> rebuild -> ramp; same seed on every rank,
+so identical new weights) and probes the same batch again; with ``msg`` the two losses must agree
+(``growth/loss_jump``), which catches a broken operator in a real run.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class WorkerRun:
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
         self.cfg, self.sched = cfg, cfg.schedule
         self.data = prepare(cfg.data)
-        self.loader = self._loader(self.data.train_blocks, cfg.seed, self.rank, self.world)
+        self.loader = self._loader("train", cfg.seed)
         self.lr = LRSchedule(
             lr=cfg.engine.lr, total_steps=cfg.total_steps, warmup_steps=cfg.warmup_steps, decay=cfg.lr_decay,
             min_ratio=cfg.min_lr_ratio, reset_steps=tuple(self.sched.growth_steps()[: cfg.lr_reset_growths]),
@@ -71,13 +71,10 @@ class WorkerRun:
         self.log = StepLog(cfg, enabled=self.rank == 0)
 
     # -- set-up ---------------------------------------------------------------------------------------------
-    def _loader(self, blocks: torch.Tensor, seed: int, rank: int, world: int) -> BlockLoader:
-        d = self.data
-        return BlockLoader(
-            blocks, batch_size=self.cfg.engine.micro_batch_size, seed=seed, rank=rank, world_size=world,
-            objective=self.cfg.data.objective, mask_id=d.mask_id, vocab_size=d.vocab_size,
-            special_ids=d.special_ids, mlm_probability=self.cfg.data.mlm_probability,
-        )  # fmt: skip
+    def _loader(self, split: str, seed: int) -> BlockLoader:
+        """This rank's shard of ``split`` (``PreparedData.loader``) at the run's micro-batch size."""
+        return self.data.loader(split, batch_size=self.cfg.engine.micro_batch_size, rank=self.rank,
+                                world_size=self.world, seed=seed)  # fmt: skip
 
     def _engine_for(self, model: GrowableTransformer, state: TrainState | None):
         engine = build_engine(model, self.cfg.engine)
@@ -143,7 +140,7 @@ class WorkerRun:
         return loss.item()
 
     def _evaluate(self) -> float:
-        loader = self._loader(self.data.valid_blocks, 1234, self.rank, self.world)
+        loader = self._loader("valid", 1234)
         losses = []
         for _ in range(self.cfg.eval_batches):
             losses.append(self._probe(next(loader)))
@@ -154,7 +151,7 @@ class WorkerRun:
         """The growth event at a stage start; returns the state the new engine holds (for the boundary checkpoint)."""
         self._flush()
         target = self.sched.stages[stage].structure
-        probe = next(self._loader(self.data.train_blocks, self.cfg.seed + 7919 * stage, self.rank, self.world))
+        probe = next(self._loader("train", self.cfg.seed + 7919 * stage))
         before = self._probe(probe)
         grown = grow_engine(
             self.engine, self.cfg.model_config(self.data.vocab_size, self.structure), target, self.cfg.engine,
