@@ -81,6 +81,11 @@ STUDIES: dict[str, Callable[[float], Study]] = {
         "bert", {"source": "wikitext2", "tokenizer": "bpe8k", "seq_len": 64, "objective": "mlm"}, 2000, _BERT_LRS,
         ["ffn-first-48", "ffn-first-32", "width-depth-40", "mini-sch1-b"], False, scale, batch_size=16,
         warmup_steps=150),
+    # warm-up 150 (the tuned full baseline's warm-up), the LR grid widened to bracket growth's optimum
+    "gpt-warmup150": lambda scale: _study(
+        "gpt", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}, 1500,
+        [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48", "ffn-first-32", "ffn-first-60"], False, scale,
+        batch_size=16, warmup_steps=150),
     # robustness: another tokenizer size, sequence length and batch
     "gpt-robust": lambda scale: _study(
         "gpt", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 128, "objective": "clm"}, 1500,
