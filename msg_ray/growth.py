@@ -22,6 +22,8 @@ from msg_ray.model import GrowableTransformer, build_from_config, with_structure
 from msg_ray.structure import Structure
 
 OPERATORS = ("msg", "net2net", "nomask")
+# Operators whose growth leaves the function exactly unchanged in every dimension (training checks the loss).
+STRICTLY_PRESERVING = ("msg",)
 DEPTH_INITS = ("stack", "random")
 
 
@@ -167,6 +169,16 @@ def _net2net_fill(old_sd: dict, new: GrowableTransformer, old: Structure, target
 # -- masks: value, ramp, fold -----------------------------------------------------------------------------------
 def is_ramping(model: GrowableTransformer) -> bool:
     return bool(model.mask_modules())
+
+
+def mask_state(model: GrowableTransformer) -> dict[str, torch.Tensor]:
+    """The mask buffers of a ramping model by state_dict key (``value`` float32, ``n_old`` int64, on the CPU):
+    what a checkpoint needs, with the parameters, to rebuild the model mid-ramp."""
+    out = {}
+    for key, v in model.state_dict().items():
+        if _is_mask_key(key):
+            out[key] = v.detach().cpu().long() if key.endswith(".n_old") else v.detach().float().cpu()
+    return out
 
 
 def mask_value(model: GrowableTransformer) -> float | None:

@@ -170,7 +170,7 @@ class WorkerRun:
         self.history["growth_events"].append(event)
         self.tracker.growth(event, self._n_params())
         jump = abs(after - before)
-        if self.sched.operator == "msg" and jump > self.cfg.growth_check_tol:
+        if self.sched.operator in G.STRICTLY_PRESERVING and jump > self.cfg.growth_check_tol:
             self.log.line(f"WARNING: msg growth changed the loss by {jump:.3g} (> {self.cfg.growth_check_tol}); "
                           "the operator is not preserving the function")  # fmt: skip
         self.log.line(f"grew to {target} at step {self.step}: loss {before:.5f} -> {after:.5f} in {seconds:.2f}s")
@@ -193,10 +193,7 @@ class WorkerRun:
         state = state if state is not None else gather_state(self.engine)  # collective: every rank takes part
         folder = C.folder_name(self.stage, self.step, final)
         module = self.engine.module
-        buffers = {
-            k: v.detach().float().cpu() for k, v in module.state_dict().items() if k.endswith((".value", ".n_old"))
-        }
-        buffers = {k: (v.long() if k.endswith(".n_old") else v) for k, v in buffers.items()}
+        buffers = G.mask_state(module)
         meta = {
             "folder": folder, "step": self.step, "stage": self.stage, "wall_s": self.wall, "flops": self.flops,
             "structure": self.structure.as_dict(), "mask_c": G.mask_value(module),

@@ -87,7 +87,7 @@ def run_plain(job: PlainJob, data: Any, valid_batches: list[dict[str, torch.Tens
             model = G.grow(model.cpu(), sched.stages[stage].structure, sched.operator, depth_init=sched.depth_init,
                            seed=job.seed * 1000 + stage).to(device)  # fmt: skip
             opt = _adamw(model, job, moms, step)
-            ramp = G.MaskRamp(start_step=step, phi=sched.phi) if sched.operator == "msg" else None
+            ramp = G.MaskRamp(start_step=step, phi=sched.phi) if G.is_ramping(model) else None
         if ramp is not None:
             ramp.apply(model, step)
         structure = sched.stages[stage].structure
