@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from msg_ray.model import GrowableTransformer, ModelConfig, build_from_config
+from msg_ray.train import checkpoint
 
 _MASK_NAMES = ("hidden_mask", "ffn_mask", "head_mask", "layer_mask")
 PLAIN_WEIGHTS = "model.pt"
@@ -181,5 +182,5 @@ def load_exported(out_dir: str | Path) -> GrowableTransformer:
             raise FileNotFoundError(f"load_exported: {out / name} is missing")
     config = ModelConfig.from_dict(json.loads((out / PLAIN_CONFIG).read_text()))
     model = build_from_config(config)
-    model.load_state_dict(torch.load(out / PLAIN_WEIGHTS, map_location="cpu", weights_only=True))
+    model.load_state_dict(checkpoint.read(out / PLAIN_WEIGHTS))
     return model.eval()

@@ -39,6 +39,7 @@ from msg_ray.data.tokenizer import tokenizer_digest
 from msg_ray.export import load_exported
 from msg_ray.model import GrowableTransformer, build_from_config
 from msg_ray.structure import Structure
+from msg_ray.train import checkpoint as C
 from msg_ray.train.config import RunConfig
 
 GPT_TASKS = ("wikitext2_ppl",)
@@ -91,24 +92,27 @@ class LoadedModel:
     path: Path
 
 
+def _locate(p: Path) -> tuple[Path | None, Path]:
+    """(export folder or None, meta.json path) of a checkpoint or export folder; ValueError naming ``p`` when it
+    is neither (checked before any Ray work starts)."""
+    if (p / "export" / "config.json").is_file():
+        return p / "export", p / "meta.json"
+    if (p / "config.json").is_file():
+        return p, p.parent / "meta.json"
+    if (p / "meta.json").is_file() and (p / "model.pt").is_file():
+        return None, p / "meta.json"
+    raise ValueError(f"{p}: neither a checkpoint folder (meta.json + model.pt) nor an export (config.json + model.pt)")
+
+
 def load_model(path: str | os.PathLike) -> LoadedModel:
     """A checkpoint folder (``meta.json`` + ``model.pt``, optional ``export/``) or an export folder."""
     p = Path(path)
-    if (p / "export" / "config.json").is_file():
-        p_export, meta_file = p / "export", p / "meta.json"
-    elif (p / "config.json").is_file():
-        p_export, meta_file = p, p.parent / "meta.json"
-    else:
-        p_export, meta_file = None, p / "meta.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    if p_export is not None:
-        model = load_exported(p_export)
-    elif meta and (p / "model.pt").is_file():
-        model = _from_checkpoint(p, meta)
-    else:
-        raise ValueError(
-            f"{p}: neither a checkpoint folder (meta.json + model.pt) nor an export (config.json + model.pt)"
-        )
+    p_export, meta_file = _locate(p)
+    try:
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta_file}: not valid JSON ({e})") from e
+    model = load_exported(p_export) if p_export is not None else _from_checkpoint(p, meta)
     run_id = meta.get("run_id", meta.get("mlflow_run_id"))  # checkpoints written before the key's rename
     return LoadedModel(model.eval(), meta.get("config"), run_id, p)
 
@@ -120,7 +124,7 @@ def _from_checkpoint(p: Path, meta: dict[str, Any]) -> GrowableTransformer:
     # dropout 0, as evaluation always built it (fine-tuning adds none of the pretraining's)
     mc = replace(cfg.model_config(vocab, Structure.parse(meta["structure"])), dropout=0.0)
     model = build_from_config(mc)
-    state = torch.load(p / "model.pt", map_location="cpu", weights_only=False)
+    state = C.read(p / "model.pt")
     model.load_state_dict({**state["params"], **state["buffers"]})
     return model
 
@@ -227,6 +231,8 @@ def evaluate_many(
     """Evaluate several checkpoints in parallel, one Ray task each (results in the order of ``paths``)."""
     import ray
 
+    for p in paths:  # a wrong path is reported before Ray starts
+        _locate(Path(p))
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"))
     cfg = cfg or EvalConfig()

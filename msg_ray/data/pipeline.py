@@ -181,7 +181,7 @@ def prepare(cfg: DataConfig) -> PreparedData:
         with atomic_dir(target) as tmp:
             torch.save(built["blocks"], tmp / "blocks.pt")
             (tmp / "meta.json").write_text(json.dumps(built["stats"], indent=1))
-    blocks = torch.load(target / "blocks.pt")
+    blocks = torch.load(target / "blocks.pt", weights_only=True)
     stats = json.loads((target / "meta.json").read_text())
     stats.update(source=cfg.source, tokenizer=cfg.tokenizer, vocab_size=tok.get_vocab_size(), seq_len=cfg.seq_len)
     stats.update(from_cache=from_cache, cache_path=str(target), prepare_seconds=round(time.perf_counter() - start, 3))

@@ -68,6 +68,17 @@ class Loaded:
     rank_state: dict[str, Any]
 
 
+def read(path: str | Path) -> Any:
+    """A checkpoint file's tensors and plain values. ``weights_only=True``: a crafted file cannot run code on load
+    (it holds only tensors, dicts, lists, tuples, numbers, strings and None). An unreadable file (truncated, not a
+    checkpoint, or carrying other objects) raises ValueError naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle/zip errors of a damaged file, or UnpicklingError of a disallowed object
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"{path}: unreadable checkpoint file ({type(e).__name__}: {first})") from e
+
+
 def load(directory: str | Path, rank: int) -> Loaded:
     """Read a checkpoint. A rank with no file of its own (the world grew) gets rank 0's loader position and no
     RNG state; the loader shards by its own rank, so data stays disjoint."""
@@ -75,16 +86,13 @@ def load(directory: str | Path, rank: int) -> Loaded:
     missing = [f for f in (META, MODEL, OPTIM) if not (d / f).exists()]
     if missing:
         raise ValueError(f"checkpoint {d.name} is incomplete: missing {missing}")
-    model = torch.load(d / MODEL, map_location="cpu", weights_only=False)
+    model = read(d / MODEL)
     rank_file = d / f"rank{rank}.pt"
-    if rank_file.exists():
-        rank_state = torch.load(rank_file, weights_only=False)
-    else:
-        rank_state = {**torch.load(d / "rank0.pt", weights_only=False), "rng": None}
+    rank_state = read(rank_file) if rank_file.exists() else {**read(d / "rank0.pt"), "rng": None}
     return Loaded(
         meta=json.loads((d / META).read_text()),
         params=model["params"],
         buffers=model["buffers"],
-        moments=torch.load(d / OPTIM, map_location="cpu", weights_only=False),
+        moments=read(d / OPTIM),
         rank_state=rank_state,
     )
