@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from msg_ray.compare.cli import register_cli as register_compare
 from msg_ray.run_args import add_run_args, build_run_config
 from msg_ray.train.run import run
+from msg_ray.train.session import TrainingDiverged
 from msg_ray.tune.cli import register_cli as register_tune
 
 
@@ -19,6 +21,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = build_run_config(args)
     result = run(cfg, ray_address=args.address)
     final = result.history.get("val_loss", [None])[-1] if result.history.get("val_loss") else None
+    final = final if final is not None and math.isfinite(final) else None  # valid JSON: null, never NaN
     print(json.dumps({"name": result.name, "final_val_loss": final, "checkpoint": result.checkpoint_path,
                       "run_id": result.run_id, "tracking_uri": result.tracking_uri}, indent=1))  # fmt: skip
     print(f"MLflow UI: mlflow ui --backend-store-uri {result.tracking_uri}")
@@ -39,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # configuration errors: one clear line, no traceback
         print(f"msg-ray: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        print(f"msg-ray: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

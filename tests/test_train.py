@@ -7,6 +7,7 @@ the resumed run must continue exactly (same losses), in the same MLflow run.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import mlflow
@@ -190,3 +191,20 @@ def test_adaptive_mode_grows_when_gamma_falls_below_target(tmp_path, ray_local):
         tiny_config(tmp_path, "x", adaptive={"target_gamma": 1.0, "min_stage_steps": 1})
     with pytest.raises(ValueError, match="adaptive: unknown field"):
         tiny_config(tmp_path, "x", adaptive={"target_gamma": 1.0, "patient": 1})
+
+
+@pytest.mark.slow
+def test_divergence_stops_the_run_before_checkpointing_it(tmp_path, ray_local):
+    from msg_ray.train.run import run
+    from msg_ray.train.session import TrainingDiverged
+
+    cfg = tiny_config(tmp_path, "diverge", engine={"zero_stage": 0, "micro_batch_size": 4, "lr": 1000.0}, workers=1,
+                      ckpt_every=2)  # fmt: skip
+    with pytest.raises(TrainingDiverged, match=r"run 'diverge': training diverged: loss (nan|inf|-inf) at step \d+"):
+        run(cfg)
+    [r] = find_runs(cfg.tracking_uri, "test-train", tags={"msg_ray.run_name": "diverge"})
+    assert r["status"] == "FAILED"
+    metas = list((tmp_path / "ray" / "diverge").rglob("meta.json"))
+    for m in metas:  # every checkpoint written holds a finite history only
+        losses = json.loads(m.read_text())["history"]["train_loss"]
+        assert losses and all(math.isfinite(x) for x in losses), m

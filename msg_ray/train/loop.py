@@ -10,6 +10,7 @@ so identical new weights) and probes the same batch again; with ``msg`` the two 
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -30,7 +31,7 @@ from msg_ray.train.growth_event import grow_engine
 from msg_ray.train.lr import LRSchedule, stage_lr_multiplier
 from msg_ray.train.metrics import RateMeter
 from msg_ray.train.progress import StepLog, WorkerTracker
-from msg_ray.train.session import Session
+from msg_ray.train.session import DIVERGED, Session, TrainingDiverged
 
 
 def _adaptive_policy(cfg: RunConfig):
@@ -282,6 +283,13 @@ class WorkerRun:
         if not self._pending:
             return
         losses = torch.stack([p[3] for p in self._pending]).tolist()
+        bad = next(((p[0], x) for p, x in zip(self._pending, losses, strict=True) if not math.isfinite(x)), None)
+        if bad is not None:  # before any checkpoint of the diverged weights is written
+            last = self.history["step"][-1] if self.history["step"] else 0
+            raise TrainingDiverged(
+                f"{DIVERGED}: loss {bad[1]} at step {bad[0]} (finite up to step {last}); lower engine.lr or raise "
+                "warmup_steps. The checkpoints hold only finite states."
+            )
         h = self.history
         for (step, wall, flops, _), loss in zip(self._pending, losses, strict=True):
             self.meter.update(step, wall, loss)

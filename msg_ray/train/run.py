@@ -16,6 +16,7 @@ from typing import Any
 from msg_ray.data import prepare
 from msg_ray.tracking import Tracker, find_runs, resolve_tracking_uri
 from msg_ray.train.config import RunConfig
+from msg_ray.train.session import DIVERGED, TrainingDiverged
 from msg_ray.train.worker import torch_trainer
 
 RUN_TAG = "msg_ray.run_name"
@@ -73,8 +74,16 @@ def run(cfg: RunConfig, *, ray_address: str | None = None) -> RunResult:
     trainer = torch_trainer(cfg, run_id)
     try:
         result = trainer.fit()
-    except Exception:
-        Tracker(uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.name, run_id=run_id).finish("FAILED")
+    except Exception as e:
+        text = str(e)
+        tracker = Tracker(uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.name, run_id=run_id)
+        if tracker.start():  # reopen by id (finish needs an open client), record why, close as FAILED
+            tracker.set_tags(
+                {"msg_ray.error": text.strip().splitlines()[-1][:500] if text.strip() else type(e).__name__}
+            )
+            tracker.finish("FAILED")
+        if DIVERGED in text:  # Ray wraps the worker's error: surface the worker's own one-line message
+            raise TrainingDiverged(f"run {cfg.name!r}: {DIVERGED}{text.split(DIVERGED, 1)[1].splitlines()[0]}") from e
         raise
     ckpt = result.checkpoint
     history: dict[str, list] = {}

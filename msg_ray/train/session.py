@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+DIVERGED = "training diverged"
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite. Raised by the worker before anything of the diverged state is
+    checkpointed; the driver re-raises it (unwrapped from Ray's failure) and the CLI reports it in one line."""
+
 
 def worker_env(use_gpu: bool) -> dict[str, str]:
     """Environment of a training process, set before DeepSpeed is imported (it picks its accelerator then)."""
