@@ -6,6 +6,7 @@ starts. Used by ``msg-ray`` subcommands and ``pipelines/*.py``.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +32,37 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: local or $RAY_ADDRESS)")
 
 
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A RunConfig file: YAML, or strict JSON for ``.json`` (YAML would accept JSON's errors, e.g. trailing
+    commas); it must hold a mapping of RunConfig fields."""
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"--config {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: "
+                         f"{first}") from None  # fmt: skip
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: must hold a mapping of RunConfig fields, got a {type(data).__name__}")
+    return data
+
+
 def build_run_config(args: argparse.Namespace) -> RunConfig:
     base: dict[str, Any] = {}
     if args.config:
         path = Path(args.config)
         if not path.exists():
             raise ValueError(f"--config: file not found: {path}")
-        base = yaml.safe_load(path.read_text()) or {}
+        base = read_config_file(path)
     chosen = args.schedule or base.get("schedule") or "mini-sch1-g"
     sched = Schedule.from_dict(chosen) if isinstance(chosen, dict) else get_schedule(chosen)
     if args.operator:
         sched = sched.replace(operator=args.operator)
-    if args.steps:
+    if args.steps is not None:
+        if args.steps < 1:
+            raise ValueError(f"--steps: must be >= 1, got {args.steps}")
         sched = sched.scaled(total_steps=args.steps)
     if args.arch and args.arch != sched.arch:
         raise ValueError(f"--arch {args.arch} does not match schedule {sched.name!r} (arch {sched.arch})")

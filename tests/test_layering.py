@@ -29,6 +29,7 @@ CORE = {
     "splits",
     "flops",
     "presets",
+    "validate",
 }
 FLOORS = ("core", "data", "train", "experiments", "faces")
 FACES = {"msg_ray.cli", "msg_ray.run_args", "msg_ray.compare.cli", "msg_ray.tune.cli"}

@@ -23,6 +23,7 @@ from msg_ray.data.cache import atomic_dir, cache_root, say
 from msg_ray.data.loader import BlockLoader
 from msg_ray.data.sources import Source, resolve_source
 from msg_ray.data.tokenizer import load_tokenizer, parse_spec, special_ids, tokenizer_digest
+from msg_ray.validate import check_types
 
 _FORMAT = 2  # bump when the packing layout changes, so stale caches are not reused
 _SPLITS = ("train", "valid", "test")
@@ -51,6 +52,7 @@ class DataConfig:
     valid_fraction: float = 0.05
 
     def __post_init__(self) -> None:
+        check_types(self)
         if not isinstance(self.source, str) or not self.source:
             raise ValueError(f"source must be a non-empty string, got {self.source!r}")
         if self.objective not in ("clm", "mlm"):

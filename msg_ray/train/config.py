@@ -19,6 +19,7 @@ from msg_ray.schedule import Schedule, get_schedule
 from msg_ray.structure import Structure
 from msg_ray.train.engine import EngineConfig
 from msg_ray.train.lr import LR_SCALES
+from msg_ray.validate import check_types
 
 LR_DECAYS = ("cosine", "linear", "constant")
 
@@ -63,6 +64,7 @@ class RunConfig:
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"RunConfig.{name}: {why}")
 
+        check_types(self, "RunConfig.")
         if not self.name or any(c in self.name for c in "/\\ "):
             raise bad("name", f"must be non-empty without '/', '\\' or spaces, got {self.name!r}")
         for name in ("workers", "log_every", "eval_every", "eval_batches", "gamma_window"):
@@ -87,6 +89,8 @@ class RunConfig:
             raise bad("lr_scale", f"must be one of {LR_SCALES}, got {self.lr_scale!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise bad("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise bad("dropout", f"must be in [0, 1), got {self.dropout!r}")
         if self.cpus_per_worker <= 0:
             raise bad("cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
         if self.data.seq_len > 4096:
@@ -147,7 +151,7 @@ class RunConfig:
             data = {**data, "objective": "clm" if d["schedule"].arch == "gpt" else "mlm"}
         d["data"] = _sub(DataConfig, data, "data")
         d["engine"] = _sub(EngineConfig, d.get("engine", {}), "engine")
-        if d.get("kill_rank_at_step") is not None:
+        if isinstance(d.get("kill_rank_at_step"), list):
             d["kill_rank_at_step"] = tuple(d["kill_rank_at_step"])
         return cls(**d)
 
@@ -185,7 +189,10 @@ def _sub(cls: type, value: Any, name: str) -> Any:
     if unknown:
         raise ValueError(f"RunConfig.{name}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
     value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-    return cls(**value)
+    try:
+        return cls(**value)
+    except ValueError as e:  # name the field as the user wrote it: RunConfig.engine.lr
+        raise ValueError(f"RunConfig.{name}.{e}") from None
 
 
 def parse_value(text: str) -> Any:

@@ -30,6 +30,7 @@ import torch
 
 from msg_ray.optim_carry import AdamState, carry_adam_state
 from msg_ray.train.optim import apply_lr, param_groups
+from msg_ray.validate import check_types
 
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
 PRECISIONS = ("fp32", "bf16")
@@ -48,6 +49,7 @@ class EngineConfig:
     grad_accum: int = 1
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
         if self.precision not in PRECISIONS:
