@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import mlflow
@@ -161,6 +162,28 @@ def test_invalid_configs_fail_before_ray(tmp_path):
     }
     with pytest.raises(ValueError, match="hidden_dim"):
         tiny_config(tmp_path, "x", schedule=bad)
+
+
+def test_unplaceable_resources_are_refused_not_waited_for(tmp_path):
+    from msg_ray.train.run import check_resources
+
+    check_resources(tiny_config(tmp_path, "x"), {"CPU": 2.0})  # 2 workers x 1 CPU fit
+    with pytest.raises(ValueError, match=r"RunConfig.use_gpu: the Ray cluster has 0 GPU\(s\), the run needs 2"):
+        check_resources(tiny_config(tmp_path, "x", use_gpu=True), {"CPU": 2.0})
+    with pytest.raises(ValueError, match=r"RunConfig.cpus_per_worker: 2 worker\(s\) x 64 CPUs exceed the cluster's 2"):
+        check_resources(tiny_config(tmp_path, "x", cpus_per_worker=64.0), {"CPU": 2.0})
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_gpu_run_on_a_cpu_cluster_within_seconds(tmp_path, monkeypatch, capsys, ray_local):
+    from msg_ray.cli import main
+
+    monkeypatch.setenv("MSG_RAY_HOME", str(tmp_path))
+    t0 = time.perf_counter()
+    tiny = ["--set", "data.tokenizer=bpe:1024", "--set", "data.seq_len=32", "--set", "data.max_train_tokens=200000"]
+    assert main(["train", "--set", "use_gpu=true", "--set", "workers=1", "--steps", "1200", *tiny]) == 2
+    assert "RunConfig.use_gpu: the Ray cluster has 0 GPU(s)" in capsys.readouterr().err
+    assert time.perf_counter() - t0 < 120 and not (tmp_path / "mlruns.db").exists()  # no MLflow run was opened
 
 
 def test_cli_reports_bad_input_in_one_line_before_ray(capsys):

@@ -61,6 +61,19 @@ def log_run_config(tracker: Tracker, cfg: RunConfig) -> None:
     tracker.flush()
 
 
+def check_resources(cfg: RunConfig, cluster: dict[str, float]) -> None:
+    """Refuse (ValueError naming the field) a run the cluster can never place, instead of waiting forever for
+    workers: GPUs for ``use_gpu``, and ``workers`` x ``cpus_per_worker`` CPUs (what the cluster has now: an
+    autoscaling cluster must already hold the nodes)."""
+    gpus, cpus = cluster.get("GPU", 0.0), cluster.get("CPU", 0.0)
+    if cfg.use_gpu and gpus < cfg.workers:
+        raise ValueError(f"RunConfig.use_gpu: the Ray cluster has {gpus:g} GPU(s), the run needs {cfg.workers} "
+                         "(one per worker); set use_gpu=false or add GPU nodes")  # fmt: skip
+    if cfg.cpus_per_worker * cfg.workers > cpus:
+        raise ValueError(f"RunConfig.cpus_per_worker: {cfg.workers} worker(s) x {cfg.cpus_per_worker:g} CPUs exceed "
+                         f"the cluster's {cpus:g} CPUs")  # fmt: skip
+
+
 def run(cfg: RunConfig, *, ray_address: str | None = None) -> RunResult:
     """Train one schedule with Ray Train + DeepSpeed; returns where the results are."""
     import ray  # heavy: only when a run is launched
@@ -68,9 +81,10 @@ def run(cfg: RunConfig, *, ray_address: str | None = None) -> RunResult:
     data = prepare(cfg.data)  # fetch/tokenise/pack in the driver: data errors surface before Ray starts
     cfg = replace(cfg, tracking_uri=resolve_tracking_uri(cfg.tracking_uri))
     print(f"[msg_ray {cfg.name}] data: {json.dumps(data.stats, default=str)}", flush=True)
-    run_id = _open_mlflow_run(cfg)
     if not ray.is_initialized():
         ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"))
+    check_resources(cfg, ray.cluster_resources())  # before the MLflow run exists: a refused run leaves nothing
+    run_id = _open_mlflow_run(cfg)
     trainer = torch_trainer(cfg, run_id)
     try:
         result = trainer.fit()
