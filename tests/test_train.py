@@ -231,3 +231,21 @@ def test_divergence_stops_the_run_before_checkpointing_it(tmp_path, ray_local):
     for m in metas:  # every checkpoint written holds a finite history only
         losses = json.loads(m.read_text())["history"]["train_loss"]
         assert losses and all(math.isfinite(x) for x in losses), m
+
+
+@pytest.mark.slow
+def test_resume_falls_back_past_a_damaged_checkpoint(tmp_path, ray_local):
+    from msg_ray.train.run import run
+
+    cfg = tiny_config(tmp_path, "damaged", workers=1, ckpt_every=4, kill_rank_at_step=[0, 14])
+    with pytest.raises(Exception):  # noqa: B017 - max_failures 0: the killed worker fails the run at step 14
+        run(cfg)
+    metas = {json.loads(m.read_text())["step"]: m for m in (tmp_path / "ray" / "damaged").rglob("meta.json")}
+    newest, previous = sorted(metas)[-1], sorted(metas)[-2]
+    model_pt = metas[newest].parent / "model.pt"
+    model_pt.write_bytes(model_pt.read_bytes()[:100])  # a truncated last checkpoint
+    kept = json.loads(metas[previous].read_text())["history"]
+    out = run(cfg)  # same name: resumes (the fault fires on the first attempt only)
+    assert len(out.history["train_loss"]) == 30
+    # it resumed from the previous checkpoint: the history up to there is that checkpoint's, value for value
+    assert out.history["wall_s"][:previous] == kept["wall_s"] and out.history["step"][previous] == previous + 1

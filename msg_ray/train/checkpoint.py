@@ -96,3 +96,33 @@ def load(directory: str | Path, rank: int) -> Loaded:
         moments=read(d / OPTIM),
         rank_state=rank_state,
     )
+
+
+def load_or_previous(directory: str | Path, rank: int, root: str | Path) -> tuple[Loaded, str | None]:
+    """``load(directory)``; when that checkpoint is damaged, the newest loadable checkpoint folder under ``root``
+    (the run's storage) taken at an earlier step. Returns (loaded, warning or None). Every rank scans the same
+    shared folders in the same order, so all ranks fall back to the same checkpoint."""
+    try:
+        return load(directory, rank), None
+    except ValueError as first:
+        bad = Path(directory).resolve()
+        try:
+            bad_step = json.loads((bad / META).read_text())["step"]
+        except (OSError, ValueError, KeyError):
+            bad_step = float("inf")
+        candidates = []
+        for meta in Path(root).rglob(META):
+            d = meta.parent.resolve()
+            try:
+                step = json.loads(meta.read_text())["step"]
+            except (OSError, ValueError, KeyError):
+                continue
+            if d != bad and step < bad_step and (d / MODEL).exists():
+                candidates.append((step, str(d)))
+        for _, d in sorted(candidates, reverse=True):
+            try:
+                loaded = load(d, rank)
+            except ValueError:
+                continue
+            return loaded, f"checkpoint {bad.name} is damaged ({first}); resuming from {Path(d).name} instead"
+        raise

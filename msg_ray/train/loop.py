@@ -90,7 +90,9 @@ class WorkerRun:
             self.engine = self._engine_for(model, None)
             return
         with ckpt.as_directory() as d:
-            loaded = C.load(d, self.rank)
+            loaded, warning = C.load_or_previous(d, self.rank, self.attempt_dir)
+        if warning:
+            self.log.line(f"WARNING: {warning}")
         self._restore(loaded)
 
     def _restore(self, loaded: C.Loaded) -> None:
