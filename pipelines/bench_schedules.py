@@ -7,6 +7,7 @@ FLOPs-to-target speed-up, target = the tuned full run's final val loss. Runs man
 (``--procs``) or on CPU cores. Studies are defined in ``msg_ray.train.plain_study``.
 
     python pipelines/bench_schedules.py --study gpt --device cuda --procs 12 --out results.jsonl
+    python pipelines/bench_schedules.py --report full.jsonl growth.jsonl   # one table from several result files
 """
 
 import argparse
@@ -41,7 +42,8 @@ def _run(job):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--study", choices=sorted(S.STUDIES), required=True)
+    p.add_argument("--study", choices=sorted(S.STUDIES))
+    p.add_argument("--report", nargs="+", metavar="JSONL", help="print the table of saved result files (no training)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--procs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
@@ -53,6 +55,11 @@ def main(argv=None) -> int:
     p.add_argument("--data", dest="data_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="DataConfig override for every run (tokenizer=bpe:4096, seq_len=128)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.report:
+        print(S.report([json.loads(line) for f in args.report for line in open(f) if line.strip()]))
+        return 0
+    if not args.study:
+        p.error("--study is required (or --report FILES)")
     study = S.select(S.STUDIES[args.study](args.scale), args.only, args.lrs, args.seeds, args.data_overrides)
     results, t0 = [], time.perf_counter()
     ctx = get_context("spawn")
@@ -70,6 +77,9 @@ def main(argv=None) -> int:
             f.flush()
             print(f"[{i}/{len(futures)} {time.perf_counter() - t0:.0f}s] {r['job']['label']} lr={r['job']['lr']:g} "
                   f"s{r['job']['seed']}: steps {r['total_steps']} val {r['final_val']:.4f}", flush=True)  # fmt: skip
+    if not any(r["job"]["label"] == S.FULL for r in results):  # e.g. the baseline was run into another file
+        print(f"no full baseline among these results: combine files with --report {args.out} <full results>")
+        return 0
     print(S.report(results))
     return 0
 
