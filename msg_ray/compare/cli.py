@@ -16,18 +16,24 @@ from msg_ray.run_args import add_run_args, build_run_config
 from msg_ray.train.config import apply_overrides
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x.strip())
+def _floats(text: str, flag: str = "--lrs") -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"{flag}: expected a comma list of numbers (1e-3,2e-3), got {text!r}") from None
 
 
 def _seeds(text: str) -> tuple[int, ...]:
     """``3`` -> (0, 1, 2); ``0,4,7`` -> those seeds."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds: expected N or a comma list of ints, got {text!r}") from None
     if "," in text:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    n = int(text)
-    if n < 1:
-        raise ValueError(f"--seeds must be >= 1, got {n}")
-    return tuple(range(n))
+        return tuple(values)
+    if len(values) != 1 or values[0] < 1:
+        raise ValueError(f"--seeds must be >= 1, got {text!r}")
+    return tuple(range(values[0]))
 
 
 def _lr_of(text: str) -> dict[str, float]:

@@ -20,6 +20,7 @@ Ray is imported inside the functions that start runs (importing it costs seconds
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -79,8 +80,9 @@ class CompareConfig:
             raise ValueError("CompareConfig.operators must include 'full' (the baseline of every speed-up)")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"CompareConfig.seeds must be distinct ints, got {self.seeds!r}")
-        if self.lrs is not None and (not self.lrs or any(not lr > 0 for lr in self.lrs)):
-            raise ValueError(f"CompareConfig.lrs must be positive floats, got {self.lrs!r}")
+        if self.lrs is not None and (not self.lrs or any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs)
+                                     or len(set(self.lrs)) != len(self.lrs)):  # fmt: skip
+            raise ValueError(f"CompareConfig.lrs must be distinct positive numbers, got {self.lrs!r}")
         if self.mode not in MODES:
             raise ValueError(f"CompareConfig.mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "parallel" and self.base.workers != 1:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -119,13 +120,15 @@ class SearchSpace:
                 raise bad(n, f"is required for kind {self.kind!r}")
         if len(self.budget) > 1 or set(self.budget) - set(TIME_ATTRS):
             raise bad("budget", f"must be {{}} or one of {{'wall_s': T}}, {{'flops': F}}, got {self.budget!r}")
-        if any(not v > 0 for v in self.budget.values()):
-            raise bad("budget", f"must be positive, got {self.budget!r}")
+        if not all(_positive(v) for v in self.budget.values()):
+            raise bad("budget", f"values must be positive numbers, got {self.budget!r}")
         self._check_compute()
         if self.asha is not None:
             unknown = set(self.asha) - {"time_attr", "grace", "max_t", "reduction_factor"}
             if unknown:
                 raise bad("asha", f"unknown key(s) {sorted(unknown)}")
+            if not all(_positive(self.asha.get(k, 2)) for k in ("grace", "max_t", "reduction_factor")):
+                raise bad("asha", f"grace, max_t and reduction_factor must be positive numbers, got {self.asha!r}")
             if self.asha.get("time_attr", "wall_s") not in TIME_ATTRS:
                 raise bad("asha.time_attr", f"must be one of {TIME_ATTRS} (compute, not iterations)")
             if self.asha.get("time_attr", "wall_s") not in self.budget and "max_t" not in self.asha:
@@ -341,6 +344,10 @@ class SearchSpace:
         if "kind" not in d:
             raise ValueError(f"space {name!r}: kind is required ({', '.join(KINDS)})")
         return cls(**{"name": name, "doc": doc, **d})
+
+
+def _positive(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int | float) and v > 0 and math.isfinite(v)
 
 
 def _structure(value: Any, where: str) -> Structure:
