@@ -67,7 +67,10 @@ class DataConfig:
             raise ValueError("text_column must be a non-empty string")
         if not 0.0 < self.valid_fraction <= 0.5:
             raise ValueError(f"valid_fraction must be in (0, 0.5], got {self.valid_fraction}")
-        parse_spec(self.tokenizer)  # raises ValueError naming an unknown tokenizer
+        try:
+            parse_spec(self.tokenizer)
+        except ValueError as e:
+            raise ValueError(f"tokenizer: {e}") from None
 
 
 @dataclass
