@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -63,7 +64,14 @@ def runs(tmp_path_factory, ray_local):
 
     tmp = tmp_path_factory.mktemp("train")
     plain = run(tiny_config(tmp, "plain"))
-    killed = run(tiny_config(tmp, "killed", kill_rank_at_step=[1, 14], max_failures=1))
+    # Ray Train V2's controller collects reports every 2 s by default; these steps take milliseconds, so without a
+    # short poll the kill at step 14 lands before the step-10 checkpoint is registered and the retry restarts
+    # from scratch (which a deterministic run would hide: the losses match either way).
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
+    try:
+        killed = run(tiny_config(tmp, "killed", kill_rank_at_step=[1, 14], max_failures=1))
+    finally:
+        os.environ.pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", None)
     return tmp, plain, killed
 
 
@@ -147,6 +155,10 @@ def test_killed_worker_resumes_exactly_in_the_same_mlflow_run(runs):
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 1e-6
     runs_named = find_runs(killed.tracking_uri, "test-train", "tags.`msg_ray.run_name` = 'killed'")
     assert len(runs_named) == 1 and runs_named[0]["run_id"] == killed.run_id
+    # every point once: steps the killed attempt logged after its checkpoint are not logged again on resume
+    m = load_run_metrics(killed.tracking_uri, killed.run_id, ["train/loss", "val/loss", "growth/stage"])
+    assert [s for s, _ in m["train/loss"]] == list(range(2, 31, 2)), m["train/loss"]
+    assert [s for s, _ in m["val/loss"]] == [10, 20, 30] and [s for s, _ in m["growth/stage"]] == [10, 20]
 
 
 def test_invalid_configs_fail_before_ray(tmp_path):

@@ -221,7 +221,7 @@ class WorkerRun:
     # -- main loop -------------------------------------------------------------------------------------------
     def train(self) -> None:
         self._start()
-        self.tracker.start(self._n_params(), self.structure)
+        self.tracker.start(self._n_params(), self.structure, resumed=self.step > 0)
         try:
             self._finished = self._done()
             while not self._finished:

@@ -22,7 +22,9 @@ from msg_ray.export import export_hf, export_plain
 from msg_ray.flops import peak_flops_per_gpu
 from msg_ray.model import ModelConfig
 from msg_ray.structure import Structure
-from msg_ray.tracking import Tracker
+from msg_ray.tracking import Tracker, load_run_metrics
+
+_LOGGED = ("train/loss", "val/loss", "growth/stage")  # one key per kind of point the loop logs
 
 
 class WorkerTracker:
@@ -32,24 +34,37 @@ class WorkerTracker:
             uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.name, run_id=run_id, enabled=enabled
         )
         self.run_id = run_id
+        self._logged: dict[str, int] = {}  # metric key -> last step the run already holds (after a resume)
         self.c: float | None = None
         self._last: tuple[int, float] | None = None
         self.peak = 0.0
         if cfg.use_gpu and torch.cuda.is_available():
             self.peak = peak_flops_per_gpu(torch.cuda.get_device_name()) * cfg.workers
 
-    def start(self, n_params: int, structure: Structure) -> None:
+    def start(self, n_params: int, structure: Structure, resumed: bool = False) -> None:
+        """Open (or reopen) the run. ``resumed``: the loop restarted from a checkpoint, so steps after it that the
+        interrupted attempt already logged will be trained again (bit-identically); they are not logged twice."""
         if not self.enabled:
             return
         self.run_id = self.t.start() or self.run_id
         if not self.t.healthy:
             print(f"msg_ray: training continues WITHOUT MLflow tracking ({self.t.error})", file=sys.stderr, flush=True)
+        elif resumed and self.run_id:
+            try:
+                hist = load_run_metrics(self.cfg.tracking_uri, self.run_id, list(_LOGGED))
+                self._logged = {k: max((s for s, _ in v), default=0) for k, v in hist.items()}
+            except Exception as exc:  # a query failure must not stop training; at worst a point is logged twice
+                print(f"msg_ray: could not read the run's logged steps ({exc})", file=sys.stderr, flush=True)
+
+    def _done(self, key: str, step: int) -> bool:
+        """Whether ``key`` at ``step`` is already in the run (logged by an attempt interrupted after it)."""
+        return step <= self._logged.get(key, 0)
 
     def mask(self, c: float, step: int) -> None:
         self.c = c
 
     def step(self, step: int, loss: float, wall: float, flops: float, rates: dict, s: Structure) -> None:
-        if not self.enabled:
+        if not self.enabled or self._done("train/loss", step):
             return
         m = {"train/loss": loss, "perf/wall_s": wall, "perf/flops": flops, **rates}
         m.update({f"model/{k}": v for k, v in s.as_dict().items()})
@@ -65,11 +80,11 @@ class WorkerTracker:
         self.t.log_metrics(m, step)
 
     def metric(self, key: str, value: float, step: int) -> None:
-        if self.enabled:
+        if self.enabled and not self._done(key, step):
             self.t.log_metrics({key: value}, step)
 
     def growth(self, event: dict[str, Any], n_params: int) -> None:
-        if not self.enabled:
+        if not self.enabled or self._done("growth/stage", event["step"]):
             return
         jump = abs(event["loss_after"] - event["loss_before"])
         self.t.log_metrics({"growth/stage": event["stage"], "growth/loss_before": event["loss_before"],
