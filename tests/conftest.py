@@ -42,3 +42,29 @@ def _ray_shutdown_at_exit():
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+def _synthetic_history(n: int = 400, growths: tuple[int, ...] = (100, 250), seed: int = 0) -> dict:
+    """A synthetic run history: loss bumps after each growth, slower steps after the first growth."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    step = np.arange(n)
+    loss = 7 * np.exp(-step / 150) + 3 + 0.05 * rng.standard_normal(n)
+    for g in growths:  # a small bump after each growth, like a No-Mask run
+        loss[g : g + 20] += 0.3 * np.exp(-np.arange(len(loss[g : g + 20])) / 5)
+    wall = np.cumsum(np.where(step < growths[0], 0.05, 0.1))
+    return {
+        "step": step.tolist(),
+        "wall_s": wall.tolist(),
+        "flops": (step * 1e12).tolist(),
+        "train_loss": loss.tolist(),
+        "val_step": list(range(0, n, 50)),
+        "val_loss": loss[::50].tolist(),
+    }
+
+
+@pytest.fixture
+def make_history():
+    """``make_history(n=400, growths=(100, 250), seed=0)`` -> a synthetic run history for plot/tracking tests."""
+    return _synthetic_history

@@ -8,27 +8,9 @@ import pytest
 from msg_ray import plots
 
 
-def _history(n: int = 400, growths: tuple[int, ...] = (100, 250), seed: int = 0) -> dict:
-    """A synthetic run history (loss bumps after each growth, slower steps after the first); same as test_tracking's."""
-    rng = np.random.default_rng(seed)
-    step = np.arange(n)
-    loss = 7 * np.exp(-step / 150) + 3 + 0.05 * rng.standard_normal(n)
-    for g in growths:  # a small bump after each growth, like a No-Mask run
-        loss[g : g + 20] += 0.3 * np.exp(-np.arange(len(loss[g : g + 20])) / 5)
-    wall = np.cumsum(np.where(step < growths[0], 0.05, 0.1))
-    return {
-        "step": step.tolist(),
-        "wall_s": wall.tolist(),
-        "flops": (step * 1e12).tolist(),
-        "train_loss": loss.tolist(),
-        "val_step": list(range(0, n, 50)),
-        "val_loss": loss[::50].tolist(),
-    }
-
-
-def test_plots_write_nontrivial_pngs(tmp_path):
-    msg, nomask = _history(seed=0), _history(seed=1)
-    full = _history(growths=(10_000,), seed=2)
+def test_plots_write_nontrivial_pngs(tmp_path, make_history):
+    msg, nomask = make_history(seed=0), make_history(seed=1)
+    full = make_history(growths=(10_000,), seed=2)
     growths = {"msg": [100, 250], "nomask": [100, 250]}
     figures = {
         f"curves_{x}.png": plots.loss_curves(
@@ -51,15 +33,15 @@ def test_plots_write_nontrivial_pngs(tmp_path):
     assert [line.get_xdata()[0] for line in vlines] == [pytest.approx(msg["wall_s"][100])]
 
 
-def test_plots_reject_bad_input():
+def test_plots_reject_bad_input(make_history):
     with pytest.raises(ValueError, match="x: must be one of"):
-        plots.loss_curves({"a": _history()}, x="tokens")
+        plots.loss_curves({"a": make_history()}, x="tokens")
     with pytest.raises(ValueError, match="missing 'train_loss'"):
         plots.loss_curves({"a": {"step": [0, 1]}})
     with pytest.raises(ValueError, match="histories"):
         plots.loss_curves({})
     with pytest.raises(ValueError, match="no run has a growth"):
-        plots.growth_zoom({"a": _history()}, {})
+        plots.growth_zoom({"a": make_history()}, {})
 
 
 def test_smooth_is_an_unbiased_causal_running_mean():

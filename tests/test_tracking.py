@@ -13,7 +13,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -45,23 +44,6 @@ def store(tmp_path_factory) -> str:
     return uri
 
 
-def _history(n: int = 400, growths: tuple[int, ...] = (100, 250), seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    step = np.arange(n)
-    loss = 7 * np.exp(-step / 150) + 3 + 0.05 * rng.standard_normal(n)
-    for g in growths:  # a small bump after each growth, like a No-Mask run
-        loss[g : g + 20] += 0.3 * np.exp(-np.arange(len(loss[g : g + 20])) / 5)
-    wall = np.cumsum(np.where(step < growths[0], 0.05, 0.1))
-    return {
-        "step": step.tolist(),
-        "wall_s": wall.tolist(),
-        "flops": (step * 1e12).tolist(),
-        "train_loss": loss.tolist(),
-        "val_step": list(range(0, n, 50)),
-        "val_loss": loss[::50].tolist(),
-    }
-
-
 # -- URI resolution ------------------------------------------------------------------------------------------
 
 
@@ -87,7 +69,7 @@ def test_resolve_tracking_uri(tmp_path, monkeypatch):
 # -- sqlite store ----------------------------------------------------------------------------------------------
 
 
-def test_log_everything_and_read_back(store, tmp_path, capsys):
+def test_log_everything_and_read_back(store, tmp_path, capsys, make_history):
     tracker = Tracker(uri=store, experiment="logging", run_name="r1", tags={"operator": "msg"}, flush_every=50)
     run_id = tracker.start()
     assert run_id and tracker.healthy and not tracker.resumed
@@ -100,7 +82,7 @@ def test_log_everything_and_read_back(store, tmp_path, capsys):
     tracker.log_artifact(tmp_path / "schedule.txt", artifact_path="sub")
     tracker.log_dict({"model": {"hidden": 128}, "path": tmp_path}, "config.yaml")
     tracker.log_dict({"a": [1, 2]}, "config.json")
-    fig = plots.loss_figure(_history(), [100, 250])
+    fig = plots.loss_figure(make_history(), [100, 250])
     tracker.log_figure(fig, "loss.png")
     tracker.log_metrics({"bad": "n/a", "a//b": 2.0}, step=0)  # non-number dropped, key normalised
     tracker.log_figure("not a figure", "oops.png")  # refused, but tracking stays on
@@ -251,7 +233,7 @@ def mlflow_server(store, tmp_path):
             proc.wait(timeout=10)
 
 
-def test_real_server_outage_then_reconnect_with_artifacts(mlflow_server, tmp_path, capsys):
+def test_real_server_outage_then_reconnect_with_artifacts(mlflow_server, tmp_path, capsys, make_history):
     port, start_server = mlflow_server
     uri = f"http://127.0.0.1:{port}"
     tracker = Tracker(uri=uri, experiment="server", run_name="r", retry_after_s=3600, flush_every=1000)
@@ -268,7 +250,7 @@ def test_real_server_outage_then_reconnect_with_artifacts(mlflow_server, tmp_pat
     assert tracker.healthy and tracker.run_id, capsys.readouterr().err
     (tmp_path / "config.json").write_text(json.dumps({"phi": 50}))
     tracker.log_artifact(tmp_path / "config.json", artifact_path="config")
-    tracker.log_figure(plots.loss_curves({"msg": _history()}, growth_steps={"msg": [100, 250]}), "loss.png")
+    tracker.log_figure(plots.loss_curves({"msg": make_history()}, growth_steps={"msg": [100, 250]}), "loss.png")
     tracker.finish()
 
     client = MlflowClient(tracking_uri=uri)
