@@ -352,4 +352,7 @@ class WorkerRun:
             return
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(str(self.step))
+        # Ray Train V2 collects reports every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default): die only after
+        # it has registered the last checkpoint, so the injected fault tests a resume, not a restart from scratch.
+        time.sleep(3.0)
         os._exit(1)
