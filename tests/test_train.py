@@ -155,10 +155,6 @@ def test_killed_worker_resumes_exactly_in_the_same_mlflow_run(runs):
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 1e-6
     runs_named = find_runs(killed.tracking_uri, "test-train", "tags.`msg_ray.run_name` = 'killed'")
     assert len(runs_named) == 1 and runs_named[0]["run_id"] == killed.run_id
-    # every point once: steps the killed attempt logged after its checkpoint are not logged again on resume
-    m = load_run_metrics(killed.tracking_uri, killed.run_id, ["train/loss", "val/loss", "growth/stage"])
-    assert [s for s, _ in m["train/loss"]] == list(range(2, 31, 2)), m["train/loss"]
-    assert [s for s, _ in m["val/loss"]] == [10, 20, 30] and [s for s, _ in m["growth/stage"]] == [10, 20]
 
 
 def test_invalid_configs_fail_before_ray(tmp_path):
