@@ -45,6 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as exc:
         print(f"msg-ray: error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        from ray.train import TrainingFailedError  # ray is imported by any command that trained
+
+        if not isinstance(exc, TrainingFailedError):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"msg-ray: error: training failed: {first}\n  (the run's checkpoints are kept: re-run the same "
+              "command to resume from the last one)", file=sys.stderr)  # fmt: skip
+        return 1
 
 
 if __name__ == "__main__":

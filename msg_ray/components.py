@@ -10,6 +10,8 @@ Shapes: B batch, T sequence, H hidden_dim, F ffn_dim, n head_num, d head_dim.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,56 @@ class GrowthMask(nn.Module):
     @property
     def c(self) -> float:
         return float(self.value[int(self.n_old)])
+
+
+class GrowableModel(nn.Module):
+    """Base of every growable model: ``config`` (a ModelConfig), the shared mask attributes (``hidden_mask`` on the
+    model; ``ffn_mask``/``head_mask``/``layer_mask`` on each of ``blocks``), masks in the state_dict, and the loss.
+
+    Subclasses build their layers in ``__init__`` and define ``hidden`` (final hidden states) and ``forward``.
+    """
+
+    config: Any
+    blocks: nn.ModuleList
+    hidden_mask: GrowthMask | None
+
+    @property
+    def structure(self) -> Any:
+        return self.config.structure
+
+    @property
+    def arch(self) -> str:
+        return self.config.arch
+
+    @property
+    def causal(self) -> bool:
+        return self.config.spec.objective == "clm"
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean token cross-entropy. Causal LM: next-token (labels = input_ids, shifted here); MLM: -100 ignored."""
+        if self.causal:
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=-100)
+
+    # -- masks in state_dict: a checkpoint taken mid-ramp carries its masks; loading recreates them ------------
+    def mask_modules(self) -> dict[str, GrowthMask]:
+        return {n: m for n, m in self.named_modules() if isinstance(m, GrowthMask)}
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        for key, value in state_dict.items():
+            if not key.endswith(".value") or key.split(".")[-2] not in MASK_NAMES:
+                continue
+            path = key[: -len(".value")].split(".")
+            owner: nn.Module = self
+            for part in path[:-1]:
+                owner = owner[int(part)] if part.isdigit() else getattr(owner, part)
+            if getattr(owner, path[-1]) is None:
+                n_old = int(state_dict[key[: -len("value")] + "n_old"])
+                setattr(owner, path[-1], GrowthMask(value.numel(), n_old).to(value.device, value.dtype))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+MASK_NAMES = ("hidden_mask", "ffn_mask", "head_mask", "layer_mask")
 
 
 def _mask(x: torch.Tensor, mask: GrowthMask | None) -> torch.Tensor:

@@ -1,35 +1,37 @@
 """Export a trained msg_ray model: a plain folded checkpoint (state_dict + config.json) and Hugging Face checkpoints.
 
-``export_hf`` writes ``GPT2LMHeadModel`` (arch gpt) or ``BertForMaskedLM`` (arch bert) with ``save_pretrained``
-(safetensors) whose logits equal ours. It is only defined when ``head_num * head_dim == hidden_dim``: Hugging
-Face's GPT-2/BERT derive the head size from the hidden size, while ours is decoupled (paper appendix A).
-Layout differences handled here: GPT-2's ``Conv1D`` stores weights as [in, out] (transposed) and fuses q, k, v
-into one ``c_attn``; BERT gets a single all-zero token-type embedding (we have no segments); activations are the
-exact erf GELU (``"gelu"``, not GPT-2's default tanh ``"gelu_new"``). ``transformers`` is imported lazily.
+``export_hf`` writes the Hugging Face model the architecture's adapter names (``GPT2LMHeadModel``,
+``BertForMaskedLM``, ``LlamaForCausalLM``; see ``msg_ray.archs``) with ``save_pretrained`` (safetensors), whose
+logits equal ours. The layout mapping (fused/transposed GPT-2 weights, BERT's token-type table, Llama's names)
+lives with each architecture; this module only strips masks, checks coverage and writes.
 
 transformers is imported only by the Hugging Face export and load paths (an optional, slow import).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 from torch import Tensor
 
-from msg_ray.model import GrowableTransformer, ModelConfig, build_from_config
+from msg_ray.architecture import get_arch
+from msg_ray.components import MASK_NAMES, GrowableModel
+from msg_ray.data.tokenizer import CLS, EOS, MASK, PAD, SEP
+from msg_ray.model import ModelConfig, build_from_config
 from msg_ray.train import checkpoint
 
-_MASK_NAMES = ("hidden_mask", "ffn_mask", "head_mask", "layer_mask")
 PLAIN_WEIGHTS = "model.pt"
 PLAIN_CONFIG = "config.json"
 
 
 def _is_mask_key(key: str) -> bool:
     parts = key.split(".")
-    return len(parts) >= 2 and parts[-1] in ("value", "n_old") and parts[-2] in _MASK_NAMES
+    return len(parts) >= 2 and parts[-1] in ("value", "n_old") and parts[-2] in MASK_NAMES
 
 
 def strip_masks(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -46,106 +48,20 @@ def strip_masks(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _check_hf_shapes(config: ModelConfig) -> None:
-    s = config.structure
-    if s.head_num * config.head_dim != s.hidden_dim:
-        raise ValueError(
-            f"Hugging Face export needs structure.head_num * head_dim == structure.hidden_dim, got "
-            f"head_num={s.head_num} * head_dim={config.head_dim} = {s.head_num * config.head_dim} "
-            f"!= hidden_dim={s.hidden_dim}"
-        )
-
-
-def _gpt2_state(sd: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
-    out = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["pos_emb.weight"]}
-    for i in range(config.structure.layer_num):
-        b, h = f"blocks.{i}.", f"transformer.h.{i}."
-        for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
-            out[h + theirs + ".weight"] = sd[b + ours + ".weight"]
-            out[h + theirs + ".bias"] = sd[b + ours + ".bias"]
-        # Conv1D is x @ W + b with W [in, out]: transpose nn.Linear's [out, in]; c_attn = [q | k | v] on out.
-        qkv = [sd[f"{b}attn.{n}.weight"] for n in ("q", "k", "v")]
-        out[h + "attn.c_attn.weight"] = torch.cat(qkv, dim=0).t()
-        out[h + "attn.c_attn.bias"] = torch.cat([sd[f"{b}attn.{n}.bias"] for n in ("q", "k", "v")])
-        for ours, theirs in (("attn.proj", "attn.c_proj"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
-            out[h + theirs + ".weight"] = sd[b + ours + ".weight"].t()
-            out[h + theirs + ".bias"] = sd[b + ours + ".bias"]
-    out["transformer.ln_f.weight"], out["transformer.ln_f.bias"] = sd["ln_f.weight"], sd["ln_f.bias"]
-    out["lm_head.weight"] = sd["tok_emb.weight"]  # tied
-    return out
-
-
-_BERT_LAYER = (
-    ("attn.q", "attention.self.query"),
-    ("attn.k", "attention.self.key"),
-    ("attn.v", "attention.self.value"),
-    ("attn.proj", "attention.output.dense"),
-    ("ln1", "attention.output.LayerNorm"),  # post-LN: LN(x + Attn(x))
-    ("mlp.fc1", "intermediate.dense"),
-    ("mlp.fc2", "output.dense"),
-    ("ln2", "output.LayerNorm"),  # LN(x + FFN(x))
-)
-
-
-def _bert_state(sd: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
-    e = "bert.embeddings."
-    tok = sd["tok_emb.weight"]
-    out = {
-        e + "word_embeddings.weight": tok,
-        e + "position_embeddings.weight": sd["pos_emb.weight"],
-        e + "token_type_embeddings.weight": torch.zeros(1, tok.shape[1], dtype=tok.dtype),  # no segments
-        e + "LayerNorm.weight": sd["emb_ln.weight"],
-        e + "LayerNorm.bias": sd["emb_ln.bias"],
-    }
-    for i in range(config.structure.layer_num):
-        for ours, theirs in _BERT_LAYER:
-            for kind in ("weight", "bias"):
-                out[f"bert.encoder.layer.{i}.{theirs}.{kind}"] = sd[f"blocks.{i}.{ours}.{kind}"]
-    p = "cls.predictions."
-    for ours, theirs in (("mlm_dense", "transform.dense"), ("mlm_ln", "transform.LayerNorm")):
-        out[f"{p}{theirs}.weight"], out[f"{p}{theirs}.bias"] = sd[f"{ours}.weight"], sd[f"{ours}.bias"]
-    out[p + "bias"] = out[p + "decoder.bias"] = sd["mlm_bias"]
-    out[p + "decoder.weight"] = tok  # tied
-    return out
-
-
 def hf_config(config: ModelConfig) -> Any:
-    """The ``GPT2Config`` / ``BertConfig`` matching ``config`` (raises ValueError if heads do not tile hidden)."""
-    _check_hf_shapes(config)
-    s = config.structure
-    if config.arch == "gpt":
-        from transformers import GPT2Config
-
-        return GPT2Config(
-            vocab_size=config.vocab_size, n_positions=config.max_seq_len, n_embd=s.hidden_dim,
-            n_layer=s.layer_num, n_head=s.head_num, n_inner=s.ffn_dim, activation_function="gelu",
-            resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
-            layer_norm_epsilon=config.ln_eps, initializer_range=config.init_std, tie_word_embeddings=True,
-            bos_token_id=None, eos_token_id=None,
-        )  # fmt: skip
-    from transformers import BertConfig
-
-    return BertConfig(
-        vocab_size=config.vocab_size, hidden_size=s.hidden_dim, num_hidden_layers=s.layer_num,
-        num_attention_heads=s.head_num, intermediate_size=s.ffn_dim, hidden_act="gelu",
-        hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout,
-        max_position_embeddings=config.max_seq_len, type_vocab_size=1, layer_norm_eps=config.ln_eps,
-        initializer_range=config.init_std, tie_word_embeddings=True,
-    )  # fmt: skip
+    """The Hugging Face config matching ``config`` (``GPT2Config`` / ``BertConfig`` / ``LlamaConfig``, from the
+    architecture's adapter; ValueError if the architecture cannot be expressed, e.g. heads not tiling hidden)."""
+    return get_arch(config.arch).hf.config(config)
 
 
 def to_hf_model(state_dict: dict[str, Tensor], config: ModelConfig) -> torch.nn.Module:
-    """An in-memory ``GPT2LMHeadModel`` / ``BertForMaskedLM`` (fp32, eval mode) holding our weights."""
-    hf_cfg = hf_config(config)
+    """An in-memory Hugging Face model (the architecture's ``hf.model_class``, fp32, eval mode) with our weights."""
+    import transformers  # optional, slow import
+
+    adapter = get_arch(config.arch).hf
+    hf_cfg = adapter.config(config)
     sd = {k: v.detach().float().cpu() for k, v in strip_masks(state_dict).items()}
-    if config.arch == "gpt":
-        from transformers import GPT2LMHeadModel
-
-        model, mapped = GPT2LMHeadModel(hf_cfg), _gpt2_state(sd, config)
-    else:
-        from transformers import BertForMaskedLM
-
-        model, mapped = BertForMaskedLM(hf_cfg), _bert_state(sd, config)
+    model, mapped = getattr(transformers, adapter.model_class)(hf_cfg), adapter.state(sd, config)
     expected = {k for k, _ in model.named_parameters(remove_duplicate=False)}
     if expected - set(mapped):  # a new transformers layout would otherwise keep silent random weights
         raise ValueError(
@@ -155,16 +71,82 @@ def to_hf_model(state_dict: dict[str, Tensor], config: ModelConfig) -> torch.nn.
     return model.float().eval()
 
 
-def export_hf(state_dict: dict[str, Tensor], config: ModelConfig, out_dir: str | Path) -> Path:
-    """Write a Hugging Face checkpoint (config.json + model.safetensors) of a folded model; returns ``out_dir``."""
+def export_hf(
+    state_dict: dict[str, Tensor],
+    config: ModelConfig,
+    out_dir: str | Path,
+    *,
+    tokenizer: Tokenizer | None = None,
+    card: dict[str, Any] | None = None,
+) -> Path:
+    """Write a Hugging Face checkpoint of a folded model (config.json + model.safetensors); returns ``out_dir``.
+
+    With ``tokenizer`` (the run's ``tokenizers.Tokenizer``) the folder also holds a fast tokenizer with our special
+    tokens and the model config names their ids, so ``AutoTokenizer.from_pretrained`` and ``pipeline(...)`` work
+    on the folder as on a hub model; ``card`` (see :func:`model_card`) becomes its README.md.
+    """
     out = Path(out_dir)
     model = to_hf_model(state_dict, config)
     out.mkdir(parents=True, exist_ok=True)
+    if tokenizer is not None:
+        hf_tok = hf_tokenizer(tokenizer, config)
+        hf_tok.save_pretrained(out)
+        ids = {k: getattr(hf_tok, f"{k}_token_id") for k in ("bos", "eos", "pad")}
+        targets = [model.config] + ([model.generation_config] if hasattr(model, "generation_config") else [])
+        for target, (key, value) in itertools.product(targets, ids.items()):  # encoders have no generation config
+            setattr(target, f"{key}_token_id", value)
     model.save_pretrained(out)
+    (out / "README.md").write_text(model_card(config, card or {}))
     return out
 
 
-def export_plain(model: GrowableTransformer, out_dir: str | Path) -> Path:
+def hf_tokenizer(tokenizer: Tokenizer, config: ModelConfig) -> Any:
+    """``PreTrainedTokenizerFast`` around our tokenizer: EOS doubles as BOS for causal LMs, BERT's [CLS]/[SEP]/
+    [MASK] for masked LMs, [PAD] for both (``msg_ray.data.tokenizer.SPECIAL_TOKENS``)."""
+    from transformers import PreTrainedTokenizerFast  # optional, slow import
+
+    causal = get_arch(config.arch).objective == "clm"
+    specials = {"pad_token": PAD, "eos_token": EOS}
+    specials.update({"bos_token": EOS} if causal else {"cls_token": CLS, "sep_token": SEP, "mask_token": MASK})
+    tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=config.max_seq_len, **specials)
+    if len(tok) > config.vocab_size:
+        raise ValueError(f"tokenizer has {len(tok)} tokens, more than the model's vocab_size {config.vocab_size}")
+    return tok
+
+
+def model_card(config: ModelConfig, info: dict[str, Any]) -> str:
+    """A short Hugging Face model card: front matter, what the model is, how it grew, its data and final loss.
+
+    ``info`` keys (all optional): ``schedule`` (a ``Schedule.to_dict()``), ``growth_steps``, ``data`` (source,
+    tokenizer, seq_len), ``final_val_loss``, ``steps``, ``run_id``.
+    """
+    spec = get_arch(config.arch)
+    sched = info.get("schedule") or {}
+    tag = "text-generation" if spec.objective == "clm" else "fill-mask"
+    groups = f", {config.kv_group_size} query heads per key/value head" if config.kv_group_size > 1 else ""
+    lines = [
+        "---", "library_name: transformers", f"pipeline_tag: {tag}", "tags: [msg_ray, masked-structural-growth]",
+        "---", "", f"# {sched.get('name') or config.arch} ({spec.hf.model_class})", "",
+        f"{spec.summary}. Structure (hidden_dim, ffn_dim, head_num, layer_num) = {config.structure}, head_dim "
+        f"{config.head_dim}{groups}, vocabulary {config.vocab_size}, context {config.max_seq_len}.", "",
+    ]  # fmt: skip
+    stages = sched.get("stages", [])
+    if len(stages) > 1:
+        # the steps the run really grew at (an adaptive run moves them); the schedule's starts otherwise
+        starts = [0, *info["growth_steps"]] if info.get("growth_steps") else [st["start"] for st in stages]
+        lines += [
+            f"Pretrained with Masked Structural Growth (Yao et al., arXiv 2305.02869) by msg_ray: operator "
+            f"{sched.get('operator')}, mask ramp phi = {sched.get('phi')} steps, {sched.get('total_steps')} steps.",
+            "", "| stage | structure | starts at step |", "|---|---|---|",
+            *(f"| {i} | {tuple(st['structure'])} | {b} |" for i, (st, b) in enumerate(zip(stages, starts, strict=False))), "",
+        ]  # fmt: skip
+    facts = {"data": info.get("data"), "final validation loss": info.get("final_val_loss"),
+             "trained steps": info.get("steps"), "MLflow run": info.get("run_id")}  # fmt: skip
+    lines += [f"- {k}: {v}" for k, v in facts.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def export_plain(model: GrowableModel, out_dir: str | Path) -> Path:
     """Write ``model.pt`` (fp32 state_dict without mask buffers) and ``config.json`` (``ModelConfig.to_dict``)."""
     out = Path(out_dir)
     sd = strip_masks({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
@@ -174,7 +156,7 @@ def export_plain(model: GrowableTransformer, out_dir: str | Path) -> Path:
     return out
 
 
-def load_exported(out_dir: str | Path) -> GrowableTransformer:
+def load_exported(out_dir: str | Path) -> GrowableModel:
     """Rebuild a model written by :func:`export_plain` (or the training loop's export folder), in eval mode."""
     out = Path(out_dir)
     for name in (PLAIN_WEIGHTS, PLAIN_CONFIG):

@@ -1,20 +1,13 @@
-"""Parameter counts and training FLOPs of msg_ray's GPT/BERT models, per structure and per schedule, and MFU.
+"""Parameter counts and training FLOPs of msg_ray's models, per structure and per schedule, and MFU.
 
-The parameter layout mirrors ``msg_ray.model`` (head_dim decoupled from hidden_dim, attention width n*d):
+Each architecture declares its own formulas (``msg_ray.archs``: GPT/BERT in ``gpt_bert``, llama in
+``llama_spec``, each documenting its parameter layout); this module dispatches on the arch name and adds the
+schedule-level sums, the equal-FLOPs solver and MFU. Conventions shared by every formula:
 
-- ``tok_emb`` [V, H], ``pos_emb`` [S, H]; BERT also an embedding LayerNorm (w, b [H]).
-- per layer: ln1 (w, b); q, k, v: Linear(H -> n*d) + bias; out: Linear(n*d -> H) + bias; ln2 (w, b);
-  fc1: Linear(H -> F) + bias; fc2: Linear(F -> H) + bias.
-- GPT: final LayerNorm ``ln_f``; LM head tied to ``tok_emb``, no bias.
-- BERT: MLM transform Linear(H -> H) + bias, GELU, LayerNorm; decoder tied to ``tok_emb`` + bias [V].
-
-FLOP accounting (matmuls only, 2 FLOPs per multiply-add; LayerNorm, softmax, biases, GELU and embedding
-lookups are ignored as they are small and memory-bound):
-
-- forward per token and layer: 2*H*3A (q, k, v) + 2*A*H (out) + 2*2*H*F (FFN) + 2*T*A (scores q.k)
-  + 2*T*A (weights . v), with A = n*d and T = the sequence length;
-- the LM head (2*H*V) on every position; BERT adds its MLM transform (2*H*H). Our models compute the head on
-  all positions, so this is what they spend, not the 15 % of masked positions a sparse head would;
+- matmuls only, 2 FLOPs per multiply-add; norms, softmax, biases, activations, rotary rotations and embedding
+  lookups are ignored as they are small and memory-bound;
+- the LM head runs on every position (BERT too: our models compute the head on all positions, so this is what
+  they spend, not the 15 % of masked positions a sparse head would);
 - training = 3 x forward (backward = 2 x forward).
 
 Causal attention is *not* halved for GPT: like PaLM's MFU accounting, the full T x T score matrix is counted,
@@ -25,7 +18,8 @@ from __future__ import annotations
 
 import math
 
-from msg_ray.schedule import ARCHS, Schedule
+from msg_ray.architecture import get_arch
+from msg_ray.schedule import Schedule
 from msg_ray.structure import Structure
 
 # Dense (non-sparse) bf16 tensor-core peaks per GPU, from NVIDIA datasheets; V100 has no bf16, fp16 listed.
@@ -42,8 +36,7 @@ PEAK_FLOPS: dict[str, float] = {
 
 
 def _check(arch: str, structure: Structure, head_dim: int) -> Structure:
-    if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    get_arch(arch)  # ValueError naming the registered architectures
     if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
         raise ValueError(f"head_dim must be an int >= 1, got {head_dim!r}")
     return Structure.parse(structure)
@@ -56,42 +49,27 @@ def param_count(
     max_seq_len: int,
     head_dim: int = 64,
     include_embeddings: bool = True,
+    kv_group_size: int = 1,
 ) -> int:
-    """Number of parameters (tied LM head counted once).
+    """Number of parameters (a tied LM head counted once), by the architecture's formula (``msg_ray.archs``).
 
-    ``include_embeddings=False`` leaves out only the two embedding tables (``tok_emb``, ``pos_emb``);
-    LayerNorms and BERT's decoder bias stay in.
+    ``include_embeddings=False`` leaves out the embedding tables (GPT/BERT: ``tok_emb``, ``pos_emb``; llama:
+    ``tok_emb``; its untied ``lm_head`` stays).
     """
     s = _check(arch, structure, head_dim)
-    h, f, n, layers = s.as_tuple()
-    a = n * head_dim
-    per_layer = (
-        2 * h  # ln1
-        + 3 * (h * a + a)  # q, k, v
-        + (a * h + h)  # out
-        + 2 * h  # ln2
-        + (h * f + f)  # fc1
-        + (f * h + h)  # fc2
-    )
-    total = layers * per_layer
-    if arch == "gpt":
-        total += 2 * h  # ln_f
-    else:
-        total += 2 * h  # embedding LayerNorm
-        total += h * h + h + 2 * h + vocab_size  # MLM transform, its LayerNorm, decoder bias
-    if include_embeddings:
-        total += vocab_size * h + max_seq_len * h
-    return total
+    return get_arch(arch).param_count(s, vocab_size, max_seq_len, head_dim, kv_group_size, include_embeddings)
 
 
-def flops_per_token(arch: str, structure: Structure, vocab_size: int, seq_len: int, head_dim: int = 64) -> float:
+def flops_per_token(
+    arch: str, structure: Structure, vocab_size: int, seq_len: int, head_dim: int = 64, kv_group_size: int = 1
+) -> float:
     """Training (forward + backward = 3 x forward) matmul FLOPs per token, attention and LM head included."""
     s = _check(arch, structure, head_dim)
-    h, f, n, layers = s.as_tuple()
-    a = n * head_dim
-    per_layer = 2 * h * 3 * a + 2 * a * h + 2 * 2 * h * f + 2 * 2 * seq_len * a
-    head = 2 * h * vocab_size + (2 * h * h if arch == "bert" else 0)
-    return 3.0 * (layers * per_layer + head)
+    return get_arch(arch).flops_per_token(s, vocab_size, seq_len, head_dim, kv_group_size)
+
+
+def _fpt(schedule: Schedule, structure: Structure, vocab_size: int, seq_len: int) -> float:
+    return flops_per_token(schedule.arch, structure, vocab_size, seq_len, schedule.head_dim, schedule.kv_group_size)
 
 
 def schedule_flops(schedule: Schedule, vocab_size: int, seq_len: int, tokens_per_step: int) -> float:
@@ -102,16 +80,14 @@ def schedule_flops(schedule: Schedule, vocab_size: int, seq_len: int, tokens_per
     """
     total = 0.0
     for stage, steps in zip(schedule.stages, schedule.stage_lengths(), strict=True):
-        fpt = flops_per_token(schedule.arch, stage.structure, vocab_size, seq_len, schedule.head_dim)
+        fpt = _fpt(schedule, stage.structure, vocab_size, seq_len)
         total += steps * tokens_per_step * fpt
     return total
 
 
 def flops_ratio(schedule: Schedule, vocab_size: int, seq_len: int) -> float:
     """FLOPs of training the target for the same steps / FLOPs of ``schedule``: the speed-up limit."""
-    full = schedule.total_steps * flops_per_token(
-        schedule.arch, schedule.target, vocab_size, seq_len, schedule.head_dim
-    )
+    full = schedule.total_steps * _fpt(schedule, schedule.target, vocab_size, seq_len)
     return full / schedule_flops(schedule, vocab_size, seq_len, tokens_per_step=1)
 
 
@@ -143,7 +119,7 @@ def peak_flops_per_gpu(name: str) -> float:
 
 def full_flops(schedule: Schedule, steps: int, vocab_size: int, seq_len: int, tokens_per_step: int = 1) -> float:
     """FLOPs of training ``schedule``'s target from scratch for ``steps`` steps (the full baseline's budget)."""
-    fpt = flops_per_token(schedule.arch, schedule.target, vocab_size, seq_len, schedule.head_dim)
+    fpt = _fpt(schedule, schedule.target, vocab_size, seq_len)
     return steps * tokens_per_step * fpt
 
 
@@ -161,7 +137,7 @@ def solve_total_steps(
     if isinstance(full_steps, bool) or not isinstance(full_steps, int) or full_steps < 1:
         raise ValueError(f"full_steps must be an int >= 1, got {full_steps!r}")
     ref = Structure.parse(target) if target is not None else schedule.target
-    budget = full_steps * flops_per_token(schedule.arch, ref, vocab_size, seq_len, schedule.head_dim)
+    budget = full_steps * _fpt(schedule, ref, vocab_size, seq_len)
     mean_fpt = schedule_flops(schedule, vocab_size, seq_len, 1) / schedule.total_steps
     guess = max(1, int(budget / mean_fpt))
     best, best_gap = guess, math.inf

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from msg_ray.components import GrowthMask
-from msg_ray.model import GrowableTransformer, build_from_config, with_structure
+from msg_ray.architecture import get_arch, with_structure
+from msg_ray.components import GrowableModel, GrowthMask
+from msg_ray.model import build_from_config
 from msg_ray.structure import Structure
 
 OPERATORS = ("msg", "net2net", "nomask")
@@ -28,13 +29,13 @@ DEPTH_INITS = ("stack", "random")
 
 
 def grow(
-    model: GrowableTransformer,
+    model: GrowableModel,
     target: Structure,
     operator: str = "msg",
     *,
     depth_init: str = "stack",
     seed: int | None = None,
-) -> GrowableTransformer:
+) -> GrowableModel:
     """Grow ``model`` to ``target``; any subset of the four dimensions may grow at once.
 
     operator: "msg" (masked, function-preserving, new weights N(0, init_std)), "nomask" (same init, no masks:
@@ -45,8 +46,8 @@ def grow(
         raise ValueError(f"grow: unknown operator {operator!r}; expected one of {OPERATORS}")
     if depth_init not in DEPTH_INITS:
         raise ValueError(f"grow: unknown depth_init {depth_init!r}; expected one of {DEPTH_INITS}")
-    if not isinstance(model, GrowableTransformer):
-        raise ValueError(f"grow: expected a GrowableTransformer, got {type(model).__name__}")
+    if not isinstance(model, GrowableModel):
+        raise ValueError(f"grow: expected a GrowableModel, got {type(model).__name__}")
     target = Structure.parse(target)
     if is_ramping(model):
         raise ValueError(
@@ -86,7 +87,7 @@ def _source_name(name: str, old_layers: int, stack: bool) -> str | None:
     return f"blocks.{(i - old_layers) % old_layers}.{rest}" if stack else None
 
 
-def _copy_leading_fill(old_sd: dict, new: GrowableTransformer, old_layers: int, depth_init: str) -> None:
+def _copy_leading_fill(old_sd: dict, new: GrowableModel, old_layers: int, depth_init: str) -> None:
     """Eq. 11/14/22/25: existing weights copied into the leading slice, everything else keeps its fresh init."""
     for name, p in new.named_parameters():
         src = _source_name(name, old_layers, depth_init == "stack")
@@ -96,7 +97,7 @@ def _copy_leading_fill(old_sd: dict, new: GrowableTransformer, old_layers: int, 
         p[tuple(slice(0, s) for s in w.shape)] = w
 
 
-def _attach_masks(new: GrowableTransformer, old: Structure, target: Structure, c: float = 0.0) -> None:
+def _attach_masks(new: GrowableModel, old: Structure, target: Structure, c: float = 0.0) -> None:
     ref = next(new.parameters())
 
     def mk(size: int, n_old: int) -> GrowthMask:
@@ -130,48 +131,35 @@ def _expand(t: torch.Tensor, axis: int, g: torch.Tensor, split: bool) -> torch.T
     return out
 
 
-def _net2net_roles(name: str) -> list[tuple[int, str, bool]]:
-    """(axis, dimension, split) for each grown axis of a parameter, by its name in our layout."""
-    if name == "mlm_bias":  # [V]: the vocabulary does not grow
-        return []
-    owner, kind = name.split(".")[-2:]
-    if owner in ("tok_emb", "pos_emb"):
-        return [(1, "H", False)]
-    if owner in ("q", "k", "v"):
-        return [(0, "heads", False)] + ([(1, "H", True)] if kind == "weight" else [])
-    if owner == "proj":
-        return [(0, "H", False)] + ([(1, "heads", True)] if kind == "weight" else [])
-    if owner == "fc1":
-        return [(0, "F", False)] + ([(1, "H", True)] if kind == "weight" else [])
-    if owner == "fc2":
-        return [(0, "H", False)] + ([(1, "F", True)] if kind == "weight" else [])
-    if owner == "mlm_dense":
-        return [(0, "H", False)] + ([(1, "H", True)] if kind == "weight" else [])
-    return [(0, "H", False)]  # LayerNorm weight/bias
+def _net2net_fill(old_sd: dict, new: GrowableModel, old: Structure, target: Structure) -> None:
+    d, g = new.config.head_dim, new.config.kv_group_size
 
+    def head_rows(old_n: int, new_n: int) -> torch.Tensor:  # whole heads copied (eq. 27): [new_n * d]
+        return (_replica_map(old_n, new_n)[:, None] * d + torch.arange(d)).reshape(-1)
 
-def _net2net_fill(old_sd: dict, new: GrowableTransformer, old: Structure, target: Structure) -> None:
-    d = new.config.head_dim
-    head_map = _replica_map(old.head_num, target.head_num)
     maps = {
         "H": _replica_map(old.hidden_dim, target.hidden_dim),
         "F": _replica_map(old.ffn_dim, target.ffn_dim),
-        "heads": (head_map[:, None] * d + torch.arange(d)).reshape(-1),  # whole heads copied (eq. 27)
+        "heads": head_rows(old.head_num, target.head_num),
+        # GQA: query head j copies old head g(j), whose key/value head is g(j) // g; round-robin replication
+        # over kv heads gives new kv head j // g exactly that source, so groups stay consistent
+        "kv_heads": head_rows(old.head_num // g, target.head_num // g),
     }
+    roles = get_arch(new.config.arch).net2net_roles
     for name, p in new.named_parameters():
         src = _source_name(name, old.layer_num, stack=True)  # depth: stacking (Gong et al.), no mask
         w = old_sd[src]
-        for axis, dim, split in _net2net_roles(name):
+        for axis, dim, split in roles(name):
             w = _expand(w, axis, maps[dim], split)
         p.copy_(w)
 
 
 # -- masks: value, ramp, fold -----------------------------------------------------------------------------------
-def is_ramping(model: GrowableTransformer) -> bool:
+def is_ramping(model: GrowableModel) -> bool:
     return bool(model.mask_modules())
 
 
-def mask_state(model: GrowableTransformer) -> dict[str, torch.Tensor]:
+def mask_state(model: GrowableModel) -> dict[str, torch.Tensor]:
     """The mask buffers of a ramping model by state_dict key (``value`` float32, ``n_old`` int64, on the CPU):
     what a checkpoint needs, with the parameters, to rebuild the model mid-ramp."""
     out = {}
@@ -181,13 +169,13 @@ def mask_state(model: GrowableTransformer) -> dict[str, torch.Tensor]:
     return out
 
 
-def mask_value(model: GrowableTransformer) -> float | None:
+def mask_value(model: GrowableModel) -> float | None:
     """Current c of the ramping growth, or None when no mask is present."""
     masks = list(model.mask_modules().values())
     return masks[0].c if masks else None
 
 
-def set_mask_value(model: GrowableTransformer, c: float) -> None:
+def set_mask_value(model: GrowableModel, c: float) -> None:
     """Set every ramping mask of ``model`` to ``c``; at ``c >= 1`` the masks are folded away."""
     if not 0.0 <= c <= 1.0:
         raise ValueError(f"set_mask_value: c must be in [0, 1], got {c}")
@@ -198,7 +186,7 @@ def set_mask_value(model: GrowableTransformer, c: float) -> None:
         m.set(c)
 
 
-def fold_masks(model: GrowableTransformer) -> None:
+def fold_masks(model: GrowableModel) -> None:
     """Drop all masks: with c = 1 they are identities (eq. 17 reduces to plain LN, eq. 20 to the layer)."""
     for name in list(model.mask_modules()):
         owner_path, _, attr = name.rpartition(".")
@@ -222,7 +210,7 @@ class MaskRamp:
             return 1.0
         return min(1.0, max(0.0, (step - self.start_step) / self.phi))
 
-    def apply(self, model: GrowableTransformer, step: int) -> float:
+    def apply(self, model: GrowableModel, step: int) -> float:
         """Set the model's masks for ``step`` (folding them at the end of the ramp); returns c."""
         c = self.value(step)
         if is_ramping(model):

@@ -12,13 +12,18 @@ from typing import Any
 
 import yaml
 
+from msg_ray import presets
 from msg_ray.model import ARCHS
 from msg_ray.schedule import OPERATORS, Schedule, get_schedule
 from msg_ray.train.config import RunConfig, apply_overrides
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--schedule", default=None, help="preset (mini-sch1-g [default], sch1-b, ...) or a YAML/JSON file")
+    p.add_argument(
+        "--schedule",
+        default=None,
+        help="preset (default: mini-sch1-g, or mini-sch1-b / mini-llama-sch1 with --arch bert / llama), or a YAML/JSON file",
+    )
     p.add_argument("--arch", choices=list(ARCHS), help="must match the schedule's arch (checked)")
     p.add_argument("--data", default="wikitext2", help="built-in corpus, hub dataset name, or local file/folder")
     p.add_argument("--tokenizer", default=None, help="gpt2 | bpe8k | bpe:<size> (default: the data config's)")
@@ -56,7 +61,7 @@ def build_run_config(args: argparse.Namespace) -> RunConfig:
         if not path.exists():
             raise ValueError(f"--config: file not found: {path}")
         base = read_config_file(path)
-    chosen = args.schedule or base.get("schedule") or "mini-sch1-g"
+    chosen = args.schedule or base.get("schedule") or presets.DEFAULT_SCHEDULE.get(args.arch or "gpt", "mini-sch1-g")
     sched = Schedule.from_dict(chosen) if isinstance(chosen, dict) else get_schedule(chosen)
     if args.operator:
         sched = sched.replace(operator=args.operator)

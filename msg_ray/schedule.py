@@ -12,12 +12,14 @@ from typing import Any
 import yaml
 
 from msg_ray import presets
+from msg_ray.architecture import arch_names, check_kv_groups
 from msg_ray.growth import DEPTH_INITS, OPERATORS
-from msg_ray.model import ARCHS
 from msg_ray.structure import DIMENSIONS, Structure
 
 FULL = "full"  # the name of full training (from scratch at the target) in comparisons, sweeps and studies
-_FIELDS = ("name", "arch", "operator", "phi", "head_dim", "depth_init", "total_steps", "stages", "target")
+_FIELDS = (
+    "name", "arch", "operator", "phi", "head_dim", "kv_group_size", "depth_init", "total_steps", "stages", "target",
+)  # fmt: skip
 
 
 def _is_int(value: Any) -> bool:
@@ -70,6 +72,7 @@ class Schedule:
     operator: str = "msg"
     phi: int = 5000
     head_dim: int = 64
+    kv_group_size: int = 1  # query heads per key/value head (grouped-query attention; llama only)
     depth_init: str = "stack"
     name: str = ""
 
@@ -84,7 +87,7 @@ class Schedule:
     def _check_scalars(self) -> None:
         if not isinstance(self.name, str):
             raise ValueError(f"Schedule.name must be a string, got {self.name!r}")
-        for field, allowed in (("arch", ARCHS), ("operator", OPERATORS), ("depth_init", DEPTH_INITS)):
+        for field, allowed in (("arch", arch_names()), ("operator", OPERATORS), ("depth_init", DEPTH_INITS)):
             if getattr(self, field) not in allowed:
                 raise self._err(f"{field} must be one of {allowed}, got {getattr(self, field)!r}")
         for field, minimum in (("total_steps", 1), ("phi", 0), ("head_dim", 1)):
@@ -121,6 +124,10 @@ class Schedule:
         for i, (stage, start) in enumerate(zip(self.stages, starts, strict=True)):
             if start >= self.total_steps:
                 raise self._err(f"stages[{i}].start={stage.start} resolves to step {start} >= total_steps")
+            try:
+                check_kv_groups(self.arch, stage.structure.head_num, self.kv_group_size, f"stages[{i}].structure")
+            except ValueError as e:
+                raise self._err(str(e)) from e
             if i == 0:
                 continue
             if start <= starts[i - 1]:
@@ -177,6 +184,12 @@ class Schedule:
     def structure_at(self, step: int) -> Structure:
         return self.stages[self.stage_index(step)].structure
 
+    def full_baseline(self, name: str = "", target: Structure | None = None) -> Schedule:
+        """Training ``target`` (default: this schedule's) from scratch for the same steps, on the same arch,
+        head_dim, key/value grouping and phi: the reference every growth schedule is compared with."""
+        return full(self.arch, target or self.target, self.total_steps, head_dim=self.head_dim, phi=self.phi,
+                    kv_group_size=self.kv_group_size, name=name or f"full-{self.name or self.arch}")  # fmt: skip
+
     # ------------------------------------------------------------------ conversions
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (structures as [h, f, n, l] lists) that :meth:`from_dict` reads back."""
@@ -186,6 +199,7 @@ class Schedule:
             "operator": self.operator,
             "phi": self.phi,
             "head_dim": self.head_dim,
+            **({"kv_group_size": self.kv_group_size} if self.kv_group_size != 1 else {}),
             "depth_init": self.depth_init,
             "total_steps": self.total_steps,
             "stages": [{"structure": list(s.structure.as_tuple()), "start": s.start} for s in self.stages],
@@ -323,9 +337,11 @@ def _build_presets() -> dict[str, Schedule]:
         out[f"mini-full-{arch}"] = full(
             arch, presets.MINI_TARGET, total, phi=50, head_dim=presets.MINI_HEAD_DIM, name=f"mini-full-{arch}"
         )
+    for name, twin in presets.LLAMA_TWINS.items():
+        out[name] = out[twin].replace(arch="llama", name=name)
     for name, spec in presets.FAST.items():
         stages = [{"structure": st, "start": b} for st, b in zip(spec["structures"], presets.FAST_STARTS, strict=True)]
-        keep = {k: spec[k] for k in ("arch", "total_steps", "phi", "head_dim")}
+        keep = {k: spec[k] for k in ("arch", "total_steps", "phi", "head_dim", "kv_group_size") if k in spec}
         out[name] = Schedule.from_dict({"name": name, "stages": stages, **keep})
     return out
 

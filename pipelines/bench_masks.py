@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from msg_ray.growth import grow, set_mask_value  # noqa: E402
-from msg_ray.model import GrowableTransformer, build_model  # noqa: E402
+from msg_ray.model import ARCHS, GrowableModel, build_model  # noqa: E402
 from msg_ray.structure import DIMENSIONS, Structure  # noqa: E402
 
 GROWTHS = (*DIMENSIONS, "all")
@@ -57,11 +57,11 @@ def source(target: Structure, growth: str) -> Structure:
     return Structure(**{d: getattr(target, d) // (2 if d in dims else 1) for d in DIMENSIONS})
 
 
-def _build(arch: str, s: Setting, structure: Structure, seed: int) -> GrowableTransformer:
+def _build(arch: str, s: Setting, structure: Structure, seed: int) -> GrowableModel:
     return build_model(arch, structure, vocab_size=s.vocab, max_seq_len=s.seq, head_dim=s.head_dim, seed=seed)
 
 
-def variants(arch: str, s: Setting, growths: tuple[str, ...]) -> dict[tuple[str, str], GrowableTransformer]:
+def variants(arch: str, s: Setting, growths: tuple[str, ...]) -> dict[tuple[str, str], GrowableModel]:
     """(growth, kind) -> model; kind in ramp/folded, plus ("-", "plain") and a second plain copy as a noise control."""
     out = {
         ("-", "plain"): _build(arch, s, s.structure, seed=0),
@@ -78,7 +78,7 @@ def variants(arch: str, s: Setting, growths: tuple[str, ...]) -> dict[tuple[str,
     return out
 
 
-def train_step(model: GrowableTransformer, ids: torch.Tensor) -> None:
+def train_step(model: GrowableModel, ids: torch.Tensor) -> None:
     model.zero_grad(set_to_none=True)
     model.loss(model(ids), ids).backward()
 
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="mini structure only, fewer rounds")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 or 2 on this machine)")
-    p.add_argument("--arch", choices=("gpt", "bert"), default="gpt", help="architecture for the throughput table")
+    p.add_argument("--arch", choices=ARCHS, default="gpt", help="architecture for the throughput table")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per model (default 8, quick 4)")
     p.add_argument("--steps", type=int, default=1, help="fwd+bwd steps per model per round")
     args = p.parse_args(argv)

@@ -104,3 +104,34 @@ def test_plain_export_round_trip(arch: str, tmp_path) -> None:
 def test_load_exported_missing_files(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="model.pt"):
         load_exported(tmp_path)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "bert", "llama"])
+def test_hf_export_carries_tokenizer_and_card_and_runs_in_a_pipeline(arch: str, tmp_path) -> None:
+    """The export folder works like a hub model: AutoTokenizer, pipeline(...), and a README model card."""
+    from transformers import AutoTokenizer, pipeline
+
+    from msg_ray.data.tokenizer import MASK, train_bpe
+    from msg_ray.schedule import get_schedule
+
+    texts = ["the cat sat on the mat and the dog sat on the log"] * 50 + ["a growing model keeps its function"] * 50
+    tok = train_bpe(texts, 300)
+    model = build_model(arch, TARGET, vocab_size=tok.get_vocab_size(), max_seq_len=SEQ, head_dim=HEAD_DIM, seed=0)
+    sched = get_schedule("mini-llama-fast").to_dict()
+    card = {"schedule": sched, "growth_steps": [7, 8, 9, 10], "final_val_loss": 4.25, "data": {"source": "wikitext2"}}
+    out = export_hf(model.state_dict(), model.config, tmp_path / "hf", tokenizer=tok, card=card)
+    hf_tok = AutoTokenizer.from_pretrained(out)
+    assert hf_tok.decode(hf_tok("the cat sat")["input_ids"], skip_special_tokens=True) == "the cat sat"
+    assert hf_tok.pad_token == "[PAD]" and hf_tok.model_max_length == SEQ
+    readme = (out / "README.md").read_text()
+    assert (
+        "mini-llama-fast" in readme
+        and "final validation loss: 4.25" in readme
+        and "| 4 | (128, 512, 4, 4) | 10 |" in readme
+    )
+    if arch == "bert":
+        filled = pipeline("fill-mask", model=str(out))(f"the cat {MASK} on the mat")
+        assert len(filled) == 5 and all("token_str" in f for f in filled)
+    else:
+        text = pipeline("text-generation", model=str(out))("the cat", max_new_tokens=5, do_sample=False)
+        assert text[0]["generated_text"].startswith("the cat")

@@ -181,7 +181,7 @@ def test_invalid_growths_raise_clear_errors():
         grow(model, BASE)
     with pytest.raises(ValueError, match="depth_init"):
         grow(model, grown(BASE, layer_num=3), depth_init="interleave")
-    with pytest.raises(ValueError, match="GrowableTransformer"):
+    with pytest.raises(ValueError, match="GrowableModel"):
         grow(torch.nn.Linear(2, 2), BASE)
     ramping = grow(model, grown(BASE, ffn_dim=64))
     with pytest.raises(ValueError, match="still ramping"):

@@ -21,6 +21,12 @@ PKG = Path(__file__).resolve().parents[1] / "msg_ray"
 CORE = {
     "msg_ray",
     "structure",
+    "architecture",
+    "archs",
+    "archs.transformer",
+    "archs.gpt_bert",
+    "archs.llama",
+    "archs.llama_spec",
     "components",
     "model",
     "growth",

@@ -117,7 +117,13 @@ def test_full_helper():
 @pytest.mark.parametrize(
     "kw, pattern",
     [
-        ({"arch": "llama"}, r"arch must be one of"),
+        ({"arch": "mamba"}, r"arch must be one of"),
+        ({"arch": "gpt", "kv_group_size": 2}, r"kv_group_size=2: arch .gpt. has no grouped-query"),
+        (
+            {"arch": "llama", "kv_group_size": 3},
+            r"stages\[0\]\.structure\.head_num=1 must be a multiple of kv_group_size=3",
+        ),
+        ({"arch": "llama", "kv_group_size": 0}, r"kv_group_size must be an int >= 1"),
         ({"operator": "zero"}, r"operator must be one of"),
         ({"depth_init": "copy"}, r"depth_init must be one of"),
         ({"total_steps": 0}, r"total_steps must be an int >= 1"),

@@ -257,3 +257,41 @@ def test_resume_falls_back_past_a_damaged_checkpoint(tmp_path, ray_local):
     assert len(out.history["train_loss"]) == 30
     # it resumed from the previous checkpoint: the history up to there is that checkpoint's, value for value
     assert out.history["wall_s"][:previous] == kept["wall_s"] and out.history["step"][previous] == previous + 1
+
+
+LLAMA = {  # GQA (2 query heads per key/value head); growths: hidden+ffn, then heads (a whole group) + layers
+    **SCHEDULE,
+    "arch": "llama",
+    "name": "tiny-llama",
+    "kv_group_size": 2,
+    "stages": [
+        {"structure": [32, 64, 2, 1], "start": 0},
+        {"structure": [48, 96, 2, 1], "start": 10},
+        {"structure": [48, 96, 4, 2], "start": 20},
+    ],
+}
+
+
+@pytest.mark.slow
+def test_llama_trains_grows_and_resumes_through_the_cli(tmp_path, ray_local):
+    """`msg-ray train --arch llama`: Ray Train + DeepSpeed ZeRO-2, growth in all four dimensions with the loss
+    unchanged, a worker killed after the first growth, and the re-run resuming from the boundary checkpoint."""
+    import transformers
+    import yaml
+
+    from msg_ray.cli import main
+
+    cfg = tiny_config(tmp_path, "llama", schedule=LLAMA, workers=1, kill_rank_at_step=[0, 14]).to_dict()
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    argv = ["train", "--arch", "llama", "--config", str(tmp_path / "run.yaml")]
+    assert main(argv) == 1  # the injected fault (max_failures 0) fails the first attempt at step 14
+    assert main(argv) == 0  # same name: resumes
+    [final] = (tmp_path / "ray" / "llama").rglob("final-stage2-step0000030")
+    meta = json.loads((final / "meta.json").read_text())
+    history = meta["history"]
+    assert history["resumed_from"] == ["stage1-step0000010"] and len(history["train_loss"]) == 30
+    assert [e["step"] for e in history["growth_events"]] == [10, 20]
+    assert all(abs(e["loss_after"] - e["loss_before"]) <= 1e-5 for e in history["growth_events"])
+    assert meta["structure"] == {"hidden_dim": 48, "ffn_dim": 96, "head_num": 4, "layer_num": 2}
+    hf = transformers.AutoModelForCausalLM.from_pretrained(final / "export" / "hf")
+    assert type(hf).__name__ == "LlamaForCausalLM" and hf.config.num_key_value_heads == 2

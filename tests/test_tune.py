@@ -81,6 +81,10 @@ def test_builtin_spaces_plan_valid_trials():
         assert len(space.trials()) == n and space.doc
         cfg = space.run_config(space.trials()[0], "x")
         assert cfg.schedule.arch == "gpt"
+        # the same space for llama (msg-ray tune --arch llama): every trial, full references included
+        llama = load_space(name, ["arch=llama"])
+        assert {llama.run_config(t, "x").schedule.arch for t in llama.trials()} == {"llama"}
+        assert llama.run_config(llama.trials()[0], "x").data.objective == "clm"
     adaptive = load_space("adaptive", ["adaptive.target_gamma=0.5"])
     fixed, online, full = (adaptive.run_config(t, "x") for t in adaptive.trials())
     assert fixed.adaptive is None and full.adaptive is None and full.schedule.is_full

@@ -37,7 +37,7 @@ from msg_ray.data import DataConfig, prepare
 from msg_ray.data.downstream import load_classification, num_labels
 from msg_ray.data.tokenizer import tokenizer_digest
 from msg_ray.export import load_exported
-from msg_ray.model import GrowableTransformer, build_from_config
+from msg_ray.model import GrowableModel, build_from_config
 from msg_ray.structure import Structure
 from msg_ray.train import checkpoint as C
 from msg_ray.train.config import RunConfig
@@ -86,7 +86,7 @@ class EvalConfig:
 
 @dataclass
 class LoadedModel:
-    model: GrowableTransformer
+    model: GrowableModel
     run_config: dict[str, Any] | None  # RunConfig.to_dict() of the producing run, when known
     run_id: str | None
     path: Path
@@ -117,7 +117,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     return LoadedModel(model.eval(), meta.get("config"), run_id, p)
 
 
-def _from_checkpoint(p: Path, meta: dict[str, Any]) -> GrowableTransformer:
+def _from_checkpoint(p: Path, meta: dict[str, Any]) -> GrowableModel:
 
     cfg = RunConfig.from_dict(meta["config"])
     vocab = prepare(cfg.data).vocab_size
@@ -143,8 +143,7 @@ def _data_config(loaded: LoadedModel, cfg: EvalConfig):
 def evaluate_model(loaded: LoadedModel, cfg: EvalConfig) -> dict[str, list[float]]:
     """Run every task of ``cfg`` for the loaded model; ``{metric: [value per fine-tuning seed]}``."""
     torch.set_num_threads(cfg.threads)
-    arch = loaded.model.arch
-    tasks = cfg.tasks or (GPT_TASKS if arch == "gpt" else BERT_TASKS)
+    tasks = cfg.tasks or (GPT_TASKS if loaded.model.causal else BERT_TASKS)
     data_cfg = _data_config(loaded, cfg)
     out: dict[str, list[float]] = {}
     for task in tasks:
@@ -155,11 +154,11 @@ def evaluate_model(loaded: LoadedModel, cfg: EvalConfig) -> dict[str, list[float
     return out
 
 
-def evaluate_lm(model: GrowableTransformer, data_cfg, cfg: EvalConfig) -> dict[str, list[float]]:
+def evaluate_lm(model: GrowableModel, data_cfg, cfg: EvalConfig) -> dict[str, list[float]]:
     """PPL-zs and PPL-ft on WikiText-2 valid/test, tokenised like the pretraining run."""
 
-    if model.arch != "gpt":
-        raise ValueError("wikitext2_ppl needs a GPT checkpoint")
+    if not model.causal:
+        raise ValueError(f"wikitext2_ppl needs a causal LM checkpoint (arch gpt or llama), got {model.arch!r}")
     wt = prepare(DataConfig(source="wikitext2", tokenizer=data_cfg.tokenizer, seq_len=data_cfg.seq_len,
                             cache_dir=data_cfg.cache_dir))  # fmt: skip
     digest = tokenizer_digest(wt.tokenizer)
@@ -178,7 +177,7 @@ def evaluate_lm(model: GrowableTransformer, data_cfg, cfg: EvalConfig) -> dict[s
     return out
 
 
-def evaluate_classification(model: GrowableTransformer, task: str, data_cfg, cfg: EvalConfig) -> dict[str, list[float]]:
+def evaluate_classification(model: GrowableModel, task: str, data_cfg, cfg: EvalConfig) -> dict[str, list[float]]:
     """Fine-tune a classifier per seed on the task's train split, score it on the test split."""
 
     data = prepare(data_cfg)  # the pretraining run's tokenizer and special ids

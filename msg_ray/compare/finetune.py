@@ -1,4 +1,4 @@
-"""Pure-torch downstream fine-tuning on a GrowableTransformer: perplexity, LM fine-tuning, sequence classification.
+"""Pure-torch downstream fine-tuning on a GrowableModel: perplexity, LM fine-tuning, sequence classification.
 
 No Ray, DeepSpeed or MLflow here (``msg_ray.compare.evaluate`` adds loading, tasks and logging). The classifier
 reads the model's final hidden states (``hidden_states``: the model's own modules run up to, not including, the
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msg_ray.model import GrowableTransformer
+from msg_ray.model import GrowableModel
 from msg_ray.train.lr import LRSchedule
 from msg_ray.train.optim import adamw
 from msg_ray.train.steps import run_steps
@@ -42,16 +42,16 @@ class FinetuneConfig:
 
 
 def hidden_states(
-    model: GrowableTransformer, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    model: GrowableModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> torch.Tensor:  # [B, T] -> [B, T, H]
-    """The model's last hidden states (GPT: causal, right padding is never attended to by real tokens)."""
-    return model.hidden(input_ids, attention_mask if model.arch == "bert" else None)
+    """The model's last hidden states (causal LMs: right padding is never attended to by real tokens)."""
+    return model.hidden(input_ids, None if model.causal else attention_mask)
 
 
 class SequenceClassifier(nn.Module):
     """Pretrained body + linear head over the pooled hidden state."""
 
-    def __init__(self, body: GrowableTransformer, num_labels: int, dropout: float = 0.1) -> None:
+    def __init__(self, body: GrowableModel, num_labels: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.body, self.num_labels = body, num_labels
         self.drop = nn.Dropout(dropout)
@@ -60,8 +60,8 @@ class SequenceClassifier(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:  # -> [B, C]
-        h = hidden_states(self.body, input_ids, attention_mask if self.body.arch == "bert" else None)
-        if self.body.arch == "bert":
+        h = hidden_states(self.body, input_ids, None if self.body.causal else attention_mask)
+        if not self.body.causal:  # encoder: the first token's state
             pooled = h[:, 0]
         else:
             m = attention_mask.unsqueeze(-1).to(h.dtype)
@@ -79,10 +79,10 @@ def _optimizer(module: nn.Module, cfg: FinetuneConfig) -> tuple[torch.optim.Opti
 
 
 @torch.no_grad()
-def perplexity(model: GrowableTransformer, blocks: torch.Tensor, batch_size: int = 32) -> float:
+def perplexity(model: GrowableModel, blocks: torch.Tensor, batch_size: int = 32) -> float:
     """exp(mean next-token cross-entropy) over all predicted tokens of ``blocks`` [N, T] (GPT)."""
-    if model.arch != "gpt":
-        raise ValueError("perplexity needs arch='gpt' (a causal LM)")
+    if not model.causal:
+        raise ValueError(f"perplexity needs a causal LM (arch gpt or llama), got arch {model.arch!r}")
     if blocks.dim() != 2 or len(blocks) == 0:
         raise ValueError(f"blocks must be a non-empty [N, T] tensor, got shape {tuple(blocks.shape)}")
     model.eval()
@@ -96,7 +96,7 @@ def perplexity(model: GrowableTransformer, blocks: torch.Tensor, batch_size: int
     return math.exp(total / count)
 
 
-def finetune_lm(model: GrowableTransformer, blocks: torch.Tensor, cfg: FinetuneConfig) -> list[float]:
+def finetune_lm(model: GrowableModel, blocks: torch.Tensor, cfg: FinetuneConfig) -> list[float]:
     """Continue causal-LM training on ``blocks`` for ``cfg.steps`` steps (in place); returns the losses."""
     gen = torch.Generator().manual_seed(cfg.seed)
     opt, lr = _optimizer(model, cfg)

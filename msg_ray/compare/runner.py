@@ -32,7 +32,7 @@ from msg_ray.compare.extend import compact, extend_run
 from msg_ray.compare.report import FULL, Report, RunRecord, best_lrs, reach_target, write_report
 from msg_ray.data import prepare
 from msg_ray.flops import equal_flops, flops_ratio
-from msg_ray.schedule import OPERATORS, full
+from msg_ray.schedule import OPERATORS
 from msg_ray.tracking import resolve_tracking_uri
 from msg_ray.train.config import RunConfig
 from msg_ray.train.run import run
@@ -140,8 +140,7 @@ def plan(
     schedules = {}
     for op in cfg.operators:
         if op == FULL:
-            schedules[op] = full(sched.arch, sched.target, sched.total_steps, head_dim=sched.head_dim, phi=sched.phi,
-                                 name=f"full-{sched.name or sched.arch}")  # fmt: skip
+            schedules[op] = sched.full_baseline()
         elif cfg.budget == "flops":
             schedules[op] = equal_flops(sched.replace(operator=op), sched.total_steps, vocab_size, base.data.seq_len)
         else:

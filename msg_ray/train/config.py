@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from msg_ray.architecture import get_arch
 from msg_ray.data import DataConfig
 from msg_ray.model import ModelConfig
 from msg_ray.schedule import Schedule, get_schedule
@@ -95,7 +96,7 @@ class RunConfig:
             raise bad("cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
         if self.data.seq_len > 4096:
             raise bad("data.seq_len", f"must be <= 4096 (learned positions), got {self.data.seq_len}")
-        objective = "clm" if self.schedule.arch == "gpt" else "mlm"
+        objective = get_arch(self.schedule.arch).objective
         if self.data.objective != objective:
             raise bad(
                 "data.objective", f"arch {self.schedule.arch!r} trains with {objective!r}, got {self.data.objective!r}"
@@ -118,7 +119,7 @@ class RunConfig:
         s = self.schedule
         return ModelConfig(
             arch=s.arch, structure=structure or s.stages[0].structure, vocab_size=vocab_size,
-            max_seq_len=self.data.seq_len, head_dim=s.head_dim, dropout=self.dropout,
+            max_seq_len=self.data.seq_len, head_dim=s.head_dim, dropout=self.dropout, kv_group_size=s.kv_group_size,
         )  # fmt: skip
 
     @property
@@ -148,7 +149,7 @@ class RunConfig:
         d["schedule"] = Schedule.from_dict(sched) if isinstance(sched, dict) else get_schedule(sched)
         data = d.get("data", {})
         if isinstance(data, dict) and "objective" not in data:  # the arch decides the objective
-            data = {**data, "objective": "clm" if d["schedule"].arch == "gpt" else "mlm"}
+            data = {**data, "objective": get_arch(d["schedule"].arch).objective}
         d["data"] = _sub(DataConfig, data, "data")
         d["engine"] = _sub(EngineConfig, d.get("engine", {}), "engine")
         if isinstance(d.get("kill_rank_at_step"), list):

@@ -22,7 +22,7 @@ import torch
 from msg_ray import growth as G
 from msg_ray.data import BlockLoader, prepare
 from msg_ray.flops import flops_per_token, param_count
-from msg_ray.model import GrowableTransformer, build_from_config
+from msg_ray.model import GrowableModel, build_from_config
 from msg_ray.train import checkpoint as C
 from msg_ray.train.adaptive import AdaptiveGrowth, gamma_curve
 from msg_ray.train.config import RunConfig
@@ -77,7 +77,7 @@ class WorkerRun:
         return self.data.loader(split, batch_size=self.cfg.engine.micro_batch_size, rank=self.rank,
                                 world_size=self.world, seed=seed)  # fmt: skip
 
-    def _engine_for(self, model: GrowableTransformer, state: TrainState | None):
+    def _engine_for(self, model: GrowableModel, state: TrainState | None):
         engine = build_engine(model, self.cfg.engine)
         if state is not None:
             restore_state(engine, state)
@@ -111,6 +111,7 @@ class WorkerRun:
         self.loader.load_state_dict(rs["loader"])
         if rs.get("rng"):  # absent when this rank did not exist when the checkpoint was taken
             C.set_rng_state(rs["rng"])
+        self.history.setdefault("resumed_from", []).append(m["folder"])  # kept in every later checkpoint
         self.log.line(f"resumed from {m['folder']} (stage {self.stage}, step {self.step})")
 
     # -- one optimizer step ----------------------------------------------------------------------------------
@@ -187,7 +188,14 @@ class WorkerRun:
     def _n_params(self) -> int:
         s = self.structure
 
-        return param_count(self.sched.arch, s, self.data.vocab_size, self.cfg.data.seq_len, self.sched.head_dim)
+        return param_count(
+            self.sched.arch,
+            s,
+            self.data.vocab_size,
+            self.cfg.data.seq_len,
+            self.sched.head_dim,
+            kv_group_size=self.sched.kv_group_size,
+        )
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def _checkpoint(self, final: bool = False, state: TrainState | None = None) -> None:
@@ -210,10 +218,16 @@ class WorkerRun:
             C.save(tmp, rank=self.rank, rank_state=rank_state, meta=meta, params=state.params, buffers=buffers,
                    moments=moments)  # fmt: skip
             if final and self.rank == 0:
-                self.tracker.export(
-                    tmp, module, self.cfg.model_config(self.data.vocab_size, self.sched.target), self.cfg.export_hf
-                )
+                self._export(tmp, module)
             self.session.report(self._metrics(), tmp, folder)
+
+    def _export(self, directory: str, module: torch.nn.Module) -> None:
+        d, h = self.cfg.data, self.history
+        card = {"schedule": self.sched.to_dict(), "growth_steps": h["growth_steps"], "steps": self.step,
+                "data": {"source": d.source, "tokenizer": d.tokenizer, "seq_len": d.seq_len},
+                "final_val_loss": h["val_loss"][-1] if h["val_loss"] else None, "run_id": self.tracker.run_id}  # fmt: skip
+        config = self.cfg.model_config(self.data.vocab_size, self.sched.target)
+        self.tracker.export(directory, module, config, self.cfg.export_hf, self.data.tokenizer, card)
 
     def _last_loss(self) -> float:
         return self.history["train_loss"][-1] if self.history["train_loss"] else float("nan")
@@ -303,7 +317,14 @@ class WorkerRun:
 
     def _after_step(self, loss: torch.Tensor) -> None:
         s = self.structure
-        fpt = flops_per_token(self.sched.arch, s, self.data.vocab_size, self.cfg.data.seq_len, self.sched.head_dim)
+        fpt = flops_per_token(
+            self.sched.arch,
+            s,
+            self.data.vocab_size,
+            self.cfg.data.seq_len,
+            self.sched.head_dim,
+            self.sched.kv_group_size,
+        )
         self.flops += fpt * self.cfg.tokens_per_step
         self.step += 1
         self._pending.append((self.step, self.wall, self.flops, loss))

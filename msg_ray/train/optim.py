@@ -7,30 +7,32 @@ fine-tuning, the plain reference trainer) build theirs with ``adamw`` and step w
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
+from msg_ray.architecture import Architecture, default_no_decay
 from msg_ray.optim_carry import carry_adam_state
 
 BETAS = (0.9, 0.95)
 
 
-def _no_decay(name: str, p: torch.Tensor) -> bool:
-    # Biases and norm gains are 1-D; the name test also catches norm weights stored 2-D (e.g. stacked).
-    parts = name.lower().split(".")
-    return p.ndim < 2 or any("norm" in s or s.startswith("ln") for s in parts)
+def _no_decay_rule(model: torch.nn.Module) -> Callable[[str, torch.Tensor], bool]:
+    """The architecture's no-decay rule for a msg_ray model; the default rule (1-D params, norms) otherwise."""
+    spec = getattr(getattr(model, "config", None), "spec", None)
+    return spec.no_decay if isinstance(spec, Architecture) else default_no_decay
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: decay for matrices, none for 1-D params and norm parameters. Each group has "names"."""
     decay: dict[str, Any] = {"params": [], "names": [], "weight_decay": weight_decay}
     plain: dict[str, Any] = {"params": [], "names": [], "weight_decay": 0.0}
+    no_decay = _no_decay_rule(model)
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        group = plain if _no_decay(name, p) else decay
+        group = plain if no_decay(name, p) else decay
         group["params"].append(p)
         group["names"].append(name)
     return [g for g in (decay, plain) if g["params"]]

@@ -71,7 +71,7 @@ def run_plain(job: PlainJob, data: Any, valid_batches: list[dict[str, torch.Tens
 
     def config(structure):
         return ModelConfig(arch=sched.arch, structure=structure, vocab_size=vocab, max_seq_len=seq_len,
-                           head_dim=sched.head_dim)  # fmt: skip
+                           head_dim=sched.head_dim, kv_group_size=sched.kv_group_size)  # fmt: skip
 
     model = build_from_config(config(sched.stages[0].structure), seed=job.seed).to(device)
     opt = _adamw(model, job, None, 0)
@@ -95,7 +95,8 @@ def run_plain(job: PlainJob, data: Any, valid_batches: list[dict[str, torch.Tens
         batch = next(loader)
         loss = model.loss(model(batch["input_ids"].to(device)), batch["labels"].to(device))
         clipped_step(model, opt, loss, grad_clip=1.0)
-        flops += flops_per_token(sched.arch, structure, vocab, seq_len, sched.head_dim) * job.batch_size * seq_len
+        fpt = flops_per_token(sched.arch, structure, vocab, seq_len, sched.head_dim, sched.kv_group_size)
+        flops += fpt * job.batch_size * seq_len
         if step + 1 in evals:
             if device.startswith("cuda"):
                 torch.cuda.synchronize()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from msg_ray.presets import DEFAULT_SCHEDULE
 from msg_ray.schedule import FULL, Schedule, Stage, full, get_schedule
 from msg_ray.train.plain import PlainJob, flops_to_reach
 
@@ -41,7 +42,7 @@ def candidates(arch: str, total: int, phi: int = 50) -> dict[str, Schedule]:
         "width-depth-40": _sched(arch, wd, [0, 0.2, 0.4], "width-depth-40", total, phi),
         "depth-30": _sched(arch, [[128, 512, 4, 2], _T], [0, 0.3], "depth-30", total, phi),
     }
-    ref = "mini-sch1-g" if arch == "gpt" else "mini-sch1-b"
+    ref = DEFAULT_SCHEDULE[arch]  # the mini version of the paper's schedule
     out[ref] = get_schedule(ref, total_steps=total, phi=phi)
     return out
 
@@ -86,6 +87,11 @@ STUDIES: dict[str, Callable[[float], Study]] = {
         "gpt", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}, 1500,
         [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48", "ffn-first-32", "ffn-first-60"], False, scale,
         batch_size=16, warmup_steps=150),
+    # the llama architecture on the gpt-warmup150 protocol, the grid widened by one point on each side
+    "llama-warmup150": lambda scale: _study(
+        "llama", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}, 1500,
+        [2e-3, 2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48"], False, scale, batch_size=16,
+        warmup_steps=150),
     # robustness: another tokenizer size, sequence length and batch
     "gpt-robust": lambda scale: _study(
         "gpt", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 128, "objective": "clm"}, 1500,

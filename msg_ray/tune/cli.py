@@ -10,6 +10,7 @@ import argparse
 import json
 from typing import Any
 
+from msg_ray.model import ARCHS
 from msg_ray.tune.space import load_space
 from msg_ray.tune.sweep import SweepConfig, run_sweep
 
@@ -17,6 +18,8 @@ from msg_ray.tune.sweep import SweepConfig, run_sweep
 def add_tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", required=True, help="space name in tune_spaces/ (structures, durations, schedules, "
                    "phi, operators) or a space file (.py defining SPACE, .yaml, .json)")  # fmt: skip
+    p.add_argument("--arch", choices=list(ARCHS), default=None,
+                   help="train every trial as this architecture (default: the space's arch)")  # fmt: skip
     p.add_argument("--num-samples", type=int, default=1, help="repeat the grid with seeds 0..N-1")
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what the CPUs fit)")
     p.add_argument("--workers-per-trial", type=int, default=1, help=">1 runs each trial as a nested TorchTrainer")
@@ -33,7 +36,7 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
 
 def sweep_config(args: argparse.Namespace):
 
-    space = load_space(args.space, args.overrides)
+    space = load_space(args.space, args.overrides + ([f"arch={args.arch}"] if args.arch else []))
     return SweepConfig(space=space, name=args.name or "", num_samples=args.num_samples,
                        max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial,
                        cpus_per_worker=args.cpus_per_worker, mode=args.mode, storage_path=args.storage_path,

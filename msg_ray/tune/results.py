@@ -106,7 +106,7 @@ def table(trials: list[TrialSeries], space: SearchSpace, vocab_size: int, seq_le
             if t is ref:
                 row["speedup_vs_full"] = 1.0
         own = schedule_flops(t.spec.schedule, vocab_size, seq_len, 1)
-        base = full(t.spec.schedule.arch, target, t.spec.schedule.total_steps, head_dim=t.spec.schedule.head_dim)
+        base = t.spec.schedule.full_baseline(target=target)
         row["flops_limit"] = schedule_flops(base, vocab_size, seq_len, 1) / own
         rows.append({c: row.get(c, math.nan) for c in COLUMNS})
 

@@ -188,8 +188,9 @@ class SearchSpace:
         target = max((t.schedule.target for t in base), key=lambda s: s.as_tuple())
         if self.compute != "flops" or any(t.schedule.is_full and t.schedule.target == target for t in base):
             return base
-        ref = full(self.arch, target, self.total_steps, head_dim=base[0].schedule.head_dim, name=FULL,
-                   phi=base[0].schedule.phi)  # fmt: skip
+        b = base[0].schedule
+        ref = full(self.arch, target, self.total_steps, head_dim=b.head_dim, phi=b.phi, kv_group_size=b.kv_group_size,
+                   name=FULL)  # fmt: skip
         return [*base, TrialSpec(FULL, ref, {"reference": True})]
 
     def _sched(self, label: str, stages: list[tuple[Any, int | float]], **kw: Any) -> Schedule:
@@ -267,8 +268,7 @@ class SearchSpace:
                 raise ValueError(
                     f"space {self.name!r}: operators: unknown operator {op!r}; known: {(*OPERATORS, FULL)}"
                 )
-            s = (full(base.arch, base.target, base.total_steps, head_dim=base.head_dim, phi=base.phi, name=FULL)
-                 if op == FULL else base.replace(operator=op, name=op))  # fmt: skip
+            s = base.full_baseline(FULL) if op == FULL else base.replace(operator=op, name=op)
             out.append(TrialSpec(op, s, {"operator": op}))
         return out
 
@@ -277,7 +277,7 @@ class SearchSpace:
         if not isinstance(self.adaptive, dict) or "target_gamma" not in self.adaptive:
             raise ValueError(f"space {self.name!r}: adaptive: must be a mapping with at least target_gamma")
         base = self._schedule_of(self.schedule, "base")
-        target = full(base.arch, base.target, base.total_steps, head_dim=base.head_dim, phi=base.phi, name=FULL)
+        target = base.full_baseline(FULL)
         return [
             TrialSpec("fixed", base.replace(name="fixed"), {"mode": "fixed"}),
             TrialSpec("adaptive", base.replace(name="adaptive"), {"mode": "adaptive"}, run={"adaptive": self.adaptive}),
@@ -287,9 +287,9 @@ class SearchSpace:
     def _schedule_of(self, spec: Any, label: str) -> Schedule:
         """A preset name/file (rescaled to total_steps, phi), or {"structures": [...], "starts": [...]}."""
         try:
-            if isinstance(spec, str):
+            if isinstance(spec, str):  # a preset's stages on the space's arch (mini-sch1-g trains llama too)
                 s = get_schedule(spec, total_steps=self.total_steps, phi=self.phi)
-                return s.replace(name=label, head_dim=s.head_dim)
+                return s.replace(name=label, arch=self.arch)
             if isinstance(spec, dict) and "structures" in spec:
                 unknown = set(spec) - {"structures", "starts", "operator"}
                 if unknown:
