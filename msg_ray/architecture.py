@@ -58,6 +58,12 @@ class Architecture:
     hf: HFAdapter
     no_decay: Callable[[str, torch.Tensor], bool] = default_no_decay
     grouped_query: bool = False  # accepts kv_group_size > 1
+    # the norm whose output a *tied* output embedding reads (None: untied head). Width cloning scales it by 1/n so
+    # the n copies of each feature sum to the old logit (HyperCloning).
+    tied_head_norm: str | None = None
+    # the pre-LN residual stream: every block adds to it, so a zero output projection makes a block the identity
+    # (LEMON's lossless depth growth); post-LN (BERT) does not have this property.
+    pre_norm: bool = True
     summary: str = ""
 
     def __post_init__(self) -> None:

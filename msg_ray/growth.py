@@ -1,8 +1,10 @@
-"""Growth operators: MSG (strictly function-preserving, masked), Net2Net (bert2BERT-style) and No-Mask. Pure torch.
+"""Growing a model: ``grow``/``expand`` dispatch to the registered growth operators, and MSG's masks (value, ramp,
+fold). Pure torch.
 
 ``grow(model, target, operator)`` returns a *new* model of the target structure; the old one is untouched.
-Layout rule shared by all operators: an old parameter's values land in the leading slice of the grown tensor
-(new neurons/heads/layers are appended and names are kept), so optimizer state carries by name
+Operators live in ``msg_ray.operators`` (MSG, Net2Net, No-Mask, G_stack, HyperCloning, LEMON, bert2BERT-AKI); an
+operator that grows only some dimensions (G_stack: layers; HyperCloning: width) has the others grown by MSG in the
+same event. ``expand`` also returns the layout that tells the optimizer carry where each old coordinate went
 (``msg_ray.optim_carry``).
 
 MSG masks (``GrowthMask`` buffers) start at c = 0 and are ramped with :func:`set_mask_value` /
@@ -17,15 +19,26 @@ from dataclasses import dataclass
 
 import torch
 
-from msg_ray.architecture import get_arch, with_structure
-from msg_ray.components import GrowableModel, GrowthMask
+from msg_ray.architecture import with_structure
+from msg_ray.components import GrowableModel
 from msg_ray.model import build_from_config
+from msg_ray.operators import get_operator, operator_names
+from msg_ray.operators.base import GrowOptions, Layout, staged
+from msg_ray.operators.msg import MSG
 from msg_ray.structure import Structure
 
-OPERATORS = ("msg", "net2net", "nomask")
-# Operators whose growth leaves the function exactly unchanged in every dimension (training checks the loss).
-STRICTLY_PRESERVING = ("msg",)
+OPERATORS = operator_names()
 DEPTH_INITS = ("stack", "random")
+WIDTH = ("hidden_dim", "ffn_dim", "head_num")
+
+
+@dataclass(frozen=True)
+class Growth:
+    """A grown model, the optimizer-state layout of the growth, and whether it claims to preserve the function."""
+
+    model: GrowableModel
+    layout: Layout
+    preserving: bool
 
 
 def grow(
@@ -38,12 +51,24 @@ def grow(
 ) -> GrowableModel:
     """Grow ``model`` to ``target``; any subset of the four dimensions may grow at once.
 
-    operator: "msg" (masked, function-preserving, new weights N(0, init_std)), "nomask" (same init, no masks:
-    the paper's ablation) or "net2net" (neuron/head replication with split output weights, stacked layers).
-    depth_init: new layers copy existing ones ("stack", the paper's choice) or keep a fresh init ("random").
+    operator: a registered operator (``msg_ray.operators.operator_names()``): "msg" (masked, function-preserving,
+    new weights N(0, init_std)), "nomask" (the paper's ablation), "net2net" (bert2BERT FPI), "bert2bert-aki",
+    "hypercloning", "lemon", "gstack". depth_init: new layers copy existing ones ("stack", the paper's choice) or
+    keep a fresh init ("random"), for the operators that take it (MSG, No-Mask, LEMON).
     """
-    if operator not in OPERATORS:
-        raise ValueError(f"grow: unknown operator {operator!r}; expected one of {OPERATORS}")
+    return expand(model, target, operator, depth_init=depth_init, seed=seed).model
+
+
+def expand(
+    model: GrowableModel,
+    target: Structure,
+    operator: str = "msg",
+    *,
+    depth_init: str = "stack",
+    seed: int | None = None,
+) -> Growth:
+    """:func:`grow`, also returning the optimizer-state layout and the preservation claim."""
+    op = get_operator(operator)  # ValueError naming the known operators
     if depth_init not in DEPTH_INITS:
         raise ValueError(f"grow: unknown depth_init {depth_init!r}; expected one of {DEPTH_INITS}")
     if not isinstance(model, GrowableModel):
@@ -58,103 +83,28 @@ def grow(
     dims = old.grown_dims(target)  # raises ValueError naming the shrinking dimension
     if not dims:
         raise ValueError(f"grow: target {target} equals the current structure; nothing to grow")
+    own = tuple(d for d in dims if d in op.dims)
+    if own and op.archs is not None and model.arch not in op.archs:
+        raise ValueError(f"grow: operator {operator!r} supports arch {op.archs}, not {model.arch!r}")
+    for d in own if op.needs_integer_factors else ():
+        if getattr(target, d) % getattr(old, d):
+            raise ValueError(f"grow: operator {operator!r} grows {d} by integer factors; "
+                             f"{getattr(old, d)} -> {getattr(target, d)} is not one")  # fmt: skip
     ref = next(model.parameters())
     new = build_from_config(with_structure(model.config, target), seed=seed).to(ref.device, ref.dtype)
-    old_sd = {k: v for k, v in model.state_dict().items() if not _is_mask_key(k)}
-    with torch.no_grad():
-        if operator == "net2net":
-            _net2net_fill(old_sd, new, old, target)
-        else:
-            _copy_leading_fill(old_sd, new, old.layer_num, depth_init)
-    if operator == "msg":
-        _attach_masks(new, old, target)
+    gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+    rest = tuple(d for d in dims if d not in op.dims)  # grown by MSG in the same event
+    parts = ([(own, op.fill)] if own else []) + ([(rest, MSG.fill)] if rest else [])
+    layout = staged(model, new, parts, GrowOptions(depth_init=depth_init, gen=gen))
     new.train(model.training)
-    return new
+    return Growth(model=new, layout=layout, preserving=op.preserving or not own)
 
 
+# -- masks: value, ramp, fold -----------------------------------------------------------------------------------
 def _is_mask_key(key: str) -> bool:
     return key.endswith((".value", ".n_old")) and key.split(".")[-2].endswith("_mask")
 
 
-def _source_name(name: str, old_layers: int, stack: bool) -> str | None:
-    """Old parameter that initialises new parameter ``name`` (None: keep the fresh N(0, std) init)."""
-    if not name.startswith("blocks."):
-        return name
-    _, idx, rest = name.split(".", 2)
-    i = int(idx)
-    if i < old_layers:
-        return name
-    return f"blocks.{(i - old_layers) % old_layers}.{rest}" if stack else None
-
-
-def _copy_leading_fill(old_sd: dict, new: GrowableModel, old_layers: int, depth_init: str) -> None:
-    """Eq. 11/14/22/25: existing weights copied into the leading slice, everything else keeps its fresh init."""
-    for name, p in new.named_parameters():
-        src = _source_name(name, old_layers, depth_init == "stack")
-        if src is None:
-            continue
-        w = old_sd[src]
-        p[tuple(slice(0, s) for s in w.shape)] = w
-
-
-def _attach_masks(new: GrowableModel, old: Structure, target: Structure, c: float = 0.0) -> None:
-    ref = next(new.parameters())
-
-    def mk(size: int, n_old: int) -> GrowthMask:
-        return GrowthMask(size, n_old, c).to(ref.device, ref.dtype)
-
-    if target.hidden_dim > old.hidden_dim:  # eq. 16: one mask for the whole residual stream
-        new.hidden_mask = mk(target.hidden_dim, old.hidden_dim)
-    for i, block in enumerate(new.blocks):
-        if target.ffn_dim > old.ffn_dim:  # eq. 10/12, every layer's FFN intermediate
-            block.ffn_mask = mk(target.ffn_dim, old.ffn_dim)
-        if target.head_num > old.head_num:  # eq. 23, per head
-            block.head_mask = mk(target.head_num, old.head_num)
-        if i >= old.layer_num:  # eq. 20, new layers start skipped
-            block.layer_mask = mk(1, 0)
-
-
-# -- Net2Net (bert2BERT, appendix C) ---------------------------------------------------------------------------
-def _replica_map(old: int, new: int) -> torch.Tensor:
-    """Net2Net mapping g: new unit j copies old unit g(j); round-robin so doubling copies each unit once."""
-    return torch.cat([torch.arange(old), torch.arange(new - old) % old])
-
-
-def _expand(t: torch.Tensor, axis: int, g: torch.Tensor, split: bool) -> torch.Tensor:
-    """Copy (producer side, eq. 5) or copy-and-divide-by-replica-count (consumer side, eq. 6) along ``axis``."""
-    out = t.index_select(axis, g.to(t.device))
-    if split:
-        counts = torch.bincount(g, minlength=t.shape[axis]).to(t)[g]  # [new]
-        shape = [1] * t.dim()
-        shape[axis] = -1
-        out = out / counts.view(shape)
-    return out
-
-
-def _net2net_fill(old_sd: dict, new: GrowableModel, old: Structure, target: Structure) -> None:
-    d, g = new.config.head_dim, new.config.kv_group_size
-
-    def head_rows(old_n: int, new_n: int) -> torch.Tensor:  # whole heads copied (eq. 27): [new_n * d]
-        return (_replica_map(old_n, new_n)[:, None] * d + torch.arange(d)).reshape(-1)
-
-    maps = {
-        "H": _replica_map(old.hidden_dim, target.hidden_dim),
-        "F": _replica_map(old.ffn_dim, target.ffn_dim),
-        "heads": head_rows(old.head_num, target.head_num),
-        # GQA: query head j copies old head g(j), whose key/value head is g(j) // g; round-robin replication
-        # over kv heads gives new kv head j // g exactly that source, so groups stay consistent
-        "kv_heads": head_rows(old.head_num // g, target.head_num // g),
-    }
-    roles = get_arch(new.config.arch).net2net_roles
-    for name, p in new.named_parameters():
-        src = _source_name(name, old.layer_num, stack=True)  # depth: stacking (Gong et al.), no mask
-        w = old_sd[src]
-        for axis, dim, split in roles(name):
-            w = _expand(w, axis, maps[dim], split)
-        p.copy_(w)
-
-
-# -- masks: value, ramp, fold -----------------------------------------------------------------------------------
 def is_ramping(model: GrowableModel) -> bool:
     return bool(model.mask_modules())
 

@@ -1,14 +1,16 @@
 """Carry AdamW state across a growth (paper section 3.2.2): old coordinates keep their moments, new ones start at 0.
 
 Pure torch. Parameters are paired by *name* (never by position), so a growth that inserts or reorders modules
-still finds each old parameter's moments. Every growth operator in ``msg_ray.growth`` keeps an old parameter's
-values in the *leading* slice of the grown tensor (new neurons, heads and layers are appended), which is what
-the slice copy below relies on.
+still finds each old parameter's moments. By default an old parameter's moments go to the *leading* slice of the
+grown tensor (MSG and No-Mask keep old values there); an operator that replicates, splits or rescales (Net2Net,
+HyperCloning, LEMON) passes a layout (``msg_ray.operators.base.ParamLayout`` per parameter: source name, and per
+axis the old coordinate of every new one and the factor s on exp_avg, s² on exp_avg_sq).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -24,23 +26,44 @@ def embed_leading(old: torch.Tensor, new_shape: torch.Size | tuple[int, ...]) ->
     return out
 
 
+def gather_moments(moments: AdamState, index: dict[int, torch.Tensor], scale: dict[int, torch.Tensor]) -> AdamState:
+    """Moments of a new parameter from its source's: along each listed axis, new coordinate j takes old coordinate
+    ``index[axis][j]`` (-1: zero) times ``scale[axis][j]`` (exp_avg) or its square (exp_avg_sq)."""
+    out = dict(moments)
+    for axis, idx in index.items():
+        s = scale.get(axis, torch.ones(len(idx), dtype=torch.float64)) * (idx >= 0)
+        shape = [1] * out["exp_avg"].dim()
+        shape[axis] = -1
+        for k, power in (("exp_avg", 1), ("exp_avg_sq", 2)):
+            t = out[k].index_select(axis, idx.clamp(min=0).to(out[k].device))
+            out[k] = t * (s**power).to(t).view(shape)
+    return out
+
+
 def carry_adam_state(
     old_state: Mapping[str, AdamState],
     new_shapes: Mapping[str, torch.Size | tuple[int, ...]],
     renames: Mapping[str, str] | None = None,
+    layout: Mapping[str, Any] | None = None,
 ) -> dict[str, AdamState]:
     """Map per-parameter Adam moments onto the grown model.
 
     old_state:  name -> {"exp_avg", "exp_avg_sq"} of the model before growth (full shapes).
     new_shapes: name -> shape for every parameter of the grown model.
     renames:    optional new_name -> old_name for parameters that moved (default: same name).
+    layout:     optional new_name -> ParamLayout (an operator's map; parameters without an entry: leading slice).
     Returns name -> moments for every new parameter: old values in the leading slice, zeros elsewhere,
     all-zero moments for parameters that did not exist before.
     """
     renames = dict(renames or {})
     out: dict[str, AdamState] = {}
     for name, shape in new_shapes.items():
-        src = old_state.get(renames.get(name, name))
+        entry = (layout or {}).get(name)
+        if entry is not None and entry.source is not None and entry.source in old_state:
+            moved = gather_moments(old_state[entry.source], entry.index, entry.scale)
+            out[name] = {k: embed_leading(v, shape) for k, v in moved.items()}
+            continue
+        src = None if entry is not None else old_state.get(renames.get(name, name))
         if src is None:
             ref = next(iter(old_state.values()), {}).get("exp_avg") if old_state else None
             dtype = ref.dtype if ref is not None else torch.float32

@@ -14,6 +14,7 @@ import yaml
 from msg_ray import presets
 from msg_ray.architecture import arch_names, check_kv_groups
 from msg_ray.growth import DEPTH_INITS, OPERATORS
+from msg_ray.operators import get_operator
 from msg_ray.structure import DIMENSIONS, Structure
 
 FULL = "full"  # the name of full training (from scratch at the target) in comparisons, sweeps and studies
@@ -142,13 +143,20 @@ class Schedule:
                 raise self._err(f"stages[{i}].structure {stage.structure} grows no dimension over stages[{i - 1}]")
         # The mask ramp of a growth must finish before the next growth starts (and before the run ends);
         # overlapping ramps are not something the paper's operator defines.
-        if self.operator == "msg" and self.phi > 0:
+        if self.phi > 0:
             ends = starts[1:] + [self.total_steps]
             for i in range(1, len(starts)):
-                if ends[i] - starts[i] < self.phi:
+                if self._ramps(i) and ends[i] - starts[i] < self.phi:
                     raise self._err(
                         f"stages[{i}].start: stage {i} lasts {ends[i] - starts[i]} steps, shorter than phi={self.phi}"
                     )
+
+    def _ramps(self, i: int) -> bool:
+        """Whether the growth into stage ``i`` attaches masks: MSG itself, or dimensions the operator leaves to
+        MSG (G_stack grows only layers, HyperCloning only width)."""
+        op = get_operator(self.operator)
+        grown = self.stages[i - 1].structure.grown_dims(self.stages[i].structure)
+        return op.masks or any(d not in op.dims for d in grown)
 
     # ------------------------------------------------------------------ queries
     @property

@@ -159,12 +159,13 @@ def _bert_state(sd: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]
 GPT = Architecture(
     name="gpt", objective="clm", build=GrowableTransformer, param_count=_param_count("gpt"),
     flops_per_token=_flops_per_token("gpt"), net2net_roles=net2net_roles,
-    hf=HFAdapter(model_class="GPT2LMHeadModel", config=_gpt2_config, state=_gpt2_state),
+    hf=HFAdapter(model_class="GPT2LMHeadModel", config=_gpt2_config, state=_gpt2_state), tied_head_norm="ln_f",
     summary="GPT-2: pre-LN causal decoder, learned positions, GELU FFN, tied output embedding",
 )  # fmt: skip
 BERT = Architecture(
     name="bert", objective="mlm", build=GrowableTransformer, param_count=_param_count("bert"),
     flops_per_token=_flops_per_token("bert"), net2net_roles=net2net_roles,
-    hf=HFAdapter(model_class="BertForMaskedLM", config=_bert_config, state=_bert_state),
+    hf=HFAdapter(model_class="BertForMaskedLM", config=_bert_config, state=_bert_state), tied_head_norm="mlm_ln",
+    pre_norm=False,
     summary="BERT: post-LN encoder, masked-LM head (dense, GELU, LN), tied decoder",
 )  # fmt: skip

@@ -29,7 +29,7 @@ class GrowableTransformer(GrowableModel):
     def __init__(self, config: ModelConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.config = config
-        s, gpt = config.structure, config.arch == "gpt"
+        s, gpt = config.structure, config.spec.objective == "clm"  # causal: GPT's pre-LN decoder; else BERT
         H = s.hidden_dim
         self.tok_emb = nn.Embedding(config.vocab_size, H)  # [V, H], also the (tied) output projection
         self.pos_emb = nn.Embedding(config.max_seq_len, H)  # [S, H]
@@ -59,7 +59,7 @@ class GrowableTransformer(GrowableModel):
         pos = torch.arange(T, device=input_ids.device)
         x = self.tok_emb(input_ids) + self.pos_emb(pos)  # [B, T, H]
         bias = None
-        if self.arch == "bert":
+        if not self.causal:
             x = self.emb_ln(x, hm)  # eq. 17/19 mask inside LN
             if attention_mask is not None:
                 bias = attention_bias(attention_mask, x.dtype)
@@ -70,13 +70,13 @@ class GrowableTransformer(GrowableModel):
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, hm, bias)
-        return self.ln_f(x, hm) if self.arch == "gpt" else x
+        return self.ln_f(x, hm) if self.causal else x
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:  # [B, T] -> logits [B, T, V]
         x = self.hidden(input_ids, attention_mask)
-        if self.arch == "gpt":
+        if self.causal:
             return x @ self.tok_emb.weight.t()  # tied output embedding
         x = self.mlm_ln(F.gelu(self.mlm_dense(x)), self.hidden_mask)  # new features re-masked by the LN (eq. 19)
         return x @ self.tok_emb.weight.t() + self.mlm_bias

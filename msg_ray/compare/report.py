@@ -12,6 +12,8 @@ Definitions (paired by seed, at each operator's best learning rate = lowest mean
   training; ``msg_ray.compare.extend``), else it counts as not reached; ``ttt_reached`` says how many seeds
   reached it and how many extra steps the longest continuation took;
 - FLOPs-to-target speed-up = FLOPs(full run) / FLOPs the schedule run spent when it first reached that loss;
+- ``grows``: the dimensions the operator grows itself (G_stack: layers, HyperCloning: width); MSG grows the others
+  in the same growth event; ``loss_jump``: mean |loss after - loss before| over a run's growth events;
 - FLOPs limit = FLOPs(full, same steps) / FLOPs(schedule); efficiency = equal-steps speed-up / limit (realised
   over the limit); ``val_vs_full`` = final validation loss minus the full run's (same seed; < 0: better). Under
   ``--budget flops`` (msg_ray.flops.solve_total_steps) every run spends the full run's FLOPs, so final loss is the
@@ -31,7 +33,9 @@ from typing import Any
 import numpy as np
 
 from msg_ray import plots
+from msg_ray.operators import get_operator
 from msg_ray.schedule import FULL
+from msg_ray.structure import DIMENSIONS
 from msg_ray.train.metrics import first_reach
 
 
@@ -152,18 +156,36 @@ def summarize(records: list[RunRecord]) -> list[dict[str, Any]]:
         ttt = [full[r.seed].wall / t for r, t in zip(paired, reach, strict=True) if t]
         limit = runs[0].flops_limit
         row: dict[str, Any] = {
-            "operator": op, "lr": lrs[op], "seeds": len(runs), "wall_s": _ms([r.wall for r in runs]),
+            "operator": op, "grows": grown_by(op), "lr": lrs[op], "seeds": len(runs), "wall_s": _ms([r.wall for r in runs]),
             "steps": _ms([float(r.history["step"][-1]) for r in runs]),
             "speedup_equal_steps": _ms(eq), "speedup_time_to_target": _ms(ttt), "speedup_flops_to_target": _ms(ftt),
             "ttt_reached": f"{len(ttt)}/{len(paired)}" + (f" (+{extra} steps)" if extra else ""), "flops": _ms([r.flops for r in runs]),
             "flops_limit": limit, "efficiency": _ms([e / limit for e in eq]),
             "final_val_loss": _ms([r.final_val for r in runs]),
             "val_vs_full": _ms([r.final_val - full[r.seed].final_val for r in paired]),
+            "loss_jump": _ms([loss_jump(r) for r in runs if r.history.get("growth_events")]),
         }  # fmt: skip
         for key in sorted({k for r in runs for k in r.scores}):
             row[f"{key}"] = _ms([v for r in runs for v in r.scores.get(key, [])])
         rows.append(row)
     return rows
+
+
+def grown_by(op: str) -> str:
+    """Which dimensions the operator grows itself; the others are grown by MSG in the same event (the table says so)."""
+    if op == FULL:
+        return "-"
+    dims = get_operator(op).dims
+    if set(dims) == set(DIMENSIONS):
+        return "all"
+    short = {"hidden_dim": "hidden", "ffn_dim": "ffn", "head_num": "heads", "layer_num": "layers"}
+    return "+".join(short[d] for d in dims) + " (rest by msg)"
+
+
+def loss_jump(r: RunRecord) -> float:
+    """Mean |loss after - loss before| over the run's growth events (0 for a strictly preserving operator)."""
+    events = r.history.get("growth_events") or []
+    return statistics.fmean(abs(e["loss_after"] - e["loss_before"]) for e in events) if events else math.nan
 
 
 def _per_step(r: RunRecord) -> float:

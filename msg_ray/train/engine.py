@@ -89,11 +89,13 @@ def model_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def carry_train_state(
-    old: TrainState, new_params: Mapping[str, torch.Tensor], renames: Mapping[str, str] | None = None
-) -> TrainState:
-    """State for a grown model: its parameter values, old moments in the leading slices, zeros elsewhere."""
+    old: TrainState, new_params: Mapping[str, torch.Tensor], renames: Mapping[str, str] | None = None,
+    layout: Mapping[str, Any] | None = None,
+) -> TrainState:  # fmt: skip
+    """State for a grown model: its parameter values, old moments where the growth's ``layout`` puts them
+    (default: leading slices), zeros elsewhere."""
     shapes = {n: tuple(t.shape) for n, t in new_params.items()}
-    moments = carry_adam_state(old.adam_state(), shapes, renames)
+    moments = carry_adam_state(old.adam_state(), shapes, renames, layout)
     return TrainState(
         params={n: t.detach().float().cpu().clone() for n, t in new_params.items()},
         exp_avg={n: m["exp_avg"] for n, m in moments.items()},

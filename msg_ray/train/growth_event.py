@@ -37,6 +37,7 @@ class Grown:
     state: TrainState  # full fp32 params + moments of the new model, as restored into ``engine``
     ramp: G.MaskRamp | None  # None when nothing ramps (no masks attached, or φ = 0 folded them at once)
     seconds: dict[str, float] = field(default_factory=dict)  # PARTS -> seconds
+    preserving: bool = True  # the operator claims the function is unchanged (the loop checks the loss)
 
     @property
     def total_seconds(self) -> float:
@@ -56,7 +57,8 @@ def grow_engine(
     seed: int | None = None,
 ) -> Grown:
     """Grow ``engine``'s model (of ``config.structure``) to ``target`` and return a new engine holding the grown
-    weights and the carried AdamW state (old moments by name in the leading slices, zeros for new coordinates).
+    weights and the carried AdamW state (old moments where the operator's layout puts them, zeros for new
+    coordinates).
     ``target == config.structure`` rebuilds at the same size (the benchmark's leak check). The old engine is
     released. If the grown model carries masks, their ramp starts at ``step`` (c = 0 now, 1 after ``phi`` steps)
     and is already applied for ``step``: the caller applies it from the next step on."""
@@ -66,13 +68,15 @@ def grow_engine(
     t["gather"], t0 = time.perf_counter() - t0, time.perf_counter()
     old = build_from_config(config)
     old.load_state_dict(state.params)
-    new = old if target == config.structure else G.grow(old, target, operator, depth_init=depth_init, seed=seed)
+    growth = (G.Growth(model=old, layout={}, preserving=True) if target == config.structure
+              else G.expand(old, target, operator, depth_init=depth_init, seed=seed))  # fmt: skip
+    new = growth.model
     ramp = G.MaskRamp(start_step=step, phi=phi) if G.is_ramping(new) else None
     if ramp is not None:
         ramp.apply(new, step)  # c for this step (φ = 0 folds the masks before the engine wraps the model)
         ramp = ramp if G.is_ramping(new) else None
     t["grow"], t0 = time.perf_counter() - t0, time.perf_counter()
-    carried = carry_train_state(state, dict(new.named_parameters()))
+    carried = carry_train_state(state, dict(new.named_parameters()), layout=growth.layout)
     t["carry"], t0 = time.perf_counter() - t0, time.perf_counter()
     release(engine)
     del engine, state, old
@@ -81,4 +85,4 @@ def grow_engine(
     t["build"], t0 = time.perf_counter() - t0, time.perf_counter()
     restore_state(engine, carried)
     t["restore"] = time.perf_counter() - t0
-    return Grown(engine=engine, state=carried, ramp=ramp, seconds=t)
+    return Grown(engine=engine, state=carried, ramp=ramp, seconds=t, preserving=growth.preserving)

@@ -174,9 +174,9 @@ class WorkerRun:
         self.history["growth_events"].append(event)
         self.tracker.growth(event, self._n_params())
         jump = abs(after - before)
-        if self.sched.operator in G.STRICTLY_PRESERVING and jump > self.cfg.growth_check_tol:
-            self.log.line(f"WARNING: msg growth changed the loss by {jump:.3g} (> {self.cfg.growth_check_tol}); "
-                          "the operator is not preserving the function")  # fmt: skip
+        if grown.preserving and jump > self.cfg.growth_check_tol:
+            self.log.line(f"WARNING: growth changed the loss by {jump:.3g} (> {self.cfg.growth_check_tol}) although "
+                          f"operator {self.sched.operator!r} claims to preserve the function")  # fmt: skip
         self.log.line(f"grew to {target} at step {self.step}: loss {before:.5f} -> {after:.5f} in {seconds:.2f}s")
         return grown.state
 

@@ -45,13 +45,14 @@ def adamw(
 
 
 def load_moments(
-    model: torch.nn.Module, opt: torch.optim.Optimizer, moments: Mapping[str, Mapping[str, torch.Tensor]], step: int
-) -> None:
-    """Put AdamW moments (by parameter name, old values in the leading slice of a grown parameter) and the step
+    model: torch.nn.Module, opt: torch.optim.Optimizer, moments: Mapping[str, Mapping[str, torch.Tensor]], step: int,
+    layout: Mapping[str, Any] | None = None,
+) -> None:  # fmt: skip
+    """Put AdamW moments (by parameter name, where a growth's ``layout`` puts them, default the leading slice) and the step
     count into ``opt``'s state for every parameter of ``model``; coordinates and parameters without moments get
     zeros, so the whole model shares one step count (Adam's bias correction)."""
     params = dict(model.named_parameters())
-    carried = carry_adam_state(dict(moments), {n: p.shape for n, p in params.items()})
+    carried = carry_adam_state(dict(moments), {n: p.shape for n, p in params.items()}, layout=layout)
     for name, mom in carried.items():
         p = params[name]
         opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": mom["exp_avg"].to(p.device).clone(),

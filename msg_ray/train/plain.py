@@ -42,10 +42,12 @@ class PlainJob:
     label: str = ""
 
 
-def _adamw(model: torch.nn.Module, job: PlainJob, state: dict[str, dict] | None, step: int) -> torch.optim.AdamW:
+def _adamw(
+    model: torch.nn.Module, job: PlainJob, state: dict[str, dict] | None, step: int, layout: dict | None = None
+) -> torch.optim.AdamW:
     opt = adamw(model, job.lr, job.weight_decay)
     if state:  # moments by parameter name (old coordinates in the leading slice, new ones zero)
-        load_moments(model, opt, state, step)
+        load_moments(model, opt, state, step, layout)
     return opt
 
 
@@ -84,9 +86,10 @@ def run_plain(job: PlainJob, data: Any, valid_batches: list[dict[str, torch.Tens
         if stage + 1 < len(sched.stages) and step >= starts[stage]:
             stage += 1
             moms = moments(model, opt)
-            model = G.grow(model.cpu(), sched.stages[stage].structure, sched.operator, depth_init=sched.depth_init,
-                           seed=job.seed * 1000 + stage).to(device)  # fmt: skip
-            opt = _adamw(model, job, moms, step)
+            grown = G.expand(model.cpu(), sched.stages[stage].structure, sched.operator, depth_init=sched.depth_init,
+                             seed=job.seed * 1000 + stage)  # fmt: skip
+            model = grown.model.to(device)
+            opt = _adamw(model, job, moms, step, grown.layout)
             ramp = G.MaskRamp(start_step=step, phi=sched.phi) if G.is_ramping(model) else None
         if ramp is not None:
             ramp.apply(model, step)
