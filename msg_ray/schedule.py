@@ -141,6 +141,7 @@ class Schedule:
                 raise self._err(f"stages[{i}].structure: {e}") from e
             if not grown:
                 raise self._err(f"stages[{i}].structure {stage.structure} grows no dimension over stages[{i - 1}]")
+            self._check_operator(i, grown)
         # The mask ramp of a growth must finish before the next growth starts (and before the run ends);
         # overlapping ramps are not something the paper's operator defines.
         if self.phi > 0:
@@ -150,6 +151,19 @@ class Schedule:
                     raise self._err(
                         f"stages[{i}].start: stage {i} lasts {ends[i] - starts[i]} steps, shorter than phi={self.phi}"
                     )
+
+    def _check_operator(self, i: int, grown: list[str]) -> None:
+        """The operator can perform growth i (its architectures, HyperCloning's integer factors): caught here, at
+        validation, rather than inside a worker at the growth step."""
+        op = get_operator(self.operator)
+        own = [d for d in grown if d in op.dims]
+        if own and op.archs is not None and self.arch not in op.archs:
+            raise self._err(f"operator {self.operator!r} supports arch {op.archs}, not {self.arch!r}")
+        before, after = self.stages[i - 1].structure, self.stages[i].structure
+        for d in own if op.needs_integer_factors else ():
+            if getattr(after, d) % getattr(before, d):
+                raise self._err(f"stages[{i}].structure: operator {self.operator!r} grows {d} by integer factors; "
+                                f"{getattr(before, d)} -> {getattr(after, d)} is not one")  # fmt: skip
 
     def _ramps(self, i: int) -> bool:
         """Whether the growth into stage ``i`` attaches masks: MSG itself, or dimensions the operator leaves to
@@ -193,8 +207,7 @@ class Schedule:
         return self.stages[self.stage_index(step)].structure
 
     def full_baseline(self, name: str = "", target: Structure | None = None) -> Schedule:
-        """Training ``target`` (default: this schedule's) from scratch for the same steps, on the same arch,
-        head_dim, key/value grouping and phi: the reference every growth schedule is compared with."""
+        """``target`` (default: this one's) from scratch, same steps, arch, head_dim, kv grouping, phi."""
         return full(self.arch, target or self.target, self.total_steps, head_dim=self.head_dim, phi=self.phi,
                     kv_group_size=self.kv_group_size, name=name or f"full-{self.name or self.arch}")  # fmt: skip
 

@@ -31,6 +31,7 @@ from msg_ray.compare.report import best_lrs, grid_edge_warnings, summarize, to_c
 from msg_ray.compare.runner import plan
 from msg_ray.export import export_plain
 from msg_ray.model import build_model
+from msg_ray.schedule import Schedule
 from msg_ray.structure import Structure
 from msg_ray.tracking import child_runs, find_runs
 from msg_ray.train.config import RunConfig
@@ -416,6 +417,28 @@ def test_flops_budget_plan_solves_each_schedule_to_full_flops(tmp_path):
     assert set(steps.values()) == {SCHEDULE["total_steps"]}
     with pytest.raises(ValueError, match="CompareConfig.budget"):
         replace(cfg, budget="wallclock")
+
+
+def test_operator_zoo_plans_and_refuses_what_an_operator_cannot_grow(tmp_path):
+    """The registry's operators plan like MSG; an operator that cannot perform a growth of the schedule (HyperCloning
+    needs integer factors, LEMON pre-norm) is refused when the comparison is configured, naming stage and operator."""
+    doubling = {
+        **SCHEDULE,
+        "stages": [{"structure": [32, 64, 1, 1], "start": 0}, {"structure": [64, 128, 2, 2], "start": 12}],
+    }
+    base = replace(base_config(tmp_path), schedule=Schedule.from_dict(doubling))
+    ops = ("msg", "hypercloning", "lemon", "gstack", "bert2bert-aki", "full")
+    runs = {
+        r.operator: r.config.schedule
+        for r in plan(CompareConfig(base=base, operators=ops, name="zoo"), vocab_size=1024)
+    }
+    assert set(runs) == set(ops) and runs["gstack"].operator == "gstack"
+    with pytest.raises(
+        ValueError, match=r"stages\[1\]\.structure: operator 'hypercloning' grows hidden_dim by integer"
+    ):
+        CompareConfig(base=base_config(tmp_path), operators=("hypercloning", "full"), name="z")
+    with pytest.raises(ValueError, match="operator 'lemon' supports arch"):
+        Schedule.from_dict({**doubling, "arch": "bert", "operator": "lemon"})
 
 
 def test_flops_budget_comparison_end_to_end(tmp_path, ray_local):

@@ -78,6 +78,11 @@ class CompareConfig:
             raise ValueError(f"CompareConfig.operators must be distinct names from {(*OPERATORS, FULL)}, got {ops!r}")
         if FULL not in ops:
             raise ValueError("CompareConfig.operators must include 'full' (the baseline of every speed-up)")
+        for op in set(ops) - {FULL}:  # every operator can perform every growth of the schedule (checked now)
+            try:
+                self.base.schedule.replace(operator=op)
+            except ValueError as e:
+                raise ValueError(f"CompareConfig.operators: {e}") from e
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"CompareConfig.seeds must be distinct ints, got {self.seeds!r}")
         if self.lrs is not None and (not self.lrs or any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from msg_ray.growth import OPERATORS
 from msg_ray.presets import DEFAULT_SCHEDULE
 from msg_ray.schedule import FULL, Schedule, Stage, full, get_schedule
 from msg_ray.train.plain import PlainJob, flops_to_reach
@@ -71,6 +72,18 @@ def _study(arch: str, data: dict, full_steps: int, lrs: list[float], picks: list
     return Study(data=data, jobs=sorted(jobs, key=lambda j: j.seed))
 
 
+def _operators(scale: float, lrs: list[float]) -> Study:
+    """Every registered operator on the same schedule (ffn-first-48: each dimension doubles, so cloning operators
+    apply) and full training, on the gpt-warmup150 protocol; seeds 0-2 (select with --seeds)."""
+    n = max(60, int(1500 * scale))
+    base = candidates("gpt", n, phi=max(1, round(50 * min(1.0, scale))))["ffn-first-48"]
+    scheds = {FULL: full("gpt", _T, n, head_dim=32, phi=50, name=FULL)}
+    scheds.update({op: base.replace(operator=op, name=op) for op in OPERATORS})
+    data = {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}
+    jobs = _grid(scheds, lrs, [0, 1, 2], n, batch_size=16, warmup_steps=150)
+    return Study(data=data, jobs=sorted(jobs, key=lambda j: j.seed))
+
+
 _GPT_LRS = [1.4e-3, 2e-3, 2.8e-3, 4e-3, 5.6e-3]
 _BERT_LRS = [5e-4, 1e-3, 1.4e-3, 2e-3, 2.8e-3]
 
@@ -92,6 +105,8 @@ STUDIES: dict[str, Callable[[float], Study]] = {
         "llama", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}, 1500,
         [2e-3, 2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48"], False, scale, batch_size=16,
         warmup_steps=150),
+    # the operator zoo on one schedule (msg_ray.operators), same LR grid for every operator and full
+    "gpt-operators": lambda scale: _operators(scale, [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2]),
     # robustness: another tokenizer size, sequence length and batch
     "gpt-robust": lambda scale: _study(
         "gpt", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 128, "objective": "clm"}, 1500,
