@@ -3,6 +3,7 @@ resume state (loader position, Python and torch RNG) surviving the safe loader."
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -40,6 +41,9 @@ def test_truncated_file_is_a_clear_error(tmp_path):
     d = _write(tmp_path)
     data = (d / C.MODEL).read_bytes()
     (d / C.MODEL).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"model\.pt has {len(data) // 2} bytes, {len(data)} written"):
+        C.load(d, rank=0)
+    (d / "manifest-rank0.json").unlink()  # a checkpoint from before manifests: the loader still names the file
     with pytest.raises(ValueError, match=r"model\.pt: unreadable checkpoint file"):
         C.load(d, rank=0)
     (d / C.MODEL).write_bytes(b"not a checkpoint at all")
@@ -61,9 +65,30 @@ def test_crafted_checkpoint_runs_no_code(tmp_path):
     d = _write(tmp_path)
     marker = tmp_path / "code-ran"
     torch.save({"params": {"w": _Payload(marker)}, "buffers": {}}, d / C.MODEL)
+    with pytest.raises(ValueError, match=r"model\.pt (has|does not match)"):  # the manifest catches it first
+        C.load(d, rank=0)
+    (d / "manifest-rank0.json").unlink()  # without a manifest, the safe loader still refuses the payload
     with pytest.raises(ValueError, match="unreadable checkpoint file"):
         C.load(d, rank=0)
     assert not marker.exists()
+
+
+def test_manifest_lists_every_file_and_catches_a_flipped_byte(tmp_path):
+    d = _write(tmp_path)
+    manifest = json.loads((d / "manifest-rank0.json").read_text())
+    assert set(manifest) == {"rank0.pt", C.MODEL, C.OPTIM, C.META} and not list(d.glob("*.tmp"))
+    original = (d / C.OPTIM).read_bytes()
+    data = bytearray(original)
+    data[len(data) // 2] ^= 0xFF  # same size, different content
+    (d / C.OPTIM).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"optim\.pt does not match its SHA-256"):
+        C.load(d, rank=0)
+    (d / C.OPTIM).write_bytes(original)
+    C.verify(d)
+    C.save(d, rank=1, rank_state={"loader": {}, "rng": None})  # another rank's own manifest
+    (d / "rank1.pt").unlink()
+    with pytest.raises(ValueError, match=r"rank1\.pt is missing \(listed in manifest-rank1\.json\)"):
+        C.verify(d)
 
 
 def test_eval_of_a_wrong_path_fails_before_ray(tmp_path):

@@ -118,7 +118,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
 
 
 def _from_checkpoint(p: Path, meta: dict[str, Any]) -> GrowableModel:
-
+    C.verify(p)  # sizes and checksums first: a damaged checkpoint is named before any data is prepared
     cfg = RunConfig.from_dict(meta["config"])
     vocab = prepare(cfg.data).vocab_size
     # dropout 0, as evaluation always built it (fine-tuning adds none of the pretraining's)

@@ -6,13 +6,18 @@ A checkpoint folder (named ``stage{k}-step{N:07d}``, the stage and optimizer ste
   on a different number of workers or ZeRO stage);
 - ``meta.json`` (rank 0): structure, stage and schedule position, mask c and ramp start, wall time and FLOPs so
   far, MLflow run id, metric history for plots, and the resolved config;
-- ``rank{r}.pt`` (every rank): its data-loader position and RNG states.
-No absolute paths are stored, so a checkpoint moves between machines with the storage it lives on.
+- ``rank{r}.pt`` (every rank): its data-loader position and RNG states;
+- ``manifest-rank{r}.json`` (every rank): size and SHA-256 of each file that rank wrote. Loading verifies them,
+  so a truncated or altered file is found before it is unpickled, and resume falls back to the previous checkpoint.
+Files are written to a temporary name and renamed, so a crash mid-write never leaves a half file under the real
+name. No absolute paths are stored, so a checkpoint moves between machines with the storage it lives on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,14 +54,54 @@ def save(
     """Write this rank's part of a checkpoint into ``directory`` (rank 0 also writes model/optim/meta)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    torch.save(rank_state, d / f"rank{rank}.pt")
+    if rank == 0 and (meta is None or params is None or moments is None):
+        raise ValueError("checkpoint.save: rank 0 must provide meta, params and moments")
+    written = [_atomic(d / f"rank{rank}.pt", lambda f: torch.save(rank_state, f))]
     if rank == 0:
-        if meta is None or params is None or moments is None:
-            raise ValueError("checkpoint.save: rank 0 must provide meta, params and moments")
-        torch.save({"params": params, "buffers": buffers or {}}, d / MODEL)
-        torch.save(moments, d / OPTIM)
-        (d / META).write_text(json.dumps(meta, indent=1, default=str))
+        written.append(_atomic(d / MODEL, lambda f: torch.save({"params": params, "buffers": buffers or {}}, f)))
+        written.append(_atomic(d / OPTIM, lambda f: torch.save(moments, f)))
+        written.append(_atomic(d / META, lambda f: f.write(json.dumps(meta, indent=1, default=str).encode())))
+    manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in written}
+    _atomic(d / f"manifest-rank{rank}.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
     return d
+
+
+def _atomic(path: Path, write: Any) -> Path:
+    """``write(file)`` into ``path.tmp``, flushed to disk, then renamed onto ``path`` (atomic on POSIX)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 23), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(directory: str | Path) -> None:
+    """Check every file a manifest in ``directory`` lists (size, then SHA-256); ValueError naming the first bad
+    one. Checkpoints written before manifests existed have none and pass."""
+    d = Path(directory)
+    for manifest in sorted(d.glob("manifest-rank*.json")):
+        try:
+            entries = json.loads(manifest.read_text())
+        except ValueError as e:
+            raise ValueError(f"checkpoint {d.name}: {manifest.name} is unreadable ({e})") from e
+        for name, want in entries.items():
+            f = d / name
+            if not f.is_file():
+                raise ValueError(f"checkpoint {d.name}: {name} is missing (listed in {manifest.name})")
+            if f.stat().st_size != want["bytes"]:
+                raise ValueError(f"checkpoint {d.name}: {name} has {f.stat().st_size} bytes, {want['bytes']} written")
+            if _sha256(f) != want["sha256"]:
+                raise ValueError(f"checkpoint {d.name}: {name} does not match its SHA-256 (altered or corrupt)")
 
 
 @dataclass
@@ -86,6 +131,7 @@ def load(directory: str | Path, rank: int) -> Loaded:
     missing = [f for f in (META, MODEL, OPTIM) if not (d / f).exists()]
     if missing:
         raise ValueError(f"checkpoint {d.name} is incomplete: missing {missing}")
+    verify(d)
     model = read(d / MODEL)
     rank_file = d / f"rank{rank}.pt"
     rank_state = read(rank_file) if rank_file.exists() else {**read(d / "rank0.pt"), "rng": None}
