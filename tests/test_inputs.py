@@ -14,6 +14,9 @@ from msg_ray.cli import main
 
 CASES = [  # (argv, a fragment the one error line must contain)
     (["train", "--set", "engine.lr=nan"], "RunConfig.engine.lr: must be a finite number, got 'nan'"),
+    (["train", "--set", "on_divergence=retry"], "RunConfig.on_divergence: must be 'stop' or 'rollback'"),
+    (["train", "--set", "divergence_factor=0.5"], "RunConfig.divergence_factor: must be 0 (off) or > 1"),
+    (["train", "--set", "rollback_lr_factor=2"], "RunConfig.rollback_lr_factor: must be in (0, 1]"),
     (["train", "--set", "engine.lr=fast"], "RunConfig.engine.lr: must be a finite number, got 'fast'"),
     (["train", "--set", "engine.lr=inf"], "RunConfig.engine.lr"),
     (["train", "--set", "engine.lr=-1"], "RunConfig.engine.lr"),

@@ -144,6 +144,26 @@ def load(directory: str | Path, rank: int) -> Loaded:
     )
 
 
+def newest(root: str | Path, rank: int, before_step: float = float("inf"), skip: Path | None = None) -> Loaded | None:
+    """The newest loadable checkpoint under ``root`` (the run's storage) taken before ``before_step``, or None.
+    Every rank scans the same shared folders in the same order, so all ranks pick the same checkpoint."""
+    candidates = []
+    for meta in Path(root).rglob(META):
+        d = meta.parent.resolve()
+        try:
+            step = json.loads(meta.read_text())["step"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if d != skip and step < before_step and (d / MODEL).exists():
+            candidates.append((step, str(d)))
+    for _, d in sorted(candidates, reverse=True):
+        try:
+            return load(d, rank)
+        except ValueError:
+            continue
+    return None
+
+
 def load_or_previous(directory: str | Path, rank: int, root: str | Path) -> tuple[Loaded, str | None]:
     """``load(directory)``; when that checkpoint is damaged, the newest loadable checkpoint folder under ``root``
     (the run's storage) taken at an earlier step. Returns (loaded, warning or None). Every rank scans the same
@@ -156,19 +176,7 @@ def load_or_previous(directory: str | Path, rank: int, root: str | Path) -> tupl
             bad_step = json.loads((bad / META).read_text())["step"]
         except (OSError, ValueError, KeyError):
             bad_step = float("inf")
-        candidates = []
-        for meta in Path(root).rglob(META):
-            d = meta.parent.resolve()
-            try:
-                step = json.loads(meta.read_text())["step"]
-            except (OSError, ValueError, KeyError):
-                continue
-            if d != bad and step < bad_step and (d / MODEL).exists():
-                candidates.append((step, str(d)))
-        for _, d in sorted(candidates, reverse=True):
-            try:
-                loaded = load(d, rank)
-            except ValueError:
-                continue
-            return loaded, f"checkpoint {bad.name} is damaged ({first}); resuming from {Path(d).name} instead"
+        loaded = newest(root, rank, before_step=bad_step, skip=bad)
+        if loaded is not None:
+            return loaded, f"checkpoint {bad.name} is damaged ({first}); resuming from {loaded.meta['folder']} instead"
         raise

@@ -59,7 +59,17 @@ class RunConfig:
     max_failures: int = 0  # Ray FailureConfig retries (resume from the last checkpoint)
     export_hf: bool = True
     adaptive: dict[str, Any] | None = None  # online growth times, see msg_ray.train.adaptive and _check_adaptive
+    # divergence: a NaN/inf loss always counts; > divergence_factor x the running median of the last
+    # divergence_window losses counts too when the factor is > 0. stop: fail the run (FAILED in MLflow, last good
+    # checkpoint kept); rollback: reload the newest checkpoint before it with the LR x rollback_lr_factor, at most
+    # max_rollbacks times, then stop.
+    divergence_factor: float = 0.0
+    divergence_window: int = 50
+    on_divergence: str = "stop"
+    max_rollbacks: int = 2
+    rollback_lr_factor: float = 0.5
     kill_rank_at_step: tuple[int, int] | None = None  # fault injection for tests: (rank, step), first attempt only
+    inject_nan_at_step: int | None = None  # fault injection for tests: one NaN loss at this step, first time only
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -76,6 +86,15 @@ class RunConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise bad(name, f"must be an int >= 0, got {v!r}")
+        if self.on_divergence not in ("stop", "rollback"):
+            raise bad("on_divergence", f"must be 'stop' or 'rollback', got {self.on_divergence!r}")
+        if self.divergence_factor != 0 and not self.divergence_factor > 1:
+            raise bad("divergence_factor", f"must be 0 (off) or > 1, got {self.divergence_factor!r}")
+        if not 0 < self.rollback_lr_factor <= 1:
+            raise bad("rollback_lr_factor", f"must be in (0, 1], got {self.rollback_lr_factor!r}")
+        if self.divergence_window < 1 or self.max_rollbacks < 0:
+            raise bad("divergence_window" if self.divergence_window < 1 else "max_rollbacks",
+                      f"must be >= 1 / >= 0, got {self.divergence_window!r} / {self.max_rollbacks!r}")  # fmt: skip
         if self.lr_decay not in LR_DECAYS:
             raise bad("lr_decay", f"must be one of {LR_DECAYS}, got {self.lr_decay!r}")
         if (

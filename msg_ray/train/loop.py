@@ -11,7 +11,6 @@ so identical new weights) and probes the same batch again; with ``msg`` the two 
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from msg_ray.data import BlockLoader, prepare
 from msg_ray.flops import flops_per_token, param_count
 from msg_ray.model import GrowableModel, build_from_config
 from msg_ray.train import checkpoint as C
+from msg_ray.train import divergence, faults
 from msg_ray.train.adaptive import AdaptiveGrowth, gamma_curve
 from msg_ray.train.config import RunConfig
 from msg_ray.train.engine import TrainState, build_engine, gather_state, restore_state, set_lr
@@ -62,6 +62,7 @@ class WorkerRun:
         )  # fmt: skip
         self.meter = RateMeter(cfg.gamma_window)
         self.step, self.stage, self.wall, self.flops = 0, 0, 0.0, 0.0
+        self.rollbacks = 0  # divergence rollbacks so far; the LR is scaled by rollback_lr_factor per rollback
         self._pending: list[tuple[int, float, float, torch.Tensor]] = []  # (step, wall, flops, loss on device)
         self._finished, self._agreed_wall = False, 0.0
         self.ramp: G.MaskRamp | None = None
@@ -98,6 +99,7 @@ class WorkerRun:
     def _restore(self, loaded: C.Loaded) -> None:
         m = loaded.meta
         self.step, self.stage, self.wall, self.flops = m["step"], m["stage"], m["wall_s"], m["flops"]
+        self.rollbacks = m.get("rollbacks", 0)
         self.history = m["history"]
         model = build_from_config(self.cfg.model_config(self.data.vocab_size, self.structure))
         model.load_state_dict({**loaded.params, **loaded.buffers})  # recreates masks mid-ramp
@@ -121,8 +123,8 @@ class WorkerRun:
         return self.engine.module.loss(logits, batch["labels"].to(device))
 
     def _train_step(self) -> torch.Tensor:
-        set_lr(self.engine, self.lr(self._lr_step()) * stage_lr_multiplier(self.cfg.lr_scale, self.structure,
-                                                                             self.sched.target))  # fmt: skip
+        rule = stage_lr_multiplier(self.cfg.lr_scale, self.structure, self.sched.target)
+        set_lr(self.engine, self.lr(self._lr_step()) * rule * self.lr_factor)
         total = None
         for _ in range(self.cfg.engine.grad_accum):
             loss = self._forward_loss(next(self.loader))
@@ -181,6 +183,10 @@ class WorkerRun:
         return grown.state
 
     @property
+    def lr_factor(self) -> float:
+        return self.cfg.rollback_lr_factor**self.rollbacks
+
+    @property
     def structure(self):
         """The structure trained now (stage-driven, so schedules whose growth times are decided online work)."""
         return self.sched.stages[self.stage].structure
@@ -211,6 +217,7 @@ class WorkerRun:
             "ramp": None if self.ramp is None else {"start_step": self.ramp.start_step, "phi": self.ramp.phi},
             "run_id": self.tracker.run_id, "history": self.history, "config": self.cfg.to_dict(),
             "world_size": self.world, "adaptive": self.policy.state_dict() if self.policy else None,
+            "rollbacks": self.rollbacks,
         }  # fmt: skip
         rank_state = {"loader": self.loader.state_dict(), "rng": C.rng_state()}
         moments = {"exp_avg": state.exp_avg, "exp_avg_sq": state.exp_avg_sq, "step": state.step}
@@ -237,26 +244,52 @@ class WorkerRun:
         self._start()
         self.tracker.start(self._n_params(), self.structure, resumed=self.step > 0)
         try:
-            self._finished = self._done()
-            while not self._finished:
-                self._maybe_fault()
-                t0 = time.perf_counter()
-                if self.ramp is not None:
-                    self.tracker.mask(self.ramp.apply(self.engine.module, self.step), self.step)
-                if self._growth_due():  # the event applies its new ramp for this step
-                    state = self._grow(self.stage + 1)
-                    self.wall += time.perf_counter() - t0
-                    self._checkpoint(state=state)
-                    t0 = time.perf_counter()
-                loss = self._train_step()
-                self.wall += time.perf_counter() - t0
-                self._after_step(loss)
-            self._checkpoint(final=True)
+            while True:
+                try:
+                    self._run_steps()
+                    break
+                except divergence.Diverged as d:
+                    self._on_divergence(d)
             self.tracker.finish(self.history)
         except BaseException:
             self._pending.clear()  # a failed step's losses are not part of the history
             self.tracker.flush()
             raise
+
+    def _run_steps(self) -> None:
+        self._finished = self._done()
+        while not self._finished:
+            faults.maybe_kill(self.cfg.kill_rank_at_step, self.rank, self.step, self.attempt_dir)
+            t0 = time.perf_counter()
+            if self.ramp is not None:
+                self.tracker.mask(self.ramp.apply(self.engine.module, self.step), self.step)
+            if self._growth_due():  # the event applies its new ramp for this step
+                state = self._grow(self.stage + 1)
+                self.wall += time.perf_counter() - t0
+                self._checkpoint(state=state)
+                t0 = time.perf_counter()
+            loss = self._train_step()
+            self.wall += time.perf_counter() - t0
+            self._after_step(loss)
+        self._checkpoint(final=True)
+
+    def _on_divergence(self, d: divergence.Diverged) -> None:
+        """Roll back to the newest checkpoint before the diverged step with a lower LR, or stop the run."""
+        self._pending.clear()
+        last = self.history["step"][-1] if self.history["step"] else 0
+        msg = f"{DIVERGED}: {d}; finite up to step {last}"
+        loaded = None
+        if self.cfg.on_divergence == "rollback" and self.rollbacks < self.cfg.max_rollbacks:
+            loaded = C.newest(self.attempt_dir, self.rank, before_step=d.step)
+        if loaded is None:
+            raise TrainingDiverged(f"{msg}. Lower engine.lr or raise warmup_steps (or set on_divergence=rollback); "
+                                   "the checkpoints hold only finite states.")  # fmt: skip
+        rollbacks = self.rollbacks + 1
+        self._restore(loaded)
+        self.rollbacks = max(self.rollbacks, rollbacks)
+        self.history.setdefault("rollbacks", []).append({"diverged_step": d.step, "to_step": self.step})
+        self.log.line(f"WARNING: {msg}; rolled back to {loaded.meta['folder']} (step {self.step}), "
+                      f"LR x{self.lr_factor:g} from now on")  # fmt: skip
 
     # -- budget: steps, or wall seconds (``wall_budget_s``: stage starts, warm-up and LR decay read as fractions of
     # the nominal total_steps, on the wall-time axis; every decision uses the wall time all ranks agree on) ----------
@@ -299,13 +332,13 @@ class WorkerRun:
         if not self._pending:
             return
         losses = torch.stack([p[3] for p in self._pending]).tolist()
-        bad = next(((p[0], x) for p, x in zip(self._pending, losses, strict=True) if not math.isfinite(x)), None)
-        if bad is not None:  # before any checkpoint of the diverged weights is written
-            last = self.history["step"][-1] if self.history["step"] else 0
-            raise TrainingDiverged(
-                f"{DIVERGED}: loss {bad[1]} at step {bad[0]} (finite up to step {last}); lower engine.lr or raise "
-                "warmup_steps. The checkpoints hold only finite states."
-            )
+        nan_at = faults.nan_index(self.cfg.inject_nan_at_step, [p[0] for p in self._pending], self.attempt_dir)
+        if nan_at is not None:
+            losses[nan_at] = math.nan
+        found = divergence.find(self.history["train_loss"], [(p[0], x) for p, x in zip(self._pending, losses, strict=True)],
+                                self.cfg.divergence_factor, self.cfg.divergence_window)  # fmt: skip
+        if divergence.agree(found):  # before any checkpoint of the diverged weights is written
+            raise found or divergence.Diverged(self._pending[-1][0], math.nan, "on another rank")
         h = self.history
         for (step, wall, flops, _), loss in zip(self._pending, losses, strict=True):
             self.meter.update(step, wall, loss)
@@ -362,18 +395,3 @@ class WorkerRun:
                **{k.split("/")[-1]: v for k, v in self.meter.rates().items()}}  # fmt: skip
         out.update(self.structure.as_dict())
         return out
-
-    def _maybe_fault(self) -> None:
-        """Fault injection for resume tests: kill this worker process once at (rank, step)."""
-        kill = self.cfg.kill_rank_at_step
-        if kill is None or (self.rank, self.step) != tuple(kill):
-            return
-        marker = self.attempt_dir / ".fault-injected"
-        if marker.exists():
-            return
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(str(self.step))
-        # Ray Train V2 collects reports every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default): die only after
-        # it has registered the last checkpoint, so the injected fault tests a resume, not a restart from scratch.
-        time.sleep(3.0)
-        os._exit(1)
