@@ -29,7 +29,6 @@ from msg_ray.structure import Structure
 
 OPERATORS = operator_names()
 DEPTH_INITS = ("stack", "random")
-WIDTH = ("hidden_dim", "ffn_dim", "head_num")
 
 
 @dataclass(frozen=True)
