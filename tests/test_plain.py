@@ -63,3 +63,17 @@ def test_studies_give_every_schedule_the_same_lr_grid():
             grids.setdefault(j.label, set()).add(j.lr)
         assert FULL in grids and len({frozenset(g) for g in grids.values()}) == 1, name
         assert all(len(g) >= 3 for g in grids.values())  # room for an interior optimum
+
+
+DOUBLING = Schedule(arch="gpt", total_steps=30, phi=3, head_dim=16, name="double",
+                    stages=(Stage(structure=[32, 64, 1, 1], start=0), Stage(structure=[64, 128, 2, 2], start=0.4)))  # fmt: skip
+
+
+@pytest.mark.parametrize("op", ["hypercloning", "lemon", "gstack", "bert2bert-aki"])
+def test_every_operator_trains_through_a_growth_with_its_layout(data, op):
+    """The zoo in the plain loop: the growth carries moments by the operator's layout and training goes on."""
+    d, vb = data
+    g = run_plain(PlainJob(schedule=DOUBLING.replace(operator=op), lr=3e-3, full_steps=30, batch_size=4,
+                           warmup_steps=3, eval_points=3), d, vb)  # fmt: skip
+    assert g["job"]["schedule"]["operator"] == op and all(math.isfinite(v) for v in g["val_loss"])
+    assert g["val_loss"][-1] < g["val_loss"][0]

@@ -105,9 +105,12 @@ class Spool:
     # -- writing ---------------------------------------------------------------------------------------------
 
     def mark_shipped(self, seq: int, offset: int, run_id: str | None = None) -> None:
-        """Record that the store accepted everything up to `seq` (fsynced only when the run id changes)."""
+        """Record that the store accepted everything up to `seq` for `run_id` (fsynced when the run id changes;
+        a different run id than before starts over from the first record)."""
         state = self.shipped()
         new_run = run_id is not None and run_id != state["run_id"]
+        if new_run and state["run_id"] is not None:  # the old run is gone: everything goes to the new one
+            state["seq"], state["offset"] = 0, 0
         if run_id is not None:
             state["run_id"] = run_id
         if seq > state["seq"]:
