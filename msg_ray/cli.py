@@ -1,4 +1,5 @@
-"""``msg-ray`` command line: ``train``, ``tune``, ``compare``, ``eval``, ``report``. Thin: parse, call one function.
+"""``msg-ray`` command line: ``train``, ``tune``, ``compare``, ``eval``, ``report``, ``sync``. Thin: parse, call one
+function.
 
 The shared run flags and their ``RunConfig`` (validated before Ray starts) live in ``msg_ray.run_args``.
 """
@@ -8,10 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+from pathlib import Path
 
 from msg_ray.compare.cli import register_cli as register_compare
 from msg_ray.run_args import add_run_args, build_run_config
+from msg_ray.tracking import sync
 from msg_ray.train.run import run
 from msg_ray.train.session import TrainingDiverged
 from msg_ray.tune.cli import register_cli as register_tune
@@ -28,12 +32,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Ship the tracking spools of run NAME (written while MLflow was unreachable) into MLflow."""
+    root = Path(args.storage_path or Path(os.environ.get("MSG_RAY_HOME", "runs")) / "ray") / args.name
+    spools = sorted(p.parent for p in (root / "tracking-spool").glob("*/spool.jsonl"))
+    if not spools:
+        raise ValueError(f"sync: no tracking spool under {root / 'tracking-spool'} (check NAME and --storage-path)")
+    out = [{"spool": str(d), **sync(d, uri=args.tracking_uri)} for d in spools]
+    print(json.dumps(out, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="msg-ray", description="Masked Structural Growth pretraining on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="pretrain one schedule (Ray Train + DeepSpeed), tracked in MLflow")
     add_run_args(p)
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("sync", help="ship a run's tracking spool into MLflow (after an MLflow outage)")
+    p.add_argument("name", help="the run's --name")
+    p.add_argument("--storage-path", default="", help="the run's storage (default: $MSG_RAY_HOME/ray or runs/ray)")
+    p.add_argument("--tracking-uri", default=None, help="default: the URI the run was started with")
+    p.set_defaults(func=cmd_sync)
     register_tune(sub)
     register_compare(sub)  # compare, eval, report
     args = parser.parse_args(argv)

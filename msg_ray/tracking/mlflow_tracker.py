@@ -2,20 +2,19 @@
 
 Every MLflow call made by ``Tracker`` is wrapped: when the store is unreachable or errors, one warning is printed
 and the tracker turns into a cheap no-op (retrying the connection once after ``retry_after_s``), so a dead server
-costs seconds, not a training run. HTTP retries/timeouts are shortened only around our own calls. MLflow is
-imported inside functions (importing it costs seconds; most callers only need the seam).
+costs seconds, not a training run. With ``spool_dir`` nothing is dropped: every call is first written to a durable
+local ``Spool`` and shipped from there (``mlflow_sync.replay``), retried every ``retry_after_s`` for as long as it
+takes. HTTP retries/timeouts are shortened only around our own calls. MLflow is imported inside functions
+(importing it costs seconds; most callers only need the seam).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from msg_ray.tracking.base import (
@@ -26,61 +25,20 @@ from msg_ray.tracking.base import (
     plain,
     resolve_tracking_uri,
 )
+from msg_ray.tracking.mlflow_sync import (
+    METRICS_PER_BATCH,
+    PARAMS_PER_BATCH,
+    _client,
+    _experiment_id,
+    _first_line,
+    _is_data_error,
+    _short_http,
+    _tag_entities,
+    replay,
+)
+from msg_ray.tracking.spool import Spool
 
 log = logging.getLogger(__name__)
-
-_PARAMS_PER_BATCH = 100
-_METRICS_PER_BATCH = 1000
-# Short HTTP settings for our calls (MLflow's defaults: 7 retries, backoff 2, 120 s timeout = minutes when a
-# server is down). Values the user exported win.
-_SHORT_HTTP_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-}
-# Error codes meaning "the store answered but refused this data": drop the data, keep tracking healthy.
-_DATA_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST"}
-
-
-@contextlib.contextmanager
-def _short_http() -> Iterator[None]:
-    """Shorten MLflow's HTTP retries/timeouts for the duration of one of our calls (read per request)."""
-    added = [k for k in _SHORT_HTTP_ENV if k not in os.environ]
-    for key in added:
-        os.environ[key] = _SHORT_HTTP_ENV[key]
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
-
-
-def _client(uri: str):
-    """An MlflowClient for a resolved URI; creates a sqlite database's directory first."""
-    from mlflow.tracking import MlflowClient
-
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :].partition("?")[0]).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
-
-
-def _experiment_id(client, uri: str, name: str) -> str:
-    """Get or create an experiment; local stores keep artifacts next to the database, not in the cwd."""
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = None
-    if uri.startswith("sqlite:///"):
-        db_dir = Path(uri[len("sqlite:///") :].partition("?")[0]).parent
-        location = (db_dir / "artifacts" / re.sub(r"[^\w.\-]", "_", name)).as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:  # another trial/rank created it between our two calls
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
 
 
 class Tracker:
@@ -89,6 +47,13 @@ class Tracker:
     Use `start()` (returns the run id, or None when disabled/unreachable), then `log_*`, then `finish()`; or use
     it as a context manager (`finish("FAILED")` on an exception). `healthy` turns False on the first failure,
     with one warning (`error` keeps its text so the training output can repeat it).
+
+    `spool_dir` (optional) makes tracking lossless: every call is appended to a `Spool` there first (figures as
+    PNG files, dicts as JSON/YAML files, artifacts copied), then shipped in order; while MLflow is unreachable
+    records wait on disk (no memory growth) and shipping is retried at most every `retry_after_s` seconds, for as
+    long as the run lasts (`finish()` tries once more). `start()` on an existing spool (a resume, a restart after
+    a crash) resumes the spool's run and ships what is left first; `mlflow_sync.sync(spool_dir)` ships it by
+    hand. Use one spool directory per run (e.g. inside the run's checkpoint directory).
     """
 
     def __init__(
@@ -104,6 +69,7 @@ class Tracker:
         flush_every: int = 100,
         retry_after_s: float = 300.0,
         max_buffer: int = 20_000,
+        spool_dir: str | os.PathLike | None = None,
     ) -> None:
         if not experiment:
             raise ValueError("experiment: must be a non-empty name")
@@ -124,6 +90,13 @@ class Tracker:
         self._params: dict[str, str] = {}  # what the run holds
         self._pending_params: dict[str, str] = {}
         self._metrics: list = []
+        self.spool = Spool(spool_dir) if spool_dir is not None and enabled else None
+        self._unshipped = 0  # metric points spooled since the last shipping attempt
+        self._stale_status = 0  # status records up to this seq belong to an earlier session of the run
+        if self.spool is not None and self.spool.run_id:
+            if run_id and run_id != self.spool.run_id:
+                raise ValueError(f"spool_dir {spool_dir} belongs to run {self.spool.run_id}, not {run_id}")
+            self.run_id = self.spool.run_id
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -131,7 +104,16 @@ class Tracker:
         """Create the run, or resume `run_id` (same run, status back to RUNNING). Returns the run id or None."""
         if not self.enabled:
             return None
+        if self.spool is not None:
+            if self.spool.run_record() is None:
+                self.spool.add_run(
+                    experiment=self.experiment, run_name=self.run_name, tags=self.tags,
+                    parent_run_id=self.parent_run_id, uri=self.uri,
+                )  # fmt: skip
+            self._stale_status = self.spool.last_seq
         self._call("start run", self._open)
+        if self._started and self.spool is not None:
+            self._ship()
         return self.run_id if self._started else None
 
     def _open(self) -> None:
@@ -151,6 +133,8 @@ class Tracker:
             if tags:
                 client.log_batch(run.info.run_id, tags=_tag_entities(tags), synchronous=True)
         self._client, self.run_id, self._started = client, run.info.run_id, True
+        if self.spool is not None:
+            self.spool.set_run_id(self.run_id)
 
     def _existing_run(self, client):
         try:
@@ -165,6 +149,12 @@ class Tracker:
         """Flush buffered metrics and mark the run terminated (FINISHED, FAILED or KILLED)."""
         if status not in TERMINAL_STATUSES:
             raise ValueError(f"status: must be one of {TERMINAL_STATUSES}, got {status!r}")
+        if self.spool is not None:
+            self.spool.append("status", sync=True, status=status)
+            if self._failed_at is not None:  # one last attempt, whatever the retry delay
+                self._failed_at = -float("inf")
+            self.flush()
+            return
         self.flush()
         self._call("finish run", lambda: self._client.set_terminated(self.run_id, status))
 
@@ -188,6 +178,12 @@ class Tracker:
         if changed:
             self._warn(f"msg_ray: params changed since the run was created, kept as tags: {sorted(changed)}")
             self.set_tags({f"param_changed.{k}": v for k, v in changed.items()})
+        if self.spool is not None:
+            if new:
+                self.spool.append("params", params=new)
+                self._params.update(new)  # spooled: will be in the run
+                self.flush()
+            return
         self._pending_params.update(new)  # kept until sent, so a reconnection still logs them
         if self._pending_params and self._ready():
             self._send_params()
@@ -196,8 +192,8 @@ class Tracker:
         from mlflow.entities import Param
 
         items = [(k, v) for k, v in self._pending_params.items() if k not in self._params]
-        for i in range(0, len(items), _PARAMS_PER_BATCH):
-            chunk = [Param(k, v) for k, v in items[i : i + _PARAMS_PER_BATCH]]
+        for i in range(0, len(items), PARAMS_PER_BATCH):
+            chunk = [Param(k, v) for k, v in items[i : i + PARAMS_PER_BATCH]]
             if not self._call("log params", self._batch(params=chunk)) and not self.healthy:
                 return
             for param in chunk:  # sent, or refused as bad data (retrying would not help)
@@ -206,52 +202,89 @@ class Tracker:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Buffer metrics at `step`; sent with log_batch every `flush_every` entries or on flush()."""
-        if not self.enabled or (not self.healthy and self._reconnects_left <= 0):
+        if not self.enabled or (not self.healthy and self._reconnects_left <= 0 and self.spool is None):
             return  # given up for good: buffering would only grow memory
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
+        rows = []
         for key, value in metrics.items():
             try:
-                self._metrics.append(Metric(clean_key(key), float(value), now, int(step)))
+                rows.append((clean_key(key), float(value), now, int(step)))
             except (TypeError, ValueError):  # a non-number must not stop training either
                 self._warn(f"msg_ray: metric {key!r}={value!r} is not a number; not logged")
+        if self.spool is not None:
+            if rows:
+                self.spool.append("metrics", metrics=rows)
+                self._unshipped += len(rows)
+                if self._unshipped >= self.flush_every:
+                    self.flush()
+            return
+        from mlflow.entities import Metric
+
+        self._metrics += [Metric(*row) for row in rows]
         if len(self._metrics) > self.max_buffer:  # unreachable for long: keep the newest points
             del self._metrics[: len(self._metrics) - self.max_buffer]
         if len(self._metrics) >= self.flush_every:
             self.flush()
 
     def flush(self) -> None:
-        """Send buffered metrics now (kept in the buffer while the store is unreachable)."""
+        """Send buffered metrics (with a spool: every unshipped record) now; kept while the store is unreachable."""
+        if self.spool is not None:
+            self._unshipped = 0
+            if self._ready():
+                self._ship()
+            return
         while self._metrics and self._ready():
-            chunk = self._metrics[:_METRICS_PER_BATCH]
+            chunk = self._metrics[:METRICS_PER_BATCH]
             ok = self._call("log metrics", self._batch(metrics=chunk))
             if not ok and not self.healthy:
                 return
             del self._metrics[: len(chunk)]  # sent, or refused as bad data (retrying would not help)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.spool is not None and tags:
+            self.spool.append("tags", tags={clean_key(k): str(v)[:MAX_TAG_VAL_LENGTH] for k, v in tags.items()})
+            self.flush()
+            return
         if not tags or not self._ready():
             return
         entities = _tag_entities({clean_key(k): v for k, v in tags.items()})
-        for i in range(0, len(entities), _PARAMS_PER_BATCH):
-            chunk = entities[i : i + _PARAMS_PER_BATCH]
+        for i in range(0, len(entities), PARAMS_PER_BATCH):
+            chunk = entities[i : i + PARAMS_PER_BATCH]
             self._call("set tags", self._batch(tags=chunk))
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        """Upload a local file or directory to the run's artifacts."""
-        if self._ready():
+        """Upload a local file or directory to the run's artifacts (with a spool: a copy is spooled first)."""
+        if self.spool is not None:
+            self._spool_file("log artifact", lambda: self.spool.add_artifact(path, artifact_path))
+        elif self._ready():
             self._call("log artifact", lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
 
     def log_dict(self, d: Mapping[str, Any], name: str) -> None:
         """Store a dict as a .json or .yaml/.yml artifact (format chosen by `name`'s extension)."""
-        if self._ready():
+        if self.spool is not None:
+            self._spool_file("log dict", lambda: self.spool.add_dict(d, name))
+        elif self._ready():
             self._call("log dict", lambda: self._client.log_dict(self.run_id, plain(d), name))
 
     def log_figure(self, fig, name: str) -> None:
         """Store a matplotlib figure (e.g. from msg_ray.plots) as an image artifact; the figure stays open."""
-        if self._ready():
+        if self.spool is not None:
+            self._spool_file("log figure", lambda: self.spool.add_figure(fig, name))
+        elif self._ready():
             self._call("log figure", lambda: self._client.log_figure(self.run_id, fig, name))
+
+    def _spool_file(self, what: str, add: Callable[[], Any]) -> None:
+        try:
+            add()
+        except Exception as exc:  # a missing file, an unserialisable dict, not a figure: warn, train on
+            self._warn(f"msg_ray: refused {what}: {_first_line(exc)}")
+            return
+        self.flush()
+
+    def _ship(self) -> None:
+        """Replay the spool's unshipped records into the run (a failure leaves them for the next attempt)."""
+        spool, stale = self.spool, self._stale_status
+        self._call("ship spooled records", lambda: replay(self._client, self.run_id, spool, stale_status_upto=stale))
 
     def _batch(self, **entities: list) -> Callable[[], Any]:
         # synchronous: a failure must surface here, not in MLflow's async logging thread
@@ -266,8 +299,8 @@ class Tracker:
         if self.healthy and self._started:
             return True
         due = self._failed_at is not None and time.monotonic() - self._failed_at >= self.retry_after_s
-        if not due or self._reconnects_left <= 0:
-            return False
+        if not due or (self._reconnects_left <= 0 and self.spool is None):
+            return False  # with a spool: retried every retry_after_s, for as long as it takes
         self._reconnects_left -= 1
         self.healthy = True
         if not self._call("reconnect", self._open, quiet=True):
@@ -301,9 +334,10 @@ class Tracker:
         if quiet or self.error is not None:
             log.debug("msg_ray: MLflow still unavailable: %s", exc)
             return
-        self.error = (
-            f"msg_ray: MLflow tracking unavailable at {self.uri}: {_first_line(exc)}; "
+        self.error = f"msg_ray: MLflow tracking unavailable at {self.uri}: {_first_line(exc)}; " + (
             "training continues without tracking"
+            if self.spool is None
+            else f"training continues, tracking kept in {self.spool.directory} until it is back"
         )
         self._warn(self.error)
 
@@ -314,22 +348,3 @@ class Tracker:
         print(message, file=sys.stderr, flush=True)
         if log.hasHandlers():
             log.warning(message)
-
-
-def _is_data_error(exc: BaseException) -> bool:
-    """The store answered but refused the data, or our argument was bad: not a reason to stop tracking."""
-    code = getattr(exc, "error_code", None)
-    if code is not None:  # an MlflowException: the server/store classified it
-        return code in _DATA_ERRORS
-    return isinstance(exc, TypeError | ValueError | KeyError) and not isinstance(exc, OSError)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:500]
-
-
-def _tag_entities(tags: Mapping[str, Any]) -> list:
-    from mlflow.entities import RunTag
-
-    return [RunTag(k, str(v)[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()]

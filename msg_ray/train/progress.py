@@ -28,11 +28,26 @@ from msg_ray.tracking import Tracker, load_run_metrics
 _LOGGED = ("train/loss", "val/loss", "growth/stage")  # one key per kind of point the loop logs
 
 
+def spool_dir(cfg, run_id: str | None) -> Path | None:
+    """Where rank 0 spools its tracking calls (``msg_ray.tracking.Spool``): in the run's storage, one folder per
+    MLflow run (``unassigned`` when MLflow was down when the run started; ``msg-ray sync NAME`` ships it later).
+    None for remote storage (``s3://``...): the spool needs a local or mounted file system."""
+    if "://" in cfg.storage_path:
+        return None
+    return Path(cfg.storage_path) / cfg.name / "tracking-spool" / (run_id or "unassigned")
+
+
 class WorkerTracker:
     def __init__(self, cfg, run_id: str | None, enabled: bool) -> None:
         self.cfg, self.enabled = cfg, enabled
         self.t = Tracker(
-            uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.name, run_id=run_id, enabled=enabled
+            uri=cfg.tracking_uri,
+            experiment=cfg.experiment,
+            run_name=cfg.name,
+            run_id=run_id,
+            enabled=enabled,
+            spool_dir=spool_dir(cfg, run_id) if enabled else None,
+            retry_after_s=60.0,
         )
         self.run_id = run_id
         self._logged: dict[str, int] = {}  # metric key -> last step the run already holds (after a resume)

@@ -16,6 +16,7 @@ from typing import Any
 from msg_ray.data import prepare
 from msg_ray.tracking import Tracker, find_runs, resolve_tracking_uri
 from msg_ray.train.config import RunConfig
+from msg_ray.train.progress import spool_dir
 from msg_ray.train.session import DIVERGED, TrainingDiverged
 from msg_ray.train.worker import torch_trainer
 
@@ -38,15 +39,17 @@ class RunResult:
 
 def _open_mlflow_run(cfg: RunConfig) -> str | None:
     """Find the unfinished MLflow run of this run name (resume) or create it; log params, config, schedule."""
-    existing = [
-        r for r in find_runs(cfg.tracking_uri, cfg.experiment, tags={RUN_TAG: cfg.name})
-        if r.get("status") != "FINISHED"
-    ]  # fmt: skip
-    tracker = Tracker(
-        uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.name,
-        run_id=existing[0]["run_id"] if existing else None, tags={RUN_TAG: cfg.name},
-    )  # fmt: skip
+    try:
+        found = find_runs(cfg.tracking_uri, cfg.experiment, tags={RUN_TAG: cfg.name})
+    except Exception:  # the store is down: Tracker.start below says so once; the spool keeps everything
+        found = []
+    existing = [r for r in found if r.get("status") != "FINISHED"]
+    kw = {"uri": cfg.tracking_uri, "experiment": cfg.experiment, "run_name": cfg.name, "tags": {RUN_TAG: cfg.name}}
+    tracker = Tracker(run_id=existing[0]["run_id"] if existing else None, **kw)
     run_id = tracker.start()
+    if run_id is None:  # unreachable: the run's params go to the spool rank 0 continues (msg-ray sync ships it)
+        tracker = Tracker(spool_dir=spool_dir(cfg, None), **kw)
+        tracker.start()
     log_run_config(tracker, cfg)
     return run_id
 
