@@ -1,11 +1,14 @@
-"""Shared fixtures: one local Ray for the session, offline Hugging Face settings, GPU-marker skipping."""
+"""Shared fixtures: one local Ray for the session, offline Hugging Face settings, GPU-marker skipping, an MLflow
+sqlite store per module and a real `mlflow server` on demand."""
 
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 import torch
+from netutil import MlflowServer
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -68,3 +71,22 @@ def _synthetic_history(n: int = 400, growths: tuple[int, ...] = (100, 250), seed
 def make_history():
     """``make_history(n=400, growths=(100, 250), seed=0)`` -> a synthetic run history for plot/tracking tests."""
     return _synthetic_history
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One sqlite store per test module (own experiment per test): creating its tables costs ~5 s, paid once;
+    the mlflow server fixture serves the same file, so its startup skips the migrations too."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlruns.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()
+    return uri
+
+
+@pytest.fixture
+def mlflow_server(store, tmp_path):
+    """A real `mlflow server` (:class:`netutil.MlflowServer`) over ``store``, not yet started; killed at teardown."""
+    server = MlflowServer(store, tmp_path)
+    yield server
+    server.kill(signal.SIGTERM)

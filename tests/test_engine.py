@@ -10,12 +10,12 @@ import gc
 import logging
 import math
 import os
-import socket
 import time
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from netutil import free_port
 from torch import nn
 
 from msg_ray.train.engine import (
@@ -280,12 +280,6 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[int, list[dict]]:
     """world size -> per-rank results."""
@@ -293,7 +287,7 @@ def runs(tmp_path_factory) -> dict[int, list[dict]]:
     for world in (1, 2):
         d = tmp_path_factory.mktemp(f"ws{world}")
         t0 = time.perf_counter()
-        mp.spawn(_worker, args=(world, _free_port(), str(d)), nprocs=world, join=True)
+        mp.spawn(_worker, args=(world, free_port(), str(d)), nprocs=world, join=True)
         print(f"\nworld size {world}: {time.perf_counter() - t0:.1f} s for all configurations")
         out[world] = [torch.load(d / f"rank{r}.pt", weights_only=False) for r in range(world)]
     return out

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from netutil import MlflowServer, free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_http(url: str, timeout: float) -> None:
@@ -52,7 +46,7 @@ def cluster(tmp_path):
     if ray.is_initialized():
         ray.shutdown()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
-    gcs, dash, mlf = _free_port(), _free_port(), _free_port()
+    gcs, dash = free_port(), free_port()
     ray_tmp = Path("/tmp") / f"rayjob{gcs}"  # short: Ray's socket paths have a length limit
     head_log = open(tmp_path / "head.log", "w")
     head = subprocess.Popen(
@@ -60,23 +54,18 @@ def cluster(tmp_path):
          "--dashboard-host=127.0.0.1", "--num-cpus=4", f"--temp-dir={ray_tmp}", "--include-dashboard=true",
          "--disable-usage-stats",
          # own ports for every per-node service, so another Ray on the machine (e.g. a user's) cannot collide
-         *(f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+         *(f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
            "metrics-export-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port",
            "ray-client-server-port"))],
         stdout=head_log, stderr=head_log, env=env, start_new_session=True,
     )  # fmt: skip
-    log = open(tmp_path / "mlflow.log", "w")
-    server = subprocess.Popen(
-        [BIN / "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'db.sqlite'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(mlf)],
-        stdout=log, stderr=log, env=env, start_new_session=True,
-    )  # fmt: skip
+    server = MlflowServer(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path)
     try:
-        _wait_http(f"http://127.0.0.1:{mlf}/health", 120)
+        server.start()
         _wait_http(f"http://127.0.0.1:{dash}/api/version", 60)
-        yield {"env": env, "dashboard": f"http://127.0.0.1:{dash}", "mlflow": f"http://127.0.0.1:{mlf}"}
+        yield {"env": env, "dashboard": f"http://127.0.0.1:{dash}", "mlflow": server.uri}
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        server.kill(signal.SIGTERM)
         _stop_group(head)
         shutil.rmtree(ray_tmp, ignore_errors=True)
 

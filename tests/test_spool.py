@@ -3,38 +3,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from netutil import free_port
 
 from msg_ray import plots
 from msg_ray.tracking import Spool, Tracker, sync
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    """One sqlite store for the module (creating its tables costs seconds, paid once; the server reuses it)."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlruns.db'}"
-    MlflowClient(tracking_uri=uri).search_experiments()
-    return uri
 
 
 def _points(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -124,7 +104,7 @@ def test_resume_on_the_same_spool_replays_nothing_twice(store, tmp_path, make_hi
 
 def test_sync_creates_the_run_a_dead_server_never_made(store, tmp_path, capsys, caplog):
     spool_dir = tmp_path / "spool"
-    down = f"http://127.0.0.1:{_free_port()}"
+    down = f"http://127.0.0.1:{free_port()}"
     caplog.set_level(logging.DEBUG, logger="msg_ray.tracking.mlflow_tracker")
     t0 = time.monotonic()
     tracker = Tracker(
@@ -161,49 +141,8 @@ def test_sync_creates_the_run_a_dead_server_never_made(store, tmp_path, capsys, 
 # -- a real mlflow server, killed and restarted ----------------------------------------------------------------
 
 
-@pytest.fixture
-def mlflow_server(store, tmp_path):
-    """A real `mlflow server` on a free loopback port: `start()` (again after `kill()`), killed at teardown."""
-    port = _free_port()
-    procs: list[subprocess.Popen] = []
-
-    def start(timeout: float = 120.0) -> None:  # ~10 s idle, ~40 s on a loaded 2-core box
-        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
-               "--artifacts-destination", str(tmp_path / "srv-artifacts"), "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1"]  # fmt: skip
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        log = open(tmp_path / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
-        procs.append(subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if procs[-1].poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(tmp_path / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        raise TimeoutError(f"mlflow server not healthy after {timeout} s")
-
-    def kill(sig: int = signal.SIGKILL) -> None:  # the server forks workers: end the whole process group
-        for proc in procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, sig)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=10)
-
-    yield port, start, kill
-    kill(signal.SIGTERM)
-
-
 def test_server_killed_mid_run_loses_nothing(mlflow_server, tmp_path, capsys):
-    port, start_server, kill_server = mlflow_server
+    port, start_server, kill_server = mlflow_server.port, mlflow_server.start, mlflow_server.kill
     uri, spool_dir = f"http://127.0.0.1:{port}", tmp_path / "spool"
     start_server()
     tracker = Tracker(uri=uri, experiment="spool-server", run_name="r", spool_dir=spool_dir, flush_every=4)

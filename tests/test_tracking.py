@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from netutil import free_port
 
 from msg_ray import plots
 from msg_ray.tracking import (
@@ -27,22 +22,6 @@ from msg_ray.tracking import (
     load_run_metrics,
     resolve_tracking_uri,
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    """One sqlite store for the module (own experiment per test): creating its tables costs ~5 s, paid once
-    here; the mlflow server fixture serves the same file so its startup skips the migrations too."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlruns.db'}"
-    MlflowClient(tracking_uri=uri).search_experiments()
-    return uri
-
 
 # -- URI resolution ------------------------------------------------------------------------------------------
 
@@ -172,7 +151,7 @@ def test_disabled_tracker_does_nothing(store):
 
 
 def test_unreachable_server_warns_once_and_stays_fast(tmp_path, capsys):
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     t0 = time.monotonic()
     tracker = Tracker(uri=uri, experiment="e", run_name="r", flush_every=10)
     assert tracker.start() is None and not tracker.healthy
@@ -196,45 +175,8 @@ def test_unreachable_server_warns_once_and_stays_fast(tmp_path, capsys):
     assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
 
 
-@pytest.fixture
-def mlflow_server(store, tmp_path):
-    """A real `mlflow server` on a free loopback port, started on demand (`start()`), killed at teardown."""
-    port = _free_port()
-    procs: list[subprocess.Popen] = []
-
-    def start(timeout: float = 120.0) -> None:  # ~10 s idle, ~40 s on a loaded 2-core box
-        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
-               "--artifacts-destination", str(tmp_path / "srv-artifacts"), "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1"]  # fmt: skip
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
-        procs.append(subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if procs[0].poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(tmp_path / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        raise TimeoutError(f"mlflow server not healthy after {timeout} s")
-
-    yield port, start
-    for proc in procs:  # the server forks workers: end the whole process group it leads
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
 def test_real_server_outage_then_reconnect_with_artifacts(mlflow_server, tmp_path, capsys, make_history):
-    port, start_server = mlflow_server
+    port, start_server = mlflow_server.port, mlflow_server.start
     uri = f"http://127.0.0.1:{port}"
     tracker = Tracker(uri=uri, experiment="server", run_name="r", retry_after_s=3600, flush_every=1000)
     assert tracker.start() is None and not tracker.healthy  # server not up yet: training would go on
