@@ -64,6 +64,21 @@ class GrowableModel(nn.Module):
     def causal(self) -> bool:
         return self.config.spec.objective == "clm"
 
+    def check_input_ids(self, input_ids: torch.Tensor) -> None:
+        """A clear error for ids the embedding cannot take: not a 2-d integer tensor, longer than max_seq_len, or
+        (checked where it costs no device sync: CPU tensors) outside [0, vocab_size)."""
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids: expected an int64/int32 tensor [batch, seq], got {input_ids.dtype} "
+                             f"{tuple(input_ids.shape)}")  # fmt: skip
+        if input_ids.size(1) > self.config.max_seq_len:
+            raise ValueError(f"input_ids: sequence length {input_ids.size(1)} exceeds max_seq_len "
+                             f"{self.config.max_seq_len}")  # fmt: skip
+        if input_ids.device.type == "cpu" and input_ids.numel():
+            lo, hi = int(input_ids.min()), int(input_ids.max())
+            if lo < 0 or hi >= self.config.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"input_ids: token id {bad} outside the vocabulary [0, {self.config.vocab_size})")
+
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean token cross-entropy. Causal LM: next-token (labels = input_ids, shifted here); MLM: -100 ignored."""
         if self.causal:

@@ -172,3 +172,43 @@ def test_bad_input_is_one_clear_line(argv, fragment, files, capsys, tmp_path, mo
     assert err.startswith("msg-ray: error: ") and len(err.splitlines()) == 1, err
     assert fragment in err, err
     assert not any(Path(tmp_path).iterdir()), "a rejected config wrote something"
+
+
+# -- the Python API: the same rule (one ValueError naming the field and the value) ------------------------------
+
+
+def _model(arch: str = "gpt", **kw):
+    from msg_ray import build_model
+    from msg_ray.structure import Structure
+
+    args = {"vocab_size": 100, "max_seq_len": 16, "head_dim": 8, **kw}
+    return build_model(arch, Structure(16, 32, 2, 1), **args)
+
+
+def _forward(arch: str, ids):
+    import torch
+
+    return lambda: _model(arch)(torch.tensor(ids) if not isinstance(ids, torch.Tensor) else ids)
+
+
+API_CASES = [  # (id, call, fragment)
+    ("init_std=nan", lambda: _model(init_std=float("nan")), "ModelConfig.init_std"),
+    ("init_std<0", lambda: _model(init_std=-0.02), "ModelConfig.init_std"),
+    ("vocab_size=0", lambda: _model(vocab_size=0), "ModelConfig.vocab_size"),
+    ("unknown arch", lambda: _model("t5"), "t5"),
+    *[
+        (f"{arch} id=vocab", _forward(arch, [[1, 2, 100]]), "token id 100 outside the vocabulary [0, 100)")
+        for arch in ("gpt", "bert", "llama")
+    ],  # fmt: skip
+    ("gpt id<0", _forward("gpt", [[1, -3]]), "token id -3 outside"),
+    ("float ids", _forward("gpt", [[1.0, 2.0]]), "input_ids: expected an int64/int32 tensor"),
+    ("1-d ids", _forward("llama", [1, 2]), "input_ids: expected an int64/int32 tensor [batch, seq]"),
+    ("seq > max", _forward("bert", [[1] * 17]), "input_ids: sequence length 17 exceeds max_seq_len 16"),
+]
+
+
+@pytest.mark.parametrize(("call", "fragment"), [c[1:] for c in API_CASES], ids=[c[0] for c in API_CASES])
+def test_bad_python_api_input_is_a_clear_value_error(call, fragment):
+    with pytest.raises(ValueError) as err:
+        call()
+    assert fragment in str(err.value) and len(str(err.value).splitlines()) == 1, err.value

@@ -158,9 +158,8 @@ class LlamaTransformer(GrowableModel):
     def hidden(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:  # [B, T] -> final normalised hidden states [B, T, H]
+        self.check_input_ids(input_ids)
         B, T = input_ids.shape
-        if T > self.config.max_seq_len:
-            raise ValueError(f"sequence length {T} exceeds max_seq_len {self.config.max_seq_len}")
         if attention_mask is not None:
             raise ValueError("attention_mask is not supported for arch='llama' (causal)")
         hm = self.hidden_mask

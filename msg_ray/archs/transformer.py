@@ -52,9 +52,8 @@ class GrowableTransformer(GrowableModel):
     def hidden(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:  # [B, T] -> final hidden states [B, T, H] (after GPT's ln_f / BERT's last block)
+        self.check_input_ids(input_ids)
         B, T = input_ids.shape
-        if T > self.config.max_seq_len:
-            raise ValueError(f"sequence length {T} exceeds max_seq_len {self.config.max_seq_len}")
         hm = self.hidden_mask
         pos = torch.arange(T, device=input_ids.device)
         x = self.tok_emb(input_ids) + self.pos_emb(pos)  # [B, T, H]
