@@ -66,8 +66,25 @@ def test_preserving_operators_are_exact(op, arch, dims):
 
 def test_the_zoo_is_registered_and_claims_are_as_documented():
     assert set(operator_names()) >= {"msg", "net2net", "nomask", "gstack", "hypercloning", "lemon", "bert2bert-aki"}
-    assert set(PRESERVING) == {"msg", "hypercloning", "lemon"}
+    assert set(PRESERVING) == {"msg", "hypercloning", "hypercloning-noise", "lemon"}
     assert get_operator("gstack").dims == ("layer_num",) and not get_operator("gstack").masks
+
+
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_hypercloning_noise_breaks_the_clones_symmetry_and_stays_exact(arch):
+    """Plain HyperCloning leaves copies with equal weights (equal gradients: they never separate); the noise variant
+    makes consumer columns of copies differ, by zero-sum noise of the init scale, with the function unchanged."""
+    model, x = make(arch), inputs()
+    plain = G.expand(model, ALL, "hypercloning", seed=5).model
+    noisy = G.expand(model, ALL, "hypercloning-noise", seed=5).model
+    assert rel(noisy(x), model(x)) <= TOL
+    fc1 = next(n for n, _ in noisy.named_parameters() if n.startswith("blocks.0.") and "weight" in n
+               and n.rsplit(".", 2)[-2] in ("fc1", "gate", "up", "w1"))  # fmt: skip
+    a, b = plain.get_parameter(fc1), noisy.get_parameter(fc1)  # [F, H]: H copied twice (columns j and j + 32)
+    torch.testing.assert_close(a[:, :32], a[:, 32:], rtol=0, atol=0)
+    diff = b[:, :32] - b[:, 32:]
+    assert 0.5 * 0.02 < diff.std().item() < 4 * 0.02  # copies differ by noise of the init scale (x sqrt 2 for a pair)
+    torch.testing.assert_close(b[:, :32] + b[:, 32:], a[:, :32] + a[:, 32:], rtol=0, atol=1e-12)  # zero-sum
 
 
 @pytest.mark.parametrize("op,dims", [("gstack", "layer_num"), ("bert2bert-aki", "ffn_dim"), ("nomask", "hidden_dim"),

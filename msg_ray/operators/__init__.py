@@ -8,7 +8,7 @@ choices, schedule validation and Tune spaces read ``operator_names()``.
 
 from msg_ray.operators.base import Operator, get_operator, operator_names, register
 from msg_ray.operators.gstack import GSTACK
-from msg_ray.operators.hypercloning import HYPERCLONING
+from msg_ray.operators.hypercloning import HYPERCLONING, HYPERCLONING_NOISE
 from msg_ray.operators.lemon import LEMON
 from msg_ray.operators.msg import MSG, NOMASK
 from msg_ray.operators.net2net import BERT2BERT_AKI, NET2NET
@@ -20,5 +20,6 @@ register(GSTACK)
 register(HYPERCLONING)
 register(LEMON)
 register(BERT2BERT_AKI)
+register(HYPERCLONING_NOISE)
 
 __all__ = ["Operator", "get_operator", "operator_names", "register"]

@@ -117,11 +117,16 @@ def counts(g: Tensor) -> Tensor:
     return torch.bincount(g)[g].to(torch.float64)
 
 
-def replicate(old: GrowableModel, new: GrowableModel, factors: dict[str, Tensor] | None = None) -> Layout:
+def replicate(
+    old: GrowableModel, new: GrowableModel, factors: dict[str, Tensor] | None = None, noise: float = 0.0,
+    gen: torch.Generator | None = None,
+) -> Layout:  # fmt: skip
     """Fill ``new`` by replication: producer axes copy (eq. 5), consumer axes multiply by the unit's split factor
     (default 1/count, eq. 6; ``factors[dim]`` [new units] may replace it, e.g. LEMON's unequal split: the
-    factors of one old unit's copies must sum to 1); new layers stack copies of old ones. Returns the layout:
-    a copied producer's gradient is its split factor times its source's, a consumer's is its source's."""
+    factors of one old unit's copies must sum to 1); new layers stack copies of old ones. ``noise`` > 0 adds
+    symmetry-breaking N(0, noise) noise to consumer weights that sums to zero over the copies of each unit (see
+    :func:`zero_sum_noise`), so the function stays exact. Returns the layout: a copied producer's gradient is its
+    split factor times its source's (with noise: in expectation), a consumer's is its source's."""
     cfg = new.config
     maps = unit_maps(old.structure, new.structure, cfg.head_dim, cfg.kv_group_size)
     factors = {d: (factors or {}).get(d, 1.0 / counts(g)) for d, g in maps.items()}
@@ -139,9 +144,36 @@ def replicate(old: GrowableModel, new: GrowableModel, factors: dict[str, Tensor]
                     shape[axis] = -1
                     w = w * f.to(w).view(shape)
                 index[axis], scale[axis] = g, torch.ones_like(f) if is_consumer else f
+            if noise > 0 and any(c for _, _, c in roles(name)):
+                w = w + zero_sum_noise(w.shape, roles(name), maps, noise, gen).to(w)
             p.copy_(w)
             layout[name] = ParamLayout(source=src if src == name else None, index=index, scale=scale)
     return layout
+
+
+def zero_sum_noise(
+    shape: torch.Size, roles: list[tuple[int, str, bool]], maps: dict[str, Tensor], std: float,
+    gen: torch.Generator | None,
+) -> Tensor:  # fmt: skip
+    """Noise for a replicated consumer weight that leaves the function unchanged: along each consumer axis it sums
+    to zero over the copies of every unit (their inputs are equal, so Σ_k (W/n + ε_k)·x = W·x), and it is the
+    same for all copies along producer axes (the copies' outputs stay equal for the next consumer). Units with
+    one copy get none. [shape]"""
+    draw = list(shape)
+    for axis, dim, is_consumer in roles:
+        if not is_consumer:
+            draw[axis] = int(maps[dim].max()) + 1  # one draw per old unit, shared by its copies
+    eps = torch.randn(draw, generator=gen, dtype=torch.float64) * std
+    for axis, dim, is_consumer in roles:
+        g = maps[dim]
+        if is_consumer:  # subtract each copy group's mean along this axis
+            sums = torch.zeros_like(eps.movedim(axis, 0)[: int(g.max()) + 1]).index_add_(0, g, eps.movedim(axis, 0))
+            mean = (sums / torch.bincount(g).to(eps).view(-1, *[1] * (eps.dim() - 1))).index_select(0, g)
+            eps = eps - mean.movedim(0, axis)
+    for axis, dim, is_consumer in roles:
+        if not is_consumer:
+            eps = eps.index_select(axis, maps[dim])
+    return eps
 
 
 def resolve(entry: ParamLayout | None, name: str, shape: torch.Size, old_shapes: dict[str, torch.Size]) -> ParamLayout:
