@@ -70,6 +70,8 @@ class RunConfig:
     rollback_lr_factor: float = 0.5
     kill_rank_at_step: tuple[int, int] | None = None  # fault injection for tests: (rank, step), first attempt only
     inject_nan_at_step: int | None = None  # fault injection for tests: one NaN loss at this step, first time only
+    # fault injection for tests: (rank, step) stops and waits (first attempt only), so a test can take its node away
+    stall_rank_at_step: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -171,8 +173,9 @@ class RunConfig:
             data = {**data, "objective": get_arch(d["schedule"].arch).objective}
         d["data"] = _sub(DataConfig, data, "data")
         d["engine"] = _sub(EngineConfig, d.get("engine", {}), "engine")
-        if isinstance(d.get("kill_rank_at_step"), list):
-            d["kill_rank_at_step"] = tuple(d["kill_rank_at_step"])
+        for name in ("kill_rank_at_step", "stall_rank_at_step"):
+            if isinstance(d.get(name), list):
+                d[name] = tuple(d[name])
         return cls(**d)
 
 

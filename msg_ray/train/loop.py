@@ -260,6 +260,9 @@ class WorkerRun:
         self._finished = self._done()
         while not self._finished:
             faults.maybe_kill(self.cfg.kill_rank_at_step, self.rank, self.step, self.attempt_dir)
+            faults.maybe_stall(
+                self.cfg.stall_rank_at_step, self.rank, self.step, self.attempt_dir, self.session.node_id
+            )
             t0 = time.perf_counter()
             if self.ramp is not None:
                 self.tracker.mask(self.ramp.apply(self.engine.module, self.step), self.step)

@@ -42,6 +42,13 @@ class Session:
             raise ValueError(f"Session kind must be 'train' or 'tune', got {kind!r}")
         self.api, self.kind = api, kind
 
+    @property
+    def node_id(self) -> str:
+        """The Ray node this process runs on (placement of ranks on a multi-node cluster)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def get_checkpoint(self):
         return self.api.get_checkpoint()
 
