@@ -55,6 +55,17 @@ def test_study_table_picks_lr_flags_edges_and_reads_flops_to_target():
         summarize(res[3:])
 
 
+def test_lr_is_chosen_on_the_search_seeds_and_reported_over_all_seeds():
+    """Seed 0 searches the grid; seeds 1-2 run at the chosen LR only. An unlucky extra seed at the chosen LR must
+    not move the choice, and the reported loss averages every seed at the chosen LR."""
+    res = [_result(FULL, lr, 0, [6, 5, 4.5, v]) for lr, v in ((1e-3, 4.2), (2e-3, 4.0), (4e-3, 4.3))]
+    res += [_result(FULL, 2e-3, seed, [6, 5, 4.5, 4.4]) for seed in (1, 2)]  # worse than 4.2 at 1e-3 on average
+    row = next(r for r in summarize(res) if r["schedule"] == FULL)
+    assert row["lr"] == 2e-3 and row["lr_inside_grid"]
+    assert row["final_val"][0] == pytest.approx((4.0 + 4.4 + 4.4) / 3)
+    assert row["val_by_lr"] == {"0.001": 4.2, "0.002": 4.0, "0.004": 4.3}
+
+
 def test_studies_give_every_schedule_the_same_lr_grid():
     for name, make in STUDIES.items():
         study = make(0.05)

@@ -140,15 +140,22 @@ def _ms(xs: list[float]) -> tuple[float, float]:
 
 
 def summarize(results: list[dict]) -> list[dict[str, Any]]:
-    """One row per label: chosen LR (lowest mean final val), grid position, loss at equal FLOPs, FLOPs-to-target."""
+    """One row per label: chosen LR (lowest mean final val over the seeds of the LR search), grid position, loss at
+    equal FLOPs and FLOPs-to-target over every seed at the chosen LR."""
     by: dict[str, dict[float, list[dict]]] = {}
     for r in results:
         by.setdefault(r["job"]["label"], {}).setdefault(r["job"]["lr"], []).append(r)
     if FULL not in by:
         raise ValueError("a study needs its full baseline")
 
+    def searched(per_lr: dict[float, list[dict]], lr: float) -> float:
+        """Mean final loss at ``lr`` over the seeds every LR of the label ran (the LR search's seeds): seeds run
+        only at the chosen LR afterwards must not tilt the choice."""
+        common = set.intersection(*({r["job"]["seed"] for r in rs} for rs in per_lr.values()))
+        return _ms([r["final_val"] for r in per_lr[lr] if r["job"]["seed"] in common])[0]
+
     def choose(per_lr: dict[float, list[dict]]) -> float:
-        return min(per_lr, key=lambda lr: _ms([r["final_val"] for r in per_lr[lr]])[0])
+        return min(per_lr, key=lambda lr: searched(per_lr, lr))
 
     full_lr = choose(by[FULL])
     target = _ms([r["final_val"] for r in by[FULL][full_lr]])[0]
@@ -165,7 +172,7 @@ def summarize(results: list[dict]) -> list[dict[str, Any]]:
             "vs_full": _ms([r["final_val"] for r in runs])[0] - target,
             "flops_to_target_speedup": _ms([full_flops / f if f == f else math.nan for f in reach]),
             "reached": f"{sum(f == f for f in reach)}/{len(reach)}",
-            "val_by_lr": {f"{x:g}": round(_ms([r["final_val"] for r in per_lr[x]])[0], 4) for x in grid},
+            "val_by_lr": {f"{x:g}": round(searched(per_lr, x), 4) for x in grid},
         })  # fmt: skip
     rows.sort(key=lambda r: r["final_val"][0])
     return rows
@@ -174,7 +181,7 @@ def summarize(results: list[dict]) -> list[dict[str, Any]]:
 def report(results: list[dict]) -> str:
     """Markdown table of :func:`summarize` (mean (std) over seeds)."""
     rows = summarize(results)
-    head = "| schedule | LR | inside grid | steps | final val at equal FLOPs | Δ vs full | FLOPs-to-target | reached | val by LR |"
+    head = "| schedule | LR | inside grid | steps | final val at equal FLOPs | Δ vs full | FLOPs-to-target | reached | val by LR (search seeds) |"
     lines = [head, "|" + "---|" * 9]
     for r in rows:
         (m, s), (sm, ss) = r["final_val"], r["flops_to_target_speedup"]
