@@ -152,7 +152,7 @@ def summarize(results: list[dict]) -> list[dict[str, Any]]:
         """Mean final loss at ``lr`` over the seeds every LR of the label ran (the LR search's seeds): seeds run
         only at the chosen LR afterwards must not tilt the choice."""
         common = set.intersection(*({r["job"]["seed"] for r in rs} for rs in per_lr.values()))
-        return _ms([r["final_val"] for r in per_lr[lr] if r["job"]["seed"] in common])[0]
+        return _ms([r["final_val"] for r in per_lr[lr] if not common or r["job"]["seed"] in common])[0]
 
     def choose(per_lr: dict[float, list[dict]]) -> float:
         return min(per_lr, key=lambda lr: searched(per_lr, lr))
