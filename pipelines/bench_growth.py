@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from msg_ray import growth as G  # noqa: E402
 from msg_ray.model import ModelConfig, build_from_config, with_structure  # noqa: E402
 from msg_ray.schedule import Schedule, get_schedule  # noqa: E402
-from msg_ray.train.engine import EngineConfig, build_engine, release  # noqa: E402
+from msg_ray.train.engine import EngineConfig, build_engine, freeze_import_heap, release  # noqa: E402
 from msg_ray.train.growth_event import PARTS, grow_engine  # noqa: E402
 
 
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     sched = get_schedule(args.schedule)
     if args.rebuilds < len(sched.stages) - 1:
         raise ValueError(f"--rebuilds must be >= the schedule's {len(sched.stages) - 1} growths, got {args.rebuilds}")
+    freeze_import_heap()  # as the training worker does before its first model
     t0 = time.perf_counter()
     stage_rows, event_rows, first_build = run(args, sched)
     import deepspeed

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 import torch
-from netutil import MlflowServer
+from netutil import MlflowServer, sqlite_store
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -75,13 +75,9 @@ def make_history():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
-    """One sqlite store per test module (own experiment per test): creating its tables costs ~5 s, paid once;
+    """One sqlite store per test module (own experiment per test), copied from the process's migrated template;
     the mlflow server fixture serves the same file, so its startup skips the migrations too."""
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlruns.db'}"
-    MlflowClient(tracking_uri=uri).search_experiments()
-    return uri
+    return sqlite_store(tmp_path_factory.mktemp("mlflow") / "mlruns.db")
 
 
 @pytest.fixture

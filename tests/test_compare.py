@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from netutil import sqlite_store
 
 from msg_ray.compare import CompareConfig, EvalConfig, FinetuneConfig, RunRecord, run_comparison, time_to_reach
 from msg_ray.compare.cli import register_cli
@@ -86,7 +87,7 @@ def base_config(tmp: Path) -> RunConfig:
     return RunConfig.from_dict({
         "name": "base", "schedule": SCHEDULE, "data": DATA, "storage_path": str(tmp / "ray"),
         "engine": {"zero_stage": 0, "micro_batch_size": 4, "lr": 3e-3}, "workers": 1,
-        "tracking_uri": f"sqlite:///{tmp / 'mlruns.db'}", "experiment": "test-compare", "warmup_steps": 2,
+        "tracking_uri": sqlite_store(tmp / "mlruns.db"), "experiment": "test-compare", "warmup_steps": 2,
         "log_every": 2, "eval_every": 4, "eval_batches": 2, "gamma_window": 4, "export_hf": False,
     })  # fmt: skip
 

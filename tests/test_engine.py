@@ -23,6 +23,7 @@ from msg_ray.train.engine import (
     build_engine,
     carry_train_state,
     ds_config,
+    freeze_import_heap,
     gather_state,
     model_params,
     param_groups,
@@ -268,6 +269,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import deepspeed
 
     deepspeed.utils.logger.setLevel(logging.WARNING)
+    freeze_import_heap()  # as the training worker does: release()'s gc.collect() then skips the import heap
     res: dict = {"identical": {}, "grow": {}, "memory": {}, "ramp": {}}
     for stage, prec in IDENTICAL:
         res["identical"][stage, prec] = job_identical(rank, stage, prec)

@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from netutil import sqlite_store
 
 from msg_ray import build_model
 from msg_ray.model import ModelConfig
@@ -46,7 +47,7 @@ def tiny_config(tmp: Path, name: str, **kw) -> RunConfig:
         "engine": {"zero_stage": 2, "micro_batch_size": 4, "lr": 3e-3},
         "workers": 2,
         "storage_path": str(tmp / "ray"),
-        "tracking_uri": f"sqlite:///{tmp / 'mlruns.db'}",
+        "tracking_uri": sqlite_store(tmp / "mlruns.db"),
         "experiment": "test-train",
         "warmup_steps": 3,
         "log_every": 2,

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from netutil import sqlite_store
 
 from msg_ray.schedule import Schedule, get_schedule
 from msg_ray.tune.space import SearchSpace, load_space
@@ -107,7 +108,7 @@ def sweep(tmp_path_factory, ray_local):
     # the noisy early losses of similar trials (which let all four run to the budget now and then).
     space = {**TINY, "vary": {"hidden_dim": [16]}, "lrs": [3e-3, 1e-5]}
     cfg = SweepConfig(space=load_space(write_space(tmp / "tiny.py", space)), max_concurrent=2,
-                      storage_path=str(tmp / "ray"), tracking_uri=f"sqlite:///{tmp / 'mlruns.db'}",
+                      storage_path=str(tmp / "ray"), tracking_uri=sqlite_store(tmp / "mlruns.db"),
                       experiment="test-tune")  # fmt: skip
     t0 = time.perf_counter()
     result = run_sweep(cfg)
@@ -145,7 +146,7 @@ def test_sweep_results_files_and_best_schedule_trains(sweep, tmp_path):
     assert best.target.as_tuple() == (32, 64, 2, 2) and best.total_steps == 40
     sched = get_schedule(str(r.best_schedule))  # what `msg-ray train --schedule <file>` does
     cfg = RunConfig.from_dict({**RUN, "schedule": sched.to_dict(), "name": "best", "workers": 1,
-                               "storage_path": str(tmp_path / "ray"), "tracking_uri": f"sqlite:///{tmp / 'mlruns.db'}",
+                               "storage_path": str(tmp_path / "ray"), "tracking_uri": sqlite_store(tmp / "mlruns.db"),
                                "experiment": "test-tune-best", "eval_every": 20})  # fmt: skip
     out = run(cfg)
     assert len(out.history["train_loss"]) == 40 and out.history["train_loss"][-1] < out.history["train_loss"][0]
@@ -184,7 +185,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, r
 
     space = {**TINY, "total_steps": 30, "budget": {}, "asha": None, "vary": {"hidden_dim": [16], "layer_num": [1]}}
     path = write_space(tmp_path / "resume.py", space)
-    uri, storage = f"sqlite:///{tmp_path / 'mlruns.db'}", str(tmp_path / "ray")
+    uri, storage = sqlite_store(tmp_path / "mlruns.db"), str(tmp_path / "ray")
     args = ["--space", str(path), "--max-concurrent", "1", "--storage-path", storage, "--tracking-uri", uri,
             "--experiment", "test-resume", "--address", ray.get_runtime_context().gcs_address]  # fmt: skip
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}

@@ -148,6 +148,34 @@ def _skip_shm_comm_op() -> None:
     ops["__compatible_ops__"]["deepspeed_shm_comm"] = False
 
 
+_HEAP_FROZEN = False
+
+
+def freeze_import_heap() -> None:
+    """Import what every engine build pulls in, then move all objects alive now out of the garbage collector's
+    reach (``gc.freeze``). Call once per training process, before the first model is built.
+
+    Why: ``release`` must run a full ``gc.collect()`` at each growth (DeepSpeed engines sit in reference cycles).
+    With torch, DeepSpeed, torch._dynamo (imported by the first ``torch.optim`` constructor) and Ray loaded, that
+    walks ~550k import-time objects: ~0.9 s per growth on a CPU core. Frozen, the walk covers only what was made
+    afterwards (data, models, engines): ~1 ms. Frozen objects are never collected, which is why models and
+    engines must be created after this call, not before it. Later calls in the same process do nothing."""
+    global _HEAP_FROZEN
+    if _HEAP_FROZEN:
+        return
+    _HEAP_FROZEN = True
+    _skip_shm_comm_op()
+    import deepspeed  # noqa: F401
+    import torch._dynamo  # noqa: F401
+
+    try:  # imported by deepspeed.initialize's optimizer check (DeepSpeed 0.19); absent elsewhere
+        import deepspeed.runtime.zero.muon.muon_optimizer  # noqa: F401
+    except ImportError:
+        pass
+    gc.collect()
+    gc.freeze()
+
+
 def build_engine(model: torch.nn.Module, cfg: EngineConfig):
     """A DeepSpeed engine around ``model`` with a torch AdamW at ``cfg.lr``. The engine holds no LR schedule: the
     training loop sets each step's LR (``set_lr``) from ``msg_ray.train.lr``, so a rebuild never has to restore one."""
