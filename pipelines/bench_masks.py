@@ -138,7 +138,9 @@ def preservation_rows(s: Setting, growths: tuple[str, ...], seeds: int) -> list[
     rows = []
     for g in growths:
         worst = [max(preservation_error(a, s, g, seed) for seed in range(seeds)) for a in ARCHS]
-        rows.append(f"| {g} | {source(s.structure, g)} -> {s.structure} | " + " | ".join(f"{w:.2e}" for w in worst) + " |")
+        rows.append(
+            f"| {g} | {source(s.structure, g)} -> {s.structure} | " + " | ".join(f"{w:.2e}" for w in worst) + " |"
+        )
     return rows
 
 

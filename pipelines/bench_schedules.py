@@ -8,6 +8,7 @@ FLOPs-to-target speed-up, target = the tuned full run's final val loss. Runs man
 
     python pipelines/bench_schedules.py --study gpt --device cuda --procs 12 --out results.jsonl
     python pipelines/bench_schedules.py --report full.jsonl growth.jsonl   # one table from several result files
+    python pipelines/bench_schedules.py --study gpt-operators --resume --out ops.jsonl   # finish a cut-short sweep
 """
 
 import argparse
@@ -16,6 +17,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
+from pathlib import Path
 
 from msg_ray.train import plain_study as S
 
@@ -40,6 +42,13 @@ def _run(job):
     return run_plain(job, _STATE["data"], _STATE["valid"], _STATE["device"])
 
 
+def _load(path: str) -> list[dict]:
+    """Saved results (one JSON object per line); a missing file holds none."""
+    if not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--study", choices=sorted(S.STUDIES))
@@ -52,19 +61,22 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="", help="comma list of labels to run (default: all)")
     p.add_argument("--lrs", default="", help="comma list: run only these LRs of the study's grid")
     p.add_argument("--seeds", default="", help="comma list: run only these seeds")
+    p.add_argument("--resume", action="store_true", help="keep --out's results and run only the jobs it lacks")
     p.add_argument("--data", dest="data_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="DataConfig override for every run (tokenizer=bpe:4096, seq_len=128)")  # fmt: skip
     args = p.parse_args(argv)
     if args.report:
-        print(S.report([json.loads(line) for f in args.report for line in open(f) if line.strip()]))
+        print(S.report([r for f in args.report for r in _load(f)]))
         return 0
     if not args.study:
         p.error("--study is required (or --report FILES)")
     study = S.select(S.STUDIES[args.study](args.scale), args.only, args.lrs, args.seeds, args.data_overrides)
-    results, t0 = [], time.perf_counter()
+    results = _load(args.out) if args.resume else []
+    study, t0 = S.pending(study, results), time.perf_counter()
+    print(f"{len(study.jobs)} job(s) to run, {len(results)} already in {args.out}", flush=True)
     ctx = get_context("spawn")
     with (
-        open(args.out, "w") as f,
+        open(args.out, "a" if args.resume else "w") as f,
         ProcessPoolExecutor(
             args.procs, mp_context=ctx, initializer=_init, initargs=(study.data, args.device, args.threads)
         ) as pool,

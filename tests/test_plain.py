@@ -9,7 +9,7 @@ import pytest
 from msg_ray.data import DataConfig, prepare
 from msg_ray.schedule import Schedule, Stage, full
 from msg_ray.train.plain import PlainJob, flops_to_reach, run_plain, valid_batches
-from msg_ray.train.plain_study import FULL, STUDIES, report, summarize
+from msg_ray.train.plain_study import FULL, STUDIES, pending, report, select, summarize
 
 GROW = Schedule(arch="gpt", total_steps=30, phi=3, head_dim=16, name="tiny",
                 stages=(Stage(structure=[32, 64, 1, 1], start=0), Stage(structure=[48, 96, 2, 2], start=0.4)))  # fmt: skip
@@ -64,6 +64,18 @@ def test_lr_is_chosen_on_the_search_seeds_and_reported_over_all_seeds():
     assert row["lr"] == 2e-3 and row["lr_inside_grid"]
     assert row["final_val"][0] == pytest.approx((4.0 + 4.4 + 4.4) / 3)
     assert row["val_by_lr"] == {"0.001": 4.2, "0.002": 4.0, "0.004": 4.3}
+
+
+def test_a_cut_short_study_resumes_with_only_the_jobs_its_results_lack():
+    study = select(STUDIES["gpt-operators"](0.05), only="full,msg", lrs="4e-3,8e-3", seeds="0,1")
+    assert len(study.jobs) == 8
+    done = [{"job": {"label": "msg", "lr": 0.008, "seed": 1, "lr_scale": "none", "lr_reset_growths": 0}},
+            {"job": {"label": "full", "lr": 0.004, "seed": 0, "lr_scale": "none", "lr_reset_growths": 0}}]  # fmt: skip
+    left = {(j.label, j.lr, j.seed) for j in pending(study, done).jobs}
+    assert len(left) == 6 and ("msg", 8e-3, 1) not in left and ("full", 4e-3, 0) not in left
+    assert ("msg", 8e-3, 0) in left and ("full", 4e-3, 1) in left  # same label and LR, other seed: still to run
+    # another LR policy is another job
+    assert len(pending(study, [{"job": {**done[0]["job"], "lr_scale": "width"}}]).jobs) == 8
 
 
 def test_studies_give_every_schedule_the_same_lr_grid():

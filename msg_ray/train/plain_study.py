@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from msg_ray.growth import OPERATORS
@@ -130,6 +130,17 @@ def select(study: Study, only: str = "", lrs: str = "", seeds: str = "", data: l
             raise ValueError(f"--data expects key=value, got {item!r}")
         overrides[key.strip()] = int(value) if value.strip().isdigit() else value.strip()
     return Study(data={**study.data, **overrides}, jobs=jobs)
+
+
+def job_key(job: dict[str, Any]) -> tuple:
+    """What identifies a job within one study's results (a result's ``job`` field, or ``asdict(PlainJob)``)."""
+    return job["label"], float(job["lr"]), int(job["seed"]), job.get("lr_scale"), job.get("lr_reset_growths")
+
+
+def pending(study: Study, done: list[dict]) -> Study:
+    """The study without the jobs ``done`` (saved results) already holds: a sweep cut short resumes, not restarts."""
+    have = {job_key(r["job"]) for r in done}
+    return replace(study, jobs=[j for j in study.jobs if job_key(asdict(j)) not in have])
 
 
 def _ms(xs: list[float]) -> tuple[float, float]:
