@@ -43,7 +43,7 @@ def _run(job):
 
 
 def _load(path: str) -> list[dict]:
-    """Saved results (one JSON object per line); a missing file holds none."""
+    """Saved results (one JSON object per line); a missing file holds none (a --resume from scratch)."""
     if not Path(path).exists():
         return []
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
@@ -66,6 +66,8 @@ def main(argv=None) -> int:
                    help="DataConfig override for every run (tokenizer=bpe:4096, seq_len=128)")  # fmt: skip
     args = p.parse_args(argv)
     if args.report:
+        if missing := [f for f in args.report if not Path(f).exists()]:
+            p.error(f"--report: no such file: {', '.join(missing)}")
         print(S.report([r for f in args.report for r in _load(f)]))
         return 0
     if not args.study:

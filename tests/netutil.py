@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -35,7 +36,9 @@ def sqlite_store(path: Path) -> str:
     if not _TEMPLATE:
         from mlflow.tracking import MlflowClient
 
-        template = Path(tempfile.mkdtemp(prefix="mlflow-template-")) / "empty.db"
+        folder = tempfile.mkdtemp(prefix="mlflow-template-")
+        atexit.register(shutil.rmtree, folder, True)
+        template = Path(folder) / "empty.db"
         MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
         _TEMPLATE.append(template)
     path.parent.mkdir(parents=True, exist_ok=True)
