@@ -9,6 +9,7 @@ FLOPs-to-target speed-up, target = the tuned full run's final val loss. Runs man
     python pipelines/bench_schedules.py --study gpt --device cuda --procs 12 --out results.jsonl
     python pipelines/bench_schedules.py --report full.jsonl growth.jsonl   # one table from several result files
     python pipelines/bench_schedules.py --study gpt-operators --resume --out ops.jsonl   # finish a cut-short sweep
+    python pipelines/bench_schedules.py --study gpt-operators --downstream --out ops.jsonl   # + linear-probe scores
 """
 
 import argparse
@@ -24,7 +25,7 @@ from msg_ray.train import plain_study as S
 _STATE: dict = {}
 
 
-def _init(data_cfg: dict, device: str, threads: int) -> None:
+def _init(data_cfg: dict, device: str, threads: int, downstream: bool) -> None:
     import torch
 
     from msg_ray.data import DataConfig, prepare
@@ -34,12 +35,23 @@ def _init(data_cfg: dict, device: str, threads: int) -> None:
     _STATE["data"] = data = prepare(DataConfig(**data_cfg))
     _STATE["valid"] = valid_batches(data, 40)
     _STATE["device"] = device
+    _STATE["downstream"] = _probe_scorer(DataConfig(**data_cfg)) if downstream else None
+
+
+def _probe_scorer(data_cfg):
+    """model -> {metric: value}: linear probes (msg_ray.compare.probe) on the tasks of S.DOWNSTREAM."""
+    from msg_ray.compare.evaluate import EvalConfig, evaluate_classification
+
+    cfg = EvalConfig(tasks=tuple(k.split("/")[0] for k in S.DOWNSTREAM), cls_mode="probe")
+    return lambda model: {
+        k: v[0] for task in cfg.tasks for k, v in evaluate_classification(model, task, data_cfg, cfg).items()
+    }
 
 
 def _run(job):
     from msg_ray.train.plain import run_plain
 
-    return run_plain(job, _STATE["data"], _STATE["valid"], _STATE["device"])
+    return run_plain(job, _STATE["data"], _STATE["valid"], _STATE["device"], _STATE["downstream"])
 
 
 def _load(path: str) -> list[dict]:
@@ -62,6 +74,8 @@ def main(argv=None) -> int:
     p.add_argument("--lrs", default="", help="comma list: run only these LRs of the study's grid")
     p.add_argument("--seeds", default="", help="comma list: run only these seeds")
     p.add_argument("--resume", action="store_true", help="keep --out's results and run only the jobs it lacks")
+    p.add_argument("--downstream", action="store_true",
+                   help="score every final model with linear probes (movie sentiment, BBC topics)")  # fmt: skip
     p.add_argument("--data", dest="data_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="DataConfig override for every run (tokenizer=bpe:4096, seq_len=128)")  # fmt: skip
     args = p.parse_args(argv)
@@ -80,7 +94,10 @@ def main(argv=None) -> int:
     with (
         open(args.out, "a" if args.resume else "w") as f,
         ProcessPoolExecutor(
-            args.procs, mp_context=ctx, initializer=_init, initargs=(study.data, args.device, args.threads)
+            args.procs,
+            mp_context=ctx,
+            initializer=_init,
+            initargs=(study.data, args.device, args.threads, args.downstream),
         ) as pool,
     ):
         futures = [pool.submit(_run, job) for job in study.jobs]

@@ -28,6 +28,7 @@ from msg_ray.compare.finetune import (
     predict,
     train_classifier,
 )
+from msg_ray.compare.probe import L2_GRID, probe
 from msg_ray.compare.report import best_lrs, grid_edge_warnings, summarize, to_csv
 from msg_ray.compare.runner import plan
 from msg_ray.export import export_plain
@@ -255,6 +256,33 @@ def test_classifier_learns_easy_split(arch):
     test = _synthetic(200, 1)
     m = classification_metrics(predict(clf, test), test.labels, 2)
     assert 0.9 <= m["accuracy"] <= 1.0 and m["mcc"] > 0.8, m
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt"])
+def test_linear_probe_separates_an_easy_split_deterministically(arch):
+    """Frozen random-init features carry the label token; shuffled labels stay near chance."""
+    body = build_model(arch, Structure(32, 64, 2, 1), vocab_size=50, max_seq_len=12, head_dim=16, seed=0)
+    splits = {"train": _synthetic(256, 0), "dev": _synthetic(100, 2), "test": _synthetic(200, 1)}
+    m = probe(body, splits, 2)
+    assert m["accuracy"] >= 0.9 and m["l2"] in L2_GRID, m
+    assert probe(body, splits, 2) == m  # full-batch L-BFGS in float64: the same scores again
+    g = torch.Generator().manual_seed(3)
+    noise = {k: replace(e, labels=e.labels[torch.randperm(len(e), generator=g)]) for k, e in splits.items()}
+    assert probe(body, noise, 2)["accuracy"] < 0.7
+    with pytest.raises(ValueError, match="'dev' split"):
+        probe(body, {"train": splits["train"], "test": splits["test"]}, 2)
+
+
+def test_probe_mode_on_real_tasks(tmp_path):
+    model = build_model("gpt", Structure(32, 64, 2, 1), vocab_size=1024, max_seq_len=32, head_dim=16, seed=0)
+    export_plain(model, tmp_path / "export")
+    cfg = EvalConfig(tasks=("movie_snippets", "bbc_news"), cls_mode="probe", max_train_examples=64, data=DATA)
+    s = evaluate_checkpoint(tmp_path / "export", cfg, log=False)["scores"]
+    assert {"movie_snippets/probe_accuracy", "movie_snippets/probe_mcc", "bbc_news/probe_macro_f1"} <= set(s)
+    assert all(len(v) == 1 for v in s.values()) and not any("/accuracy" in k for k in s)  # not fine-tuning's names
+    assert 0.2 <= s["bbc_news/probe_accuracy"][0] <= 1.0
+    with pytest.raises(ValueError, match="cls_mode"):
+        EvalConfig(cls_mode="linear")
 
 
 def test_classification_metrics_known_values():

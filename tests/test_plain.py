@@ -35,6 +35,21 @@ def test_plain_run_spends_full_flops_and_grows(data, lr_scale):
     assert g["job"]["schedule"]["total_steps"] == g["total_steps"]  # the solved schedule is what is recorded
 
 
+def test_downstream_scores_the_final_grown_model(data):
+    d, vb = data
+    seen = []
+
+    def score(model):
+        seen.append((model.structure, next(model.parameters()).device.type))
+        return {"movie_snippets/probe_accuracy": 0.5}
+
+    job = PlainJob(schedule=GROW, lr=3e-3, full_steps=30, batch_size=4, warmup_steps=3, eval_points=1)
+    r = run_plain(job, d, vb, downstream=score)
+    assert r["downstream"] == {"movie_snippets/probe_accuracy": 0.5}
+    assert seen == [(GROW.target, "cpu")]
+    assert "downstream" not in run_plain(job, d, vb)  # not asked: not scored
+
+
 def _result(label: str, lr: float, seed: int, vals: list[float]) -> dict:
     return {"job": {"label": label, "lr": lr, "seed": seed}, "total_steps": 10, "flops": [1.0, 2.0, 3.0, 4.0],
             "val_loss": vals, "final_val": vals[-1]}  # fmt: skip
@@ -64,6 +79,23 @@ def test_lr_is_chosen_on_the_search_seeds_and_reported_over_all_seeds():
     assert row["lr"] == 2e-3 and row["lr_inside_grid"]
     assert row["final_val"][0] == pytest.approx((4.0 + 4.4 + 4.4) / 3)
     assert row["val_by_lr"] == {"0.001": 4.2, "0.002": 4.0, "0.004": 4.3}
+
+
+def test_downstream_columns_and_a_scored_rerun_replacing_its_unscored_twin():
+    res = [_result(FULL, lr, 0, [6, 5, 4.5, v]) for lr, v in ((1e-3, 4.2), (2e-3, 4.0), (4e-3, 4.3))]
+    res += [_result(FULL, 2e-3, 1, [6, 5, 4.5, 4.1])]
+    res += [_result("fast", lr, 0, [5.5, 4.5, 4.0, v]) for lr, v in ((1e-3, 3.95), (2e-3, 3.9), (4e-3, 3.95))]
+    assert "probe" not in report(res)  # no run scored: no downstream columns
+    acc = {"movie_snippets/probe_accuracy": 0.6, "bbc_news/probe_accuracy": 0.8}
+    rerun = {**_result(FULL, 2e-3, 0, [6, 5, 4.5, 4.0]), "downstream": acc}
+    scored = [*res, {**_result("fast", 2e-3, 0, [5.5, 4.5, 4.0, 3.9]), "downstream": acc}, rerun]
+    rows = {r["schedule"]: r for r in summarize(scored)}
+    assert rows[FULL]["final_val"][0] == pytest.approx(4.05)  # the rerun replaced seed 0, not added a third run
+    assert rows[FULL]["downstream"]["bbc_news/probe_accuracy"] == (0.8, 0.0, 1)
+    table = report(scored)
+    assert "movies acc (probe) | BBC acc (probe)" in table
+    assert "| 0.600 (0.000) [1/2] | 0.800 (0.000) [1/2] |" in table  # full: one of two seeds scored
+    assert "| fast | 0.002 | yes | 10 | 3.9000 (0.0000) | -0.1500 |" in table
 
 
 def test_a_cut_short_study_resumes_with_only_the_jobs_its_results_lack():

@@ -3,7 +3,8 @@
 - GPT: WikiText-2 valid/test perplexity zero-shot (``ppl_zs/*``) and after fine-tuning on WikiText-2 train
   (``ppl_ft/*``, paper table 5).
 - BERT: fine-tune + test on ``movie_snippets`` (binary: accuracy, F1, MCC) and ``bbc_news`` (5-way: accuracy,
-  macro-F1), one value per fine-tuning seed (paper appendix F: mean (std) over 3 seeds).
+  macro-F1), one value per fine-tuning seed (paper appendix F: mean (std) over 3 seeds). ``cls_mode="probe"``
+  scores a linear probe on the frozen model instead (``<task>/probe_*``, one value; any arch, e.g. GPT studies).
 Results are ``{metric: [value per seed]}``. Text is tokenised with the producing run's tokenizer (its resolved
 config travels in the checkpoint's ``meta.json``); a bare export folder needs ``EvalConfig.data``.
 
@@ -33,6 +34,7 @@ from msg_ray.compare.finetune import (
     train_classifier,
 )  # fmt: skip
 from msg_ray.compare.mlflow_io import append_metrics
+from msg_ray.compare.probe import probe
 from msg_ray.data import DataConfig, prepare
 from msg_ray.data.downstream import load_classification, num_labels
 from msg_ray.data.tokenizer import tokenizer_digest
@@ -45,6 +47,7 @@ from msg_ray.train.config import RunConfig
 GPT_TASKS = ("wikitext2_ppl",)
 BERT_TASKS = ("movie_snippets", "bbc_news")
 EVAL_PREFIX = "eval/"
+CLS_MODES = ("finetune", "probe")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +56,7 @@ class EvalConfig:
     lm: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(steps=200, lr=1e-4, batch_size=16))
     cls: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(steps=300, lr=2e-4, batch_size=32))
     seeds: tuple[int, ...] = (0, 1, 2)  # fine-tuning seeds for the classification tasks
+    cls_mode: str = "finetune"  # classification: "finetune" the whole model per seed, or a frozen linear "probe"
     lm_seeds: tuple[int, ...] = (0,)  # fine-tuning seeds for PPL-ft (one: the LM fine-tune is long and stable)
     cls_seq_len: int = 128
     max_eval_blocks: int | None = None  # cap on valid/test blocks for PPL (None: all)
@@ -67,6 +71,8 @@ class EvalConfig:
             raise ValueError(f"EvalConfig.tasks must be a non-empty subset of {known}, got {self.tasks!r}")
         if not self.seeds or not self.lm_seeds:
             raise ValueError("EvalConfig.seeds and lm_seeds must be non-empty")
+        if self.cls_mode not in CLS_MODES:
+            raise ValueError(f"EvalConfig.cls_mode must be one of {CLS_MODES}, got {self.cls_mode!r}")
         if self.cls_seq_len < 3:
             raise ValueError(f"EvalConfig.cls_seq_len must be >= 3, got {self.cls_seq_len}")
         if self.threads < 1:
@@ -178,7 +184,8 @@ def evaluate_lm(model: GrowableModel, data_cfg, cfg: EvalConfig) -> dict[str, li
 
 
 def evaluate_classification(model: GrowableModel, task: str, data_cfg, cfg: EvalConfig) -> dict[str, list[float]]:
-    """Fine-tune a classifier per seed on the task's train split, score it on the test split."""
+    """Fine-tune a classifier per seed on the task's train split, score it on the test split (``cls_mode="probe"``:
+    a linear probe on the frozen model instead, ``msg_ray.compare.probe``)."""
 
     data = prepare(data_cfg)  # the pretraining run's tokenizer and special ids
     split_seed = data_cfg.split_seed if cfg.split_seed is None else cfg.split_seed
@@ -187,6 +194,10 @@ def evaluate_classification(model: GrowableModel, task: str, data_cfg, cfg: Eval
     args = (data.tokenizer, seq_len, data.cls_id, data.sep_id, data.pad_id)
     train = encode(args[0], splits["train"][: cfg.max_train_examples], *args[1:])
     test = encode(args[0], splits["test"], *args[1:])
+    if cfg.cls_mode == "probe":  # one deterministic fit: no seeds, metrics named probe_* (not fine-tuning's)
+        dev = encode(args[0], splits["dev"], *args[1:])
+        scores = probe(model, {"train": train, "dev": dev, "test": test}, num_labels(task))
+        return {f"{task}/probe_{k}": [v] for k, v in scores.items()}
     out: dict[str, list[float]] = {}
     for seed in cfg.seeds:
         torch.manual_seed(seed)

@@ -60,13 +60,17 @@ class SequenceClassifier(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:  # -> [B, C]
-        h = hidden_states(self.body, input_ids, None if self.body.causal else attention_mask)
-        if not self.body.causal:  # encoder: the first token's state
-            pooled = h[:, 0]
-        else:
-            m = attention_mask.unsqueeze(-1).to(h.dtype)
-            pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
-        return self.head(self.drop(pooled))
+        return self.head(self.drop(pooled_states(self.body, input_ids, attention_mask)))
+
+
+def pooled_states(model: GrowableModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """One vector per sequence, [B, T] -> [B, H]: BERT the first (``[CLS]``) state, causal LMs the mean over real
+    tokens (a causal model's first position sees nothing)."""
+    h = hidden_states(model, input_ids, None if model.causal else attention_mask)
+    if not model.causal:
+        return h[:, 0]
+    m = attention_mask.unsqueeze(-1).to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
 def _optimizer(module: nn.Module, cfg: FinetuneConfig) -> tuple[torch.optim.Optimizer, LRSchedule]:

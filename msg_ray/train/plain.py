@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -59,8 +60,15 @@ def _evaluate(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], de
     return sum(losses) / len(losses)
 
 
-def run_plain(job: PlainJob, data: Any, valid_batches: list[dict[str, torch.Tensor]], device: str = "cpu") -> dict:
-    """Train ``job`` on ``data`` (a `PreparedData`); returns the loss curve on the FLOPs and wall axes."""
+def run_plain(
+    job: PlainJob,
+    data: Any,
+    valid_batches: list[dict[str, torch.Tensor]],
+    device: str = "cpu",
+    downstream: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+) -> dict:
+    """Train ``job`` on ``data`` (a `PreparedData`); returns the loss curve on the FLOPs and wall axes, and
+    ``downstream(final model)`` (e.g. linear-probe scores) under ``"downstream"`` when given."""
     sched = job.schedule
     seq_len = int(data.train_blocks.shape[1])
     vocab = data.vocab_size
@@ -110,8 +118,12 @@ def run_plain(job: PlainJob, data: Any, valid_batches: list[dict[str, torch.Tens
             for k, v in (("step", step + 1), ("flops", flops), ("wall_s", wall), ("val_loss", val)):
                 curve[k].append(v)
             t0 = time.perf_counter()
-    return {"job": {**asdict(job), "schedule": sched.to_dict()}, "total_steps": total, **curve,
-            "final_val": curve["val_loss"][-1] if curve["val_loss"] else math.nan}  # fmt: skip
+    out = {"job": {**asdict(job), "schedule": sched.to_dict()}, "total_steps": total, **curve,
+           "final_val": curve["val_loss"][-1] if curve["val_loss"] else math.nan}  # fmt: skip
+    if downstream is not None:  # a run stopped by a non-finite loss has nothing to score
+        finished = bool(curve["step"]) and curve["step"][-1] == total
+        out["downstream"] = downstream(model.cpu()) if finished else None
+    return out
 
 
 def valid_batches(data: Any, n_batches: int, batch_size: int = 32) -> list[dict[str, torch.Tensor]]:

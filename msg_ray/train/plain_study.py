@@ -143,6 +143,21 @@ def pending(study: Study, done: list[dict]) -> Study:
     return replace(study, jobs=[j for j in study.jobs if job_key(asdict(j)) not in have])
 
 
+# downstream metrics a study's table shows (linear probes; bench_schedules.py --downstream scores the runs)
+DOWNSTREAM = {"movie_snippets/probe_accuracy": "movies acc", "bbc_news/probe_accuracy": "BBC acc"}
+
+
+def dedupe(results: list[dict]) -> list[dict]:
+    """One result per job (`job_key`); of repeats (a deterministic run redone for its downstream scores) the one
+    with scores is kept."""
+    by: dict[tuple, dict] = {}
+    for r in results:
+        key = job_key(r["job"])
+        if key not in by or (r.get("downstream") and not by[key].get("downstream")):
+            by[key] = r
+    return list(by.values())
+
+
 def _ms(xs: list[float]) -> tuple[float, float]:
     xs = [x for x in xs if not math.isnan(x)]
     if not xs:
@@ -154,7 +169,7 @@ def summarize(results: list[dict]) -> list[dict[str, Any]]:
     """One row per label: chosen LR (lowest mean final val over the seeds of the LR search), grid position, loss at
     equal FLOPs and FLOPs-to-target over every seed at the chosen LR."""
     by: dict[str, dict[float, list[dict]]] = {}
-    for r in results:
+    for r in dedupe(results):
         by.setdefault(r["job"]["label"], {}).setdefault(r["job"]["lr"], []).append(r)
     if FULL not in by:
         raise ValueError("a study needs its full baseline")
@@ -184,19 +199,33 @@ def summarize(results: list[dict]) -> list[dict[str, Any]]:
             "flops_to_target_speedup": _ms([full_flops / f if f == f else math.nan for f in reach]),
             "reached": f"{sum(f == f for f in reach)}/{len(reach)}",
             "val_by_lr": {f"{x:g}": round(searched(per_lr, x), 4) for x in grid},
+            "downstream": _downstream(runs),
         })  # fmt: skip
     rows.sort(key=lambda r: r["final_val"][0])
     return rows
 
 
+def _downstream(runs: list[dict]) -> dict[str, tuple[float, float, int]]:
+    """{metric: (mean, std, number of runs scored)} over the runs that carry downstream scores."""
+    scored = [r["downstream"] for r in runs if r.get("downstream")]
+    return {k: (*_ms([d[k] for d in scored]), len(scored)) for k in DOWNSTREAM if scored}
+
+
 def report(results: list[dict]) -> str:
     """Markdown table of :func:`summarize` (mean (std) over seeds)."""
     rows = summarize(results)
-    head = "| schedule | LR | inside grid | steps | final val at equal FLOPs | Δ vs full | FLOPs-to-target | reached | val by LR (search seeds) |"
-    lines = [head, "|" + "---|" * 9]
+    probes = any(r["downstream"] for r in rows)  # downstream columns only when some run was scored
+    extra = [f"{name} (probe)" for name in DOWNSTREAM.values()] if probes else []
+    head = ["schedule", "LR", "inside grid", "steps", "final val at equal FLOPs", "Δ vs full", "FLOPs-to-target",
+            "reached", *extra, "val by LR (search seeds)"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         (m, s), (sm, ss) = r["final_val"], r["flops_to_target_speedup"]
-        lines.append(f"| {r['schedule']} | {r['lr']:g} | {'yes' if r['lr_inside_grid'] else 'NO'} | {r['steps']} | "
-                     f"{m:.4f} ({s:.4f}) | {r['vs_full']:+.4f} | {sm:.2f}x ({ss:.2f}) | {r['reached']} | "
-                     f"{r['val_by_lr']} |")  # fmt: skip
+        cells = [r["schedule"], f"{r['lr']:g}", "yes" if r["lr_inside_grid"] else "NO", str(r["steps"]),
+                 f"{m:.4f} ({s:.4f})", f"{r['vs_full']:+.4f}", f"{sm:.2f}x ({ss:.2f})", r["reached"]]  # fmt: skip
+        n_runs = int(r["reached"].split("/")[1])
+        for k in DOWNSTREAM if probes else ():
+            dm, ds, n = r["downstream"].get(k, (math.nan, math.nan, 0))
+            cells.append("–" if n == 0 else f"{dm:.3f} ({ds:.3f})" + ("" if n == n_runs else f" [{n}/{n_runs}]"))
+        lines.append("| " + " | ".join([*cells, str(r["val_by_lr"])]) + " |")
     return "\n".join(lines)
