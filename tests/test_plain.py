@@ -7,6 +7,7 @@ import math
 import pytest
 
 from msg_ray.data import DataConfig, prepare
+from msg_ray.operators import get_operator
 from msg_ray.schedule import Schedule, Stage, full
 from msg_ray.train.plain import PlainJob, flops_to_reach, run_plain, valid_batches
 from msg_ray.train.plain_study import FULL, STUDIES, pending, report, select, summarize
@@ -33,6 +34,7 @@ def test_plain_run_spends_full_flops_and_grows(data, lr_scale):
     assert g["step"][-1] == g["total_steps"] and all(math.isfinite(v) for v in g["val_loss"])
     assert g["val_loss"][-1] < g["val_loss"][0] < math.log(1024) + 1  # it learns
     assert g["job"]["schedule"]["total_steps"] == g["total_steps"]  # the solved schedule is what is recorded
+    assert len(g["growth_jumps"]) == 1 and abs(g["growth_jumps"][0]) < 1e-5 and f["growth_jumps"] == []  # MSG
 
 
 def test_downstream_scores_the_final_grown_model(data):
@@ -132,3 +134,5 @@ def test_every_operator_trains_through_a_growth_with_its_layout(data, op):
                            warmup_steps=3, eval_points=3), d, vb)  # fmt: skip
     assert g["job"]["schedule"]["operator"] == op and all(math.isfinite(v) for v in g["val_loss"])
     assert g["val_loss"][-1] < g["val_loss"][0]
+    jump = max(map(abs, g["growth_jumps"]))  # float32 forward: preserving operators within rounding
+    assert jump < 1e-4 if get_operator(op).preserving else jump > 1e-4, (op, g["growth_jumps"])

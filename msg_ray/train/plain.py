@@ -67,8 +67,9 @@ def run_plain(
     device: str = "cpu",
     downstream: Callable[[torch.nn.Module], dict[str, float]] | None = None,
 ) -> dict:
-    """Train ``job`` on ``data`` (a `PreparedData`); returns the loss curve on the FLOPs and wall axes, and
-    ``downstream(final model)`` (e.g. linear-probe scores) under ``"downstream"`` when given."""
+    """Train ``job`` on ``data`` (a `PreparedData`); returns the loss curve on the FLOPs and wall axes, the loss
+    jump at each growth (``growth_jumps``), and ``downstream(final model)`` (e.g. linear-probe scores) under
+    ``"downstream"`` when given."""
     sched = job.schedule
     seq_len = int(data.train_blocks.shape[1])
     vocab = data.vocab_size
@@ -89,14 +90,17 @@ def run_plain(
     evals = sorted({max(1, round(total * (i + 1) / job.eval_points)) for i in range(job.eval_points)})
     starts, stage, ramp = sched.growth_steps(), 0, None
     curve: dict[str, list] = {"step": [], "flops": [], "wall_s": [], "val_loss": []}
+    jumps: list[float] = []  # validation loss (first batch) right after each growth minus right before
     flops, wall, t0 = 0.0, 0.0, time.perf_counter()
     for step in range(total):
         if stage + 1 < len(sched.stages) and step >= starts[stage]:
             stage += 1
             moms = moments(model, opt)
+            before = _evaluate(model, valid_batches[:1], device)
             grown = G.expand(model.cpu(), sched.stages[stage].structure, sched.operator, depth_init=sched.depth_init,
                              seed=job.seed * 1000 + stage)  # fmt: skip
             model = grown.model.to(device)
+            jumps.append(_evaluate(model, valid_batches[:1], device) - before)  # 0 for a preserving operator
             opt = _adamw(model, job, moms, step, grown.layout)
             ramp = G.MaskRamp(start_step=step, phi=sched.phi) if G.is_ramping(model) else None
         if ramp is not None:
@@ -119,7 +123,7 @@ def run_plain(
                 curve[k].append(v)
             t0 = time.perf_counter()
     out = {"job": {**asdict(job), "schedule": sched.to_dict()}, "total_steps": total, **curve,
-           "final_val": curve["val_loss"][-1] if curve["val_loss"] else math.nan}  # fmt: skip
+           "final_val": curve["val_loss"][-1] if curve["val_loss"] else math.nan, "growth_jumps": jumps}  # fmt: skip
     if downstream is not None:  # a run stopped by a non-finite loss has nothing to score
         finished = bool(curve["step"]) and curve["step"][-1] == total
         out["downstream"] = downstream(model.cpu()) if finished else None

@@ -200,6 +200,7 @@ def summarize(results: list[dict]) -> list[dict[str, Any]]:
             "reached": f"{sum(f == f for f in reach)}/{len(reach)}",
             "val_by_lr": {f"{x:g}": round(searched(per_lr, x), 4) for x in grid},
             "downstream": _downstream(runs),
+            "loss_jump": _ms([max(map(abs, r["growth_jumps"])) for r in runs if r.get("growth_jumps")])[0],
         })  # fmt: skip
     rows.sort(key=lambda r: r["final_val"][0])
     return rows
@@ -217,12 +218,13 @@ def report(results: list[dict]) -> str:
     probes = any(r["downstream"] for r in rows)  # downstream columns only when some run was scored
     extra = [f"{name} (probe)" for name in DOWNSTREAM.values()] if probes else []
     head = ["schedule", "LR", "inside grid", "steps", "final val at equal FLOPs", "Δ vs full", "FLOPs-to-target",
-            "reached", *extra, "val by LR (search seeds)"]  # fmt: skip
+            "reached", "max loss jump at a growth", *extra, "val by LR (search seeds)"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         (m, s), (sm, ss) = r["final_val"], r["flops_to_target_speedup"]
         cells = [r["schedule"], f"{r['lr']:g}", "yes" if r["lr_inside_grid"] else "NO", str(r["steps"]),
-                 f"{m:.4f} ({s:.4f})", f"{r['vs_full']:+.4f}", f"{sm:.2f}x ({ss:.2f})", r["reached"]]  # fmt: skip
+                 f"{m:.4f} ({s:.4f})", f"{r['vs_full']:+.4f}", f"{sm:.2f}x ({ss:.2f})", r["reached"],
+                 "–" if math.isnan(r["loss_jump"]) else f"{r['loss_jump']:.2g}"]  # fmt: skip
         n_runs = int(r["reached"].split("/")[1])
         for k in DOWNSTREAM if probes else ():
             dm, ds, n = r["downstream"].get(k, (math.nan, math.nan, 0))
