@@ -107,10 +107,11 @@ STUDIES: dict[str, Callable[[float], Study]] = {
         warmup_steps=150),
     # the operator zoo on one schedule (msg_ray.operators), same LR grid for every operator and full
     "gpt-operators": lambda scale: _operators(scale, [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2]),
-    # robustness: another tokenizer size, sequence length and batch
+    # robustness of the shipped shape (ffn-first-48) on the gpt-warmup150 protocol with another tokenizer size
+    # (8k BPE), sequence length (128) and batch (8: the same tokens per step)
     "gpt-robust": lambda scale: _study(
-        "gpt", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 128, "objective": "clm"}, 1500,
-        _GPT_LRS[:4], ["ffn-first-48", "ffn-first-32"], False, scale, batch_size=8, warmup_steps=50),
+        "gpt", {"source": "wikitext2", "tokenizer": "bpe8k", "seq_len": 128, "objective": "clm"}, 1500,
+        [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48"], False, scale, batch_size=8, warmup_steps=150),
 }  # fmt: skip
 
 
