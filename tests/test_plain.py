@@ -83,16 +83,17 @@ def test_lr_is_chosen_on_the_search_seeds_and_reported_over_all_seeds():
     assert row["val_by_lr"] == {"0.001": 4.2, "0.002": 4.0, "0.004": 4.3}
 
 
-def test_downstream_columns_and_a_scored_rerun_replacing_its_unscored_twin():
+def test_downstream_columns_and_a_rerun_lending_its_scores_to_the_first_run():
     res = [_result(FULL, lr, 0, [6, 5, 4.5, v]) for lr, v in ((1e-3, 4.2), (2e-3, 4.0), (4e-3, 4.3))]
     res += [_result(FULL, 2e-3, 1, [6, 5, 4.5, 4.1])]
     res += [_result("fast", lr, 0, [5.5, 4.5, 4.0, v]) for lr, v in ((1e-3, 3.95), (2e-3, 3.9), (4e-3, 3.95))]
     assert "probe" not in report(res)  # no run scored: no downstream columns
     acc = {"movie_snippets/probe_accuracy": 0.6, "bbc_news/probe_accuracy": 0.8}
-    rerun = {**_result(FULL, 2e-3, 0, [6, 5, 4.5, 4.0]), "downstream": acc}
+    rerun = {**_result(FULL, 2e-3, 0, [6, 5, 4.5, 4.3]), "downstream": acc}  # another machine: another loss
     scored = [*res, {**_result("fast", 2e-3, 0, [5.5, 4.5, 4.0, 3.9]), "downstream": acc}, rerun]
     rows = {r["schedule"]: r for r in summarize(scored)}
-    assert rows[FULL]["final_val"][0] == pytest.approx(4.05)  # the rerun replaced seed 0, not added a third run
+    assert rows[FULL]["lr"] == 2e-3  # the rerun's worse loss does not move the LR search
+    assert rows[FULL]["final_val"][0] == pytest.approx(4.05)  # the first run's loss, not a third run
     assert rows[FULL]["downstream"]["bbc_news/probe_accuracy"] == (0.8, 0.0, 1)
     table = report(scored)
     assert "movies acc (probe) | BBC acc (probe)" in table

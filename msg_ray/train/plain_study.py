@@ -149,13 +149,16 @@ DOWNSTREAM = {"movie_snippets/probe_accuracy": "movies acc", "bbc_news/probe_acc
 
 
 def dedupe(results: list[dict]) -> list[dict]:
-    """One result per job (`job_key`); of repeats (a deterministic run redone for its downstream scores) the one
-    with scores is kept."""
+    """One result per job (`job_key`): the first one, its curve untouched, with the downstream scores of a repeat
+    when it has none (a job rerun only to score its model). The LR search stays what first ran: a rerun on
+    another machine ends ~1e-3 apart (float kernels differ), which must not move an LR choice."""
     by: dict[tuple, dict] = {}
     for r in results:
         key = job_key(r["job"])
-        if key not in by or (r.get("downstream") and not by[key].get("downstream")):
+        if key not in by:
             by[key] = r
+        elif r.get("downstream") and not by[key].get("downstream"):
+            by[key] = {**by[key], "downstream": r["downstream"], "downstream_from_rerun": True}
     return list(by.values())
 
 
