@@ -202,6 +202,7 @@ def summarize(results: list[dict]) -> list[dict[str, Any]]:
             "vs_full": _ms([r["final_val"] for r in runs])[0] - target,
             "flops_to_target_speedup": _ms([full_flops / f if f == f else math.nan for f in reach]),
             "reached": f"{sum(f == f for f in reach)}/{len(reach)}",
+            "runs": len(runs),
             "val_by_lr": {f"{x:g}": round(searched(per_lr, x), 4) for x in grid},
             "downstream": _downstream(runs),
             "loss_jump": _ms([max(map(abs, r["growth_jumps"])) for r in runs if r.get("growth_jumps")])[0],
@@ -229,9 +230,8 @@ def report(results: list[dict]) -> str:
         cells = [r["schedule"], f"{r['lr']:g}", "yes" if r["lr_inside_grid"] else "NO", str(r["steps"]),
                  f"{m:.4f} ({s:.4f})", f"{r['vs_full']:+.4f}", f"{sm:.2f}x ({ss:.2f})", r["reached"],
                  "–" if math.isnan(r["loss_jump"]) else f"{r['loss_jump']:.2g}"]  # fmt: skip
-        n_runs = int(r["reached"].split("/")[1])
         for k in DOWNSTREAM if probes else ():
             dm, ds, n = r["downstream"].get(k, (math.nan, math.nan, 0))
-            cells.append("–" if n == 0 else f"{dm:.3f} ({ds:.3f})" + ("" if n == n_runs else f" [{n}/{n_runs}]"))
+            cells.append("–" if n == 0 else f"{dm:.3f} ({ds:.3f})" + ("" if n == r["runs"] else f" [{n}/{r['runs']}]"))
         lines.append("| " + " | ".join([*cells, str(r["val_by_lr"])]) + " |")
     return "\n".join(lines)
