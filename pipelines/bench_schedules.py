@@ -10,6 +10,8 @@ FLOPs-to-target speed-up, target = the tuned full run's final val loss. Runs man
     python pipelines/bench_schedules.py --report full.jsonl growth.jsonl   # one table from several result files
     python pipelines/bench_schedules.py --study gpt-operators --resume --out ops.jsonl   # finish a cut-short sweep
     python pipelines/bench_schedules.py --study gpt-operators --downstream --out ops.jsonl   # + linear-probe scores
+    python pipelines/bench_schedules.py --study gpt-warmup150 --only ffn-first-48 --lrs 8e-3 --budgets 0.5,0.6 \
+        --out budgets.jsonl   # growth at half and 0.6x full's FLOPs, each decayed at its own end
 """
 
 import argparse
@@ -73,6 +75,9 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="", help="comma list of labels to run (default: all)")
     p.add_argument("--lrs", default="", help="comma list: run only these LRs of the study's grid")
     p.add_argument("--seeds", default="", help="comma list: run only these seeds")
+    p.add_argument("--budgets", default="",
+                   help="comma list of fractions of full's FLOPs: run the growth jobs at these budgets, each decayed "
+                        "at its own end (the decayed budget curve; full's run is the target)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="keep --out's results and run only the jobs it lacks")
     p.add_argument("--downstream", action="store_true",
                    help="score every final model with linear probes (movie sentiment, BBC topics)")  # fmt: skip
@@ -87,6 +92,8 @@ def main(argv=None) -> int:
     if not args.study:
         p.error("--study is required (or --report FILES)")
     study = S.select(S.STUDIES[args.study](args.scale), args.only, args.lrs, args.seeds, args.data_overrides)
+    if args.budgets:
+        study = S.at_budgets(study, args.budgets)
     results = _load(args.out) if args.resume else []
     study, t0 = S.pending(study, results), time.perf_counter()
     print(f"{len(study.jobs)} job(s) to run, {len(results)} already in {args.out}", flush=True)

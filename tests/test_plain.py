@@ -10,7 +10,7 @@ from msg_ray.data import DataConfig, prepare
 from msg_ray.operators import get_operator
 from msg_ray.schedule import Schedule, Stage, full
 from msg_ray.train.plain import PlainJob, flops_to_reach, run_plain, valid_batches
-from msg_ray.train.plain_study import FULL, STUDIES, pending, report, select, summarize
+from msg_ray.train.plain_study import FULL, STUDIES, at_budgets, budget_curve, pending, report, select, summarize
 
 GROW = Schedule(arch="gpt", total_steps=30, phi=3, head_dim=16, name="tiny",
                 stages=(Stage(structure=[32, 64, 1, 1], start=0), Stage(structure=[48, 96, 2, 2], start=0.4)))  # fmt: skip
@@ -101,11 +101,51 @@ def test_downstream_columns_and_a_rerun_lending_its_scores_to_the_first_run():
     assert "| fast | 0.002 | yes | 10 | 3.9000 (0.0000) | -0.1500 |" in table
 
 
+def _at(label: str, budget: int, final_flops: float, final_val: float, seed: int = 0, lr: float = 2e-3) -> dict:
+    r = _result(label, lr, seed, [6.0, 5.0, final_val])
+    return {**r, "job": {**r["job"], "full_steps": budget}, "flops": [1.0, final_flops / 2, final_flops]}
+
+
+def test_decayed_budget_curve_reads_flops_to_target_off_runs_decayed_at_smaller_budgets():
+    res = [_at(FULL, 10, 4.0, v, lr=lr) for lr, v in ((1e-3, 4.2), (2e-3, 4.0), (4e-3, 4.3))]
+    res += [_at("fast", 10, 4.0, v, lr=lr) for lr, v in ((1e-3, 3.9), (2e-3, 3.8), (4e-3, 3.85))]
+    res += [_at("fast", 5, 2.0, 4.1), _at("fast", 6, 2.4, 3.95)]  # budget runs at fast's chosen LR
+    rows = {r["schedule"]: r for r in summarize(res)}
+    assert rows["fast"]["final_val"][0] == pytest.approx(3.8) and rows["fast"]["runs"] == 1  # budget runs apart
+    (curve,) = budget_curve(res)
+    # target 4.0 between 2.0 (4.1) and 2.4 (3.95), log-linear: 2/3 of the way from log 2.0 to log 2.4
+    assert curve["flops_to_target_speedup"][0] == pytest.approx(4.0 / (2.0 * 1.2 ** (2 / 3)))
+    assert curve["val_by_budget"] == {0.5: (4.1, 0.0, 1), 0.6: (3.95, 0.0, 1), 1.0: (3.8, 0.0, 1)}
+    assert not curve["bound"] and "Decayed budget curve" in report(res)
+    # the smallest budget already reaches the target: the speed-up is only a lower bound, and says so
+    (low,) = budget_curve([*res, _at("fast", 4, 1.6, 3.99)])
+    assert low["bound"] and low["flops_to_target_speedup"][0] == pytest.approx(2.5)
+    assert "(a lower bound)" in report([*res, _at("fast", 4, 1.6, 3.99)])
+    assert "Decayed budget curve" not in report(res[:6])  # no budget runs: no second table
+
+
+def test_budget_jobs_scale_growth_runs_only_and_are_jobs_of_their_own():
+    study = select(STUDIES["gpt-operators"](0.05), only="full,msg", lrs="8e-3", seeds="0")
+    budgets = at_budgets(study, "0.5,1")
+    main = next(j for j in study.jobs if j.label == "msg")
+    assert sorted(j.full_steps for j in budgets.jobs) == [round(main.full_steps * 0.5), main.full_steps]
+    assert all(j.label == "msg" for j in budgets.jobs)  # full training's budget is the target, not re-run
+    done = [{"job": {"label": "msg", "lr": 0.008, "seed": 0, "lr_scale": "none", "lr_reset_growths": 0,
+                     "full_steps": main.full_steps}}]  # fmt: skip
+    assert [j.full_steps for j in pending(budgets, done).jobs] == [round(main.full_steps * 0.5)]
+    for bad in ("0", "1.5", "half", ""):
+        with pytest.raises(ValueError, match="--budgets"):
+            at_budgets(study, bad)
+    with pytest.raises(ValueError, match="growth jobs"):
+        at_budgets(select(study, only="full"), "0.5")
+
+
 def test_a_cut_short_study_resumes_with_only_the_jobs_its_results_lack():
     study = select(STUDIES["gpt-operators"](0.05), only="full,msg", lrs="4e-3,8e-3", seeds="0,1")
     assert len(study.jobs) == 8
-    done = [{"job": {"label": "msg", "lr": 0.008, "seed": 1, "lr_scale": "none", "lr_reset_growths": 0}},
-            {"job": {"label": "full", "lr": 0.004, "seed": 0, "lr_scale": "none", "lr_reset_growths": 0}}]  # fmt: skip
+    n = study.jobs[0].full_steps
+    done = [{"job": {"label": "msg", "lr": 0.008, "seed": 1, "lr_scale": "none", "lr_reset_growths": 0, "full_steps": n}},
+            {"job": {"label": "full", "lr": 0.004, "seed": 0, "lr_scale": "none", "lr_reset_growths": 0, "full_steps": n}}]  # fmt: skip
     left = {(j.label, j.lr, j.seed) for j in pending(study, done).jobs}
     assert len(left) == 6 and ("msg", 8e-3, 1) not in left and ("full", 4e-3, 0) not in left
     assert ("msg", 8e-3, 0) in left and ("full", 4e-3, 1) in left  # same label and LR, other seed: still to run

@@ -7,6 +7,7 @@ chosen LR checked to lie inside the grid, every run's LR decayed at its own end,
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Callable
@@ -135,7 +136,26 @@ def select(study: Study, only: str = "", lrs: str = "", seeds: str = "", data: l
 
 def job_key(job: dict[str, Any]) -> tuple:
     """What identifies a job within one study's results (a result's ``job`` field, or ``asdict(PlainJob)``)."""
-    return job["label"], float(job["lr"]), int(job["seed"]), job.get("lr_scale"), job.get("lr_reset_growths")
+    return (job["label"], float(job["lr"]), int(job["seed"]), job.get("lr_scale"), job.get("lr_reset_growths"),
+            job.get("full_steps"))  # fmt: skip
+
+
+def at_budgets(study: Study, fractions: str) -> Study:
+    """The study's growth jobs at smaller compute budgets (comma list of fractions of full's FLOPs, each in (0, 1]):
+    each run is solved to its own budget and decays its LR at its own end, so the final losses trace the decayed
+    loss-vs-FLOPs frontier that :func:`budget_curve` reads (Kaddour et al.: compare runs annealed at each budget,
+    not a point mid-way through a longer run's schedule). Full training is not re-run: its budget is the target."""
+    try:
+        frac = sorted({float(x) for x in fractions.split(",") if x.strip()})
+    except ValueError as e:
+        raise ValueError(f"--budgets expects a comma list of fractions, got {fractions!r}") from e
+    if not frac or not all(0 < f <= 1 for f in frac):
+        raise ValueError(f"--budgets: every fraction must be in (0, 1], got {fractions!r}")
+    jobs = [replace(j, full_steps=max(1, round(j.full_steps * f)))
+            for j in study.jobs if not j.schedule.is_full for f in frac]  # fmt: skip
+    if not jobs:
+        raise ValueError("--budgets needs growth jobs: full training's own budget is the target, not a curve")
+    return replace(study, jobs=jobs)
 
 
 def pending(study: Study, done: list[dict]) -> Study:
@@ -173,7 +193,10 @@ def summarize(results: list[dict]) -> list[dict[str, Any]]:
     """One row per label: chosen LR (lowest mean final val over the seeds of the LR search), grid position, loss at
     equal FLOPs and FLOPs-to-target over every seed at the chosen LR."""
     by: dict[str, dict[float, list[dict]]] = {}
+    main = _main_budget(results)
     for r in dedupe(results):
+        if r["job"].get("full_steps") not in (main, None):
+            continue  # a run of the decayed budget curve (`at_budgets`), not of this budget's comparison
         by.setdefault(r["job"]["label"], {}).setdefault(r["job"]["lr"], []).append(r)
     if FULL not in by:
         raise ValueError("a study needs its full baseline")
@@ -202,13 +225,78 @@ def summarize(results: list[dict]) -> list[dict[str, Any]]:
             "vs_full": _ms([r["final_val"] for r in runs])[0] - target,
             "flops_to_target_speedup": _ms([full_flops / f if f == f else math.nan for f in reach]),
             "reached": f"{sum(f == f for f in reach)}/{len(reach)}",
-            "runs": len(runs),
+            "runs": len(runs), "flops": statistics.fmean(r["flops"][-1] for r in runs),
             "val_by_lr": {f"{x:g}": round(searched(per_lr, x), 4) for x in grid},
             "downstream": _downstream(runs),
             "loss_jump": _ms([max(map(abs, r["growth_jumps"])) for r in runs if r.get("growth_jumps")])[0],
         })  # fmt: skip
     rows.sort(key=lambda r: r["final_val"][0])
     return rows
+
+
+def _main_budget(results: list[dict]) -> int | None:
+    """The study's budget: the full baseline's ``full_steps`` (growth runs at other budgets trace the curve)."""
+    budgets = [b for r in results if r["job"]["label"] == FULL and (b := r["job"].get("full_steps")) is not None]
+    return max(budgets, default=None)
+
+
+def _decayed_reach(points: list[tuple[float, float]], target: float) -> tuple[float, bool]:
+    """FLOPs at which runs, each decayed at its own end, reach ``target``: log-linear between the two budgets that
+    bracket it, (FLOPs, True); (smallest budget's FLOPs, False) when even that run reaches it (so the true value
+    is at most that); (NaN, False) when no run does. ``points``: (final FLOPs, final val) per budget."""
+    pts = sorted(points)
+    if pts[0][1] <= target:
+        return pts[0][0], False
+    for (f0, v0), (f1, v1) in itertools.pairwise(pts):
+        if v1 <= target:
+            t = (v0 - target) / (v0 - v1)
+            return math.exp(math.log(f0) + t * (math.log(f1) - math.log(f0))), True
+    return math.nan, False
+
+
+def budget_curve(results: list[dict]) -> list[dict[str, Any]]:
+    """Per growth label that ran at several budgets (at its LR chosen by :func:`summarize`): mean final val per
+    budget fraction, and FLOPs-to-target read off that decayed frontier (per seed, then mean/std)."""
+    rows = {r["schedule"]: r for r in summarize(results)}
+    runs, main = dedupe(results), _main_budget(results)
+    target, full_flops = rows[FULL]["final_val"][0], rows[FULL]["flops"]
+    out = []
+    for label, row in rows.items():
+        mine = [r for r in runs if r["job"]["label"] == label and r["job"]["lr"] == row["lr"]]
+        budgets = sorted({b for r in mine if (b := r["job"].get("full_steps")) is not None})
+        if label == FULL or main is None or len(budgets) < 2:
+            continue
+        seeds: dict[int, list[tuple[float, float]]] = {}
+        for r in mine:
+            seeds.setdefault(r["job"]["seed"], []).append((r["flops"][-1], r["final_val"]))
+        reach = [_decayed_reach(pts, target) for pts in seeds.values() if len(pts) > 1]
+        at = {b: [r["final_val"] for r in mine if r["job"].get("full_steps") == b] for b in budgets}
+        out.append({
+            "schedule": label, "lr": row["lr"], "target": target,
+            "val_by_budget": {round(b / main, 3): (*_ms(v), len(v)) for b, v in at.items()},
+            "flops_to_target_speedup": _ms([full_flops / f for f, _ in reach]), "seeds": len(reach),
+            "bound": any(not exact and f == f for f, exact in reach),
+        })  # fmt: skip
+    return out
+
+
+def _budget_report(results: list[dict]) -> str:
+    rows = budget_curve(results)
+    if not rows:
+        return ""
+    fracs = sorted({f for r in rows for f in r["val_by_budget"]})
+    vals = [f"val at {f:g}x full's FLOPs" for f in fracs]
+    head = ["schedule", "LR", *vals, "FLOPs-to-target (decayed runs)", "seeds"]
+    lines = [f"\nDecayed budget curve (every run solved to its budget and decayed at its own end; target = tuned "
+             f"full's final val {rows[0]['target']:.4f}):", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    for r in rows:
+        cells = [r["schedule"], f"{r['lr']:g}"]
+        for f in fracs:
+            m, s, n = r["val_by_budget"].get(f, (math.nan, math.nan, 0))
+            cells.append("–" if n == 0 else f"{m:.4f} ({s:.4f}) [{n}]")
+        (sm, ss), bound = r["flops_to_target_speedup"], " (a lower bound)" if r["bound"] else ""
+        lines.append("| " + " | ".join([*cells, f"{sm:.2f}x ({ss:.2f}){bound}", str(r["seeds"])]) + " |")
+    return "\n".join(lines)
 
 
 def _downstream(runs: list[dict]) -> dict[str, tuple[float, float, int]]:
@@ -234,4 +322,4 @@ def report(results: list[dict]) -> str:
             dm, ds, n = r["downstream"].get(k, (math.nan, math.nan, 0))
             cells.append("–" if n == 0 else f"{dm:.3f} ({ds:.3f})" + ("" if n == r["runs"] else f" [{n}/{r['runs']}]"))
         lines.append("| " + " | ".join([*cells, str(r["val_by_lr"])]) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + _budget_report(results)
