@@ -446,6 +446,19 @@ def test_flops_budget_plan_solves_each_schedule_to_full_flops(tmp_path):
     assert set(steps.values()) == {SCHEDULE["total_steps"]}
     with pytest.raises(ValueError, match="CompareConfig.budget"):
         replace(cfg, budget="wallclock")
+    # the decayed budget curve: growth operators only, solved to a fraction of full's FLOPs, named by it
+    half = {r.operator: r for r in plan(cfg, vocab_size=1024, budget=0.5)}
+    assert set(half) == {"msg", "net2net"} and half["msg"].budget == 0.5
+    assert half["msg"].config.name == "b-msg-lr0.003-s0-b0.5"
+    small = half["msg"].config.schedule
+    assert abs(schedule_flops(small, 1024, 32, 1) - budget / 2) <= full_flops(runs["full"], 1, 1024, 32)
+    fractions = [[s.start / sc.total_steps for s in sc.stages] for sc in (small, runs["msg"])]
+    assert fractions[0] == pytest.approx(fractions[1], abs=0.05)  # same stage fractions
+    for bad in ((0.5, 0.5), (1.0,), (0.0,)):
+        with pytest.raises(ValueError, match="CompareConfig.budget_fractions"):
+            replace(cfg, budget_fractions=bad)
+    with pytest.raises(ValueError, match="CompareConfig.budget_fractions"):
+        replace(cfg, budget="steps", budget_fractions=(0.5,))
 
 
 def test_operator_zoo_plans_and_refuses_what_an_operator_cannot_grow(tmp_path):
@@ -471,11 +484,18 @@ def test_operator_zoo_plans_and_refuses_what_an_operator_cannot_grow(tmp_path):
 
 
 def test_flops_budget_comparison_end_to_end(tmp_path, ray_local):
-    """msg vs full at equal FLOPs: real Tune trials; every run's LR decays at its own end; FLOPs columns."""
+    """msg vs full at equal FLOPs: real Tune trials; every run's LR decays at its own end; FLOPs columns; msg also at
+    half the budget (the decayed budget curve), kept out of the equal-FLOPs table and rebuilt from MLflow."""
     cfg = CompareConfig(base=base_config(tmp_path), operators=("msg", "full"), seeds=(0,), name="eqf",
-                        mode="parallel", out_dir=str(tmp_path / "report"))  # fmt: skip
+                        mode="parallel", out_dir=str(tmp_path / "report"), budget_fractions=(0.5,))  # fmt: skip
     res = run_comparison(cfg)
-    recs = {r.operator: r for r in res.records}
+    half = next(r for r in res.records if r.budget == 0.5)
+    recs = {r.operator: r for r in res.records if r.budget == 1.0}
+    assert len(res.records) == 3 and half.operator == "msg" and half.lr == recs["msg"].lr
+    assert abs(half.flops - recs["full"].flops / 2) <= recs["full"].flops / SCHEDULE["total_steps"]
+    (curve,) = res.report.budget_rows
+    assert curve["operator"] == "msg" and set(curve) >= {"val_at_0.5x", "val_at_1x", "speedup_flops_to_target_decayed"}
+    assert curve["val_at_0.5x"] == (half.final_val, 0.0) and "Decayed budget curve" in res.report.markdown
     full_step_flops = recs["full"].flops / SCHEDULE["total_steps"]
     assert abs(recs["msg"].flops - recs["full"].flops) <= full_step_flops  # equal compute within one full step
     assert recs["msg"].history["step"][-1] > recs["full"].history["step"][-1]
@@ -486,7 +506,7 @@ def test_flops_budget_comparison_end_to_end(tmp_path, ray_local):
     parent = find_runs(res.tracking_uri, "test-compare", f"attributes.run_id = '{res.parent_run_id}'")[0]
     assert parent["params"]["compare.budget"] == "flops"
     # a report may merge comparisons of the same setting (e.g. a widened LR grid), never different budgets
-    from msg_ray.compare.runner import _check_mergeable, rebuild_report
+    from msg_ray.compare.rebuild import _check_mergeable, rebuild_report
 
     steps_parent = {**parent, "run_id": "other", "params": {**parent["params"], "compare.budget": "steps"}}
     with pytest.raises(ValueError, match="differ in compare.budget"):
@@ -495,6 +515,9 @@ def test_flops_budget_comparison_end_to_end(tmp_path, ray_local):
     with pytest.raises(ValueError, match="more than once"):
         rebuild_report("test-compare", tracking_uri=res.tracking_uri, parent=res.parent_run_id,
                        merge=(res.parent_run_id,), out_dir=str(tmp_path / "m"))  # fmt: skip
+    rebuilt, _ = rebuild_report("test-compare", tracking_uri=res.tracking_uri, parent=res.parent_run_id,
+                                out_dir=str(tmp_path / "r"))  # fmt: skip
+    assert to_csv(rebuilt.budget_rows) == to_csv(res.report.budget_rows) and rebuilt.csv == res.report.csv
 
 
 def test_wall_budget_comparison_grows_and_ends_on_the_wall_clock(tmp_path, ray_local):

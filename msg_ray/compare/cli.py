@@ -11,7 +11,8 @@ import os
 from typing import Any
 
 from msg_ray.compare.evaluate import EvalConfig, evaluate_many
-from msg_ray.compare.runner import CompareConfig, rebuild_report, run_comparison
+from msg_ray.compare.rebuild import rebuild_report
+from msg_ray.compare.runner import CompareConfig, run_comparison
 from msg_ray.run_args import add_run_args, build_run_config
 from msg_ray.train.config import apply_overrides
 
@@ -65,6 +66,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help="flops: --steps is the full run's budget, every schedule is solved to the same FLOPs "
                         "(default); steps: every run trains --steps steps; wall: every run trains --wall-s seconds")  # fmt: skip
     p.add_argument("--wall-s", type=float, default=0.0, help="--budget wall: training seconds of every run")
+    p.add_argument("--budget-fractions", default="", metavar="F,...",
+                   help="--budget flops: also train each growth operator (chosen LR, every seed) at these fractions "
+                        "of full's FLOPs, each decayed at its own end; the report reads FLOPs-to-target off them")  # fmt: skip
     p.add_argument("--mode", choices=["auto", "parallel", "sequential"], default="auto")
     p.add_argument("--max-concurrent", type=int, default=None)
     p.add_argument("--evaluate", action="store_true", help="run the downstream evaluators on every final model")
@@ -110,7 +114,7 @@ def compare_config(args: argparse.Namespace, default_name: str = "compare"):
         name=args.name or default_name,
         mode=args.mode, max_concurrent=args.max_concurrent, evaluate=args.evaluate,
         eval=eval_config(args.eval_overrides), out_dir=args.out, extend_steps=args.extend_steps, budget=args.budget,
-        wall_s=args.wall_s,
+        wall_s=args.wall_s, budget_fractions=_floats(args.budget_fractions, "--budget-fractions") if args.budget_fractions else (),
     )  # fmt: skip
 
 

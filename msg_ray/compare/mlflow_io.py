@@ -25,7 +25,7 @@ from msg_ray.tracking import (
 from msg_ray.train.run import log_run_config
 
 KIND, NAME = "msg_ray.compare", "msg_ray.compare.name"
-OP, SEED, LR, LIMIT = (f"msg_ray.compare.{k}" for k in ("operator", "seed", "lr", "flops_limit"))
+OP, SEED, LR, LIMIT, BUDGET = (f"msg_ray.compare.{k}" for k in ("operator", "seed", "lr", "flops_limit", "budget"))
 RUN_TAG = "msg_ray.run_name"  # the tag msg_ray.train.run uses to find (and resume) a run by name
 
 
@@ -37,13 +37,15 @@ def open_parent(uri: str, experiment: str, name: str, params: dict[str, Any]) ->
     return tracker
 
 
-def open_child(cfg, parent_id: str | None, *, operator: str, seed: int, lr: float, flops_limit: float) -> str | None:
+def open_child(
+    cfg, parent_id: str | None, *, operator: str, seed: int, lr: float, flops_limit: float, budget: float = 1.0
+) -> str | None:
     """Create the training run's MLflow run under the parent and leave it RUNNING.
 
     ``msg_ray.train.run.run`` resumes an unfinished run carrying its name tag, and the Tune path passes the id
     to the worker, so either way training logs into this child.
     """
-    tags = {RUN_TAG: cfg.name, KIND: "child", OP: operator, SEED: seed, LR: lr, LIMIT: flops_limit}
+    tags = {RUN_TAG: cfg.name, KIND: "child", OP: operator, SEED: seed, LR: lr, LIMIT: flops_limit, BUDGET: budget}
     tracker = Tracker(uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.name, parent_run_id=parent_id,
                       tags=tags)  # fmt: skip
     run_id = tracker.start()
@@ -105,11 +107,11 @@ def load_records(uri: str | None, experiment: str, parent: str | None = None) ->
         records.append(RunRecord(
             operator=tags[OP], seed=int(tags[SEED]), lr=float(tags[LR]), name=child["name"],
             history=_history(uri, child), flops_limit=float(tags.get(LIMIT, 1.0)), run_id=child["run_id"],
-            scores=scores, extension=_extension(uri, child),
+            scores=scores, extension=_extension(uri, child), budget=float(tags.get(BUDGET, 1.0)),
         ))  # fmt: skip
     if not records:
         raise ValueError(f"comparison {info['run_id']} has no finished child runs")
-    return info, sorted(records, key=lambda r: (r.operator, r.lr, r.seed))
+    return info, sorted(records, key=lambda r: (r.operator, r.lr, r.seed, r.budget))
 
 
 def _extension(uri: str | None, child: dict[str, Any]) -> dict[str, list] | None:
@@ -144,7 +146,8 @@ def _history_from_metrics(uri: str | None, child: dict[str, Any]) -> dict[str, l
 
 
 def log_report(tracker: Tracker, report) -> None:
-    """Table files and plots as parent artifacts; headline numbers as ``compare/<operator>/<column>`` metrics."""
+    """Table files and plots as parent artifacts; headline numbers as ``compare/<operator>/<column>`` metrics
+    (with the decayed budget curve's ``speedup_flops_to_target_decayed`` where the comparison ran one)."""
     for f in report.files:
         tracker.log_artifact(f, "report")
     for row in report.rows:
@@ -160,4 +163,8 @@ def log_report(tracker: Tracker, report) -> None:
             mean = row[key][0] if isinstance(row[key], tuple) else row[key]
             if mean == mean:  # skip NaN (time-to-target not reached)
                 tracker.log_metrics({f"compare/{row['operator']}/{key}": mean}, step=0)
+    for row in report.budget_rows:
+        mean = row["speedup_flops_to_target_decayed"][0]
+        if mean == mean:
+            tracker.log_metrics({f"compare/{row['operator']}/speedup_flops_to_target_decayed": mean}, step=0)
     tracker.flush()

@@ -17,7 +17,10 @@ Definitions (paired by seed, at each operator's best learning rate = lowest mean
 - FLOPs limit = FLOPs(full, same steps) / FLOPs(schedule); efficiency = equal-steps speed-up / limit (realised
   over the limit); ``val_vs_full`` = final validation loss minus the full run's (same seed; < 0: better). Under
   ``--budget flops`` (msg_ray.flops.solve_total_steps) every run spends the full run's FLOPs, so final loss is the
-  equal-compute comparison of Kaddour et al. (NeurIPS 2023).
+  equal-compute comparison of Kaddour et al. (NeurIPS 2023);
+- decayed FLOPs-to-target (``CompareConfig.budget_fractions``): the same, read off runs solved to smaller budgets,
+  each decayed at its own end, instead of off one run mid-way through its LR schedule (``budget_rows``). Runs at a
+  smaller budget stay out of every other column.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from msg_ray import plots
 from msg_ray.operators import get_operator
 from msg_ray.schedule import FULL
 from msg_ray.structure import DIMENSIONS
-from msg_ray.train.metrics import first_reach
+from msg_ray.train.metrics import decayed_reach, first_reach
 
 
 @dataclass
@@ -50,6 +53,7 @@ class RunRecord:
     run_id: str | None = None
     scores: dict[str, list[float]] = field(default_factory=dict)  # downstream: metric -> value per fine-tune seed
     extension: dict[str, list] | None = None  # continued training past the budget (msg_ray.compare.extend)
+    budget: float = 1.0  # fraction of the full run's FLOPs the run was solved to (< 1: the decayed budget curve)
 
     @property
     def wall(self) -> float:
@@ -171,6 +175,32 @@ def summarize(records: list[RunRecord]) -> list[dict[str, Any]]:
     return rows
 
 
+def budget_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
+    """The decayed budget curve: per growth operator that also ran at smaller budgets (at its chosen LR), the final
+    val loss per budget fraction and FLOPs-to-target read off those runs (`decayed_reach`; target = the same seed's
+    full run's final val); ``lower_bound``: the smallest budget already reached it."""
+    main = [r for r in records if r.budget == 1.0]
+    if not main or all(r.budget == 1.0 for r in records):
+        return []
+    lrs = best_lrs(main)
+    full = {r.seed: r for r in main if r.operator == FULL and r.lr == lrs.get(FULL)}
+    rows = []
+    for op in operator_order(main):
+        runs = [r for r in records if r.operator == op and r.lr == lrs[op] and r.seed in full]
+        fracs = sorted({r.budget for r in runs})
+        if op == FULL or len(fracs) < 2:
+            continue
+        row: dict[str, Any] = {"operator": op, "lr": lrs[op]}
+        row.update({f"val_at_{f:g}x": _ms([r.final_val for r in runs if r.budget == f]) for f in fracs})
+        reach = [(decayed_reach(pts, full[seed].final_val), full[seed].flops) for seed in full
+                 if len(pts := [(r.flops, r.final_val) for r in runs if r.seed == seed]) > 1]  # fmt: skip
+        row["speedup_flops_to_target_decayed"] = _ms([ff / f for (f, _), ff in reach])
+        row["lower_bound"] = "yes" if any(not exact and f == f for (f, exact), _ in reach) else ""
+        row["seeds"] = len(reach)
+        rows.append(row)
+    return rows
+
+
 def grown_by(op: str) -> str:
     """Which dimensions the operator grows itself; the others are grown by MSG in the same event (the table says so)."""
     if op == FULL:
@@ -282,21 +312,29 @@ class Report:
     markdown: str
     csv: str
     files: list[Path]
+    budget_rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 def write_report(records: list[RunRecord], out_dir: str | Path, *, title: str = "", zoom_window: int = 200) -> Report:
     """Table (Markdown + CSV), the LR-search table and the plots under ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows, search = summarize(records), lr_rows(records)
+    main = [r for r in records if r.budget == 1.0]  # the runs at the comparison's budget
+    rows, search, curve = summarize(main), lr_rows(main), budget_rows(records)
     md = (f"## {title}\n\n" if title else "") + to_markdown(rows)
     if len({r["lr"] for r in search}) > 1 or len(search) > len(rows):
         md += "\nLearning-rate search (final validation loss):\n\n" + to_markdown(search)
-        md += "".join(f"\n{w}\n" for w in grid_edge_warnings(records))
+        md += "".join(f"\n{w}\n" for w in grid_edge_warnings(main))
+    if curve:
+        md += ("\nDecayed budget curve (runs solved to fractions of the full run's FLOPs, each decayed at its own "
+               "end; FLOPs-to-target read off them):\n\n" + to_markdown(curve))  # fmt: skip
     text = to_csv(rows)
     files = [out / "comparison.md", out / "comparison.csv", out / "lr_search.csv"]
     files[0].write_text(md)
     files[1].write_text(text)
     files[2].write_text(to_csv(search))
-    files += make_plots(records, out, zoom_window)
-    return Report(rows=rows, lr_rows=search, markdown=md, csv=text, files=files)
+    if curve:
+        files.append(out / "budget_curve.csv")
+        files[-1].write_text(to_csv(curve))
+    files += make_plots(main, out, zoom_window)
+    return Report(rows=rows, lr_rows=search, markdown=md, csv=text, files=files, budget_rows=curve)

@@ -66,6 +66,10 @@ class CompareConfig:
     # "wall": every run trains ``wall_s`` seconds, stage starts and LR decay as fractions of that time.
     budget: str = "flops"
     wall_s: float = 0.0
+    # fractions (0, 1) of the full run's FLOPs: each growth operator also trains at these budgets (its chosen LR,
+    # every seed), each run solved to its budget and decayed at its own end - the decayed budget curve, from which
+    # FLOPs-to-target is read without taking a point mid-way through a longer run's LR schedule
+    budget_fractions: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
@@ -105,6 +109,11 @@ class CompareConfig:
             ):
                 raise ValueError(f"CompareConfig.lr_of must give every operator {sorted(ops)} a positive LR, "
                                  f"got {self.lr_of!r}")  # fmt: skip
+        fr = self.budget_fractions
+        if fr and (self.budget != "flops" or not set(ops) - {FULL} or len(set(fr)) != len(fr)
+                   or not all(isinstance(f, float | int) and 0 < f < 1 for f in fr)):  # fmt: skip
+            raise ValueError(f"CompareConfig.budget_fractions must be distinct fractions in (0, 1), with budget "
+                             f"'flops' and a growth operator, got {fr!r} (budget={self.budget!r})")  # fmt: skip
         if self.extend_steps < 0:
             raise ValueError(f"CompareConfig.extend_steps must be >= 0, got {self.extend_steps}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
@@ -121,6 +130,7 @@ class PlannedRun:
     config: RunConfig
     flops_limit: float = 1.0
     run_id: str | None = None
+    budget: float = 1.0  # fraction of the full run's FLOPs (< 1: a run of the decayed budget curve)
 
 
 def plan(
@@ -130,12 +140,14 @@ def plan(
     seeds: tuple[int, ...] | None = None,
     lr_of: dict[str, float] | None = None,
     vocab_size: int | None = None,
+    budget: float = 1.0,
 ) -> list[PlannedRun]:
     """The runs of a comparison (names ``<name>[-tag]-<operator>-lr<lr>-s<seed>``), without running them.
 
     ``seeds`` (default: all) limits the plan to those seeds; ``lr_of`` (operator -> LR) replaces the LR search
     with one LR per operator - the second phase of a comparison with ``lr_search_seeds``. ``vocab_size`` (the
-    tokenizer's) is needed by ``budget="flops"`` to solve each schedule's length.
+    tokenizer's) is needed by ``budget="flops"`` to solve each schedule's length. ``budget`` < 1: the growth
+    operators only, each solved to that fraction of the full run's FLOPs (names end ``-b<fraction>``).
     """
     if cfg.budget == "flops" and vocab_size is None:
         raise ValueError("plan: budget 'flops' needs the vocab_size to count FLOPs")
@@ -147,12 +159,13 @@ def plan(
         if op == FULL:
             schedules[op] = sched.full_baseline()
         elif cfg.budget == "flops":
-            schedules[op] = equal_flops(sched.replace(operator=op), sched.total_steps, vocab_size, base.data.seq_len)
+            steps = max(1, round(sched.total_steps * budget))
+            schedules[op] = equal_flops(sched.replace(operator=op), steps, vocab_size, base.data.seq_len)
         else:
             schedules[op] = sched.replace(operator=op)
     # Order: per (lr, seed), full first, then the schedules. Parallel mode launches trials in this order, so the
     # full run trains side by side with the first schedule (same machine load for the ratio that matters).
-    ops = [FULL, *(op for op in cfg.operators if op != FULL)]
+    ops = [*([FULL] if budget == 1.0 else []), *(op for op in cfg.operators if op != FULL)]
     out = []
     seeds = cfg.seeds if seeds is None else seeds
     lr_of = lr_of or cfg.lr_of
@@ -161,10 +174,11 @@ def plan(
     else:
         grid = [(lr, seed, op) for lr in cfg.lrs or (base.engine.lr,) for seed in seeds for op in ops]
     for lr, seed, op in grid:
-        name = "-".join(x for x in (cfg.name, tag, op, f"lr{lr:g}", f"s{seed}") if x)
+        bud = f"b{budget:g}" if budget != 1.0 else ""
+        name = "-".join(x for x in (cfg.name, tag, op, f"lr{lr:g}", f"s{seed}", bud) if x)
         rc = replace(base, schedule=schedules[op], seed=seed, name=name, engine=replace(base.engine, lr=lr),
                      data=replace(base.data, seed=seed), wall_budget_s=cfg.wall_s)  # fmt: skip
-        out.append(PlannedRun(operator=op, seed=seed, lr=lr, config=rc))
+        out.append(PlannedRun(operator=op, seed=seed, lr=lr, config=rc, budget=budget))
     return out
 
 
@@ -207,8 +221,14 @@ def run_comparison(cfg: CompareConfig, *, ray_address: str | None = None) -> Com
             paths += more_paths
             records += [_record(r, p) for r, p in zip(more, more_paths, strict=True)]
         if cfg.extend_steps:
-            _extend(records, paths, cfg.extend_steps)
+            extend_unreached(records, paths, cfg.extend_steps)
         evals = _evaluate(records, paths, cfg) if cfg.evaluate else []
+        for frac in cfg.budget_fractions:  # the decayed budget curve: growth operators at their chosen LRs
+            more = _open_runs(plan(cfg, tag, lr_of=best_lrs(records), vocab_size=data.vocab_size, budget=frac),
+                              parent.run_id, data.vocab_size, base.data.seq_len)  # fmt: skip
+            runs += more
+            more_paths = _execute(more, cfg, mode, f"{tag}-b{frac:g}", ray_address)
+            records += [_record(r, p) for r, p in zip(more, more_paths, strict=True)]
         out = Path(cfg.out_dir or Path(base.storage_path).parent / "compare" / f"{cfg.name}-{tag}")
         title = f"{cfg.name} ({base.schedule.name or base.schedule.arch}, equal {cfg.budget})"
         report = write_report(records, out, title=title,
@@ -234,7 +254,7 @@ def _open_runs(runs: list[PlannedRun], parent_id: str | None, vocab_size: int, s
     for r in runs:
         r.flops_limit = flops_ratio(r.config.schedule, vocab_size, seq_len)
         r.run_id = mlflow_io.open_child(r.config, parent_id, operator=r.operator, seed=r.seed, lr=r.lr,
-                                        flops_limit=r.flops_limit)  # fmt: skip
+                                        flops_limit=r.flops_limit, budget=r.budget)  # fmt: skip
     return runs
 
 
@@ -243,23 +263,25 @@ def _params(cfg: CompareConfig) -> dict[str, Any]:
             "compare.lrs": ",".join(f"{op}={x:g}" for op, x in cfg.lr_of.items()) if cfg.lr_of
             else ",".join(f"{x:g}" for x in cfg.lrs or (cfg.base.engine.lr,)), "compare.mode": cfg.mode,
             "compare.lr_search_seeds": cfg.lr_search_seeds or len(cfg.seeds), "compare.budget": cfg.budget,
+            "compare.budget_fractions": ",".join(f"{f:g}" for f in cfg.budget_fractions),
             "base": cfg.base.to_dict()}  # fmt: skip
 
 
 def _record(r: PlannedRun, checkpoint: str) -> RunRecord:
     meta = json.loads((Path(checkpoint) / "meta.json").read_text())
     return RunRecord(operator=r.operator, seed=r.seed, lr=r.lr, name=r.config.name, history=meta["history"],
-                     flops_limit=r.flops_limit, run_id=r.run_id)  # fmt: skip
+                     flops_limit=r.flops_limit, run_id=r.run_id, budget=r.budget)  # fmt: skip
 
 
-def _extend(records: list[RunRecord], paths: list[str | None], max_steps: int) -> int:
+def extend_unreached(records: list[RunRecord], paths: list[str | None], max_steps: int) -> int:
     """Continue (Ray tasks, in parallel) the best-LR schedule runs that did not reach their full run's loss;
     the continuation is logged to each run as ``extend/val_loss`` and ``extend/wall_s``. Returns how many."""
     import ray
 
-    lrs = best_lrs(records)
+    lrs = best_lrs([r for r in records if r.budget == 1.0])
     full_by_seed = {r.seed: r for r in records if r.operator == FULL and r.lr == lrs[FULL]}
     todo = [i for i, r in enumerate(records) if r.operator != FULL and r.lr == lrs[r.operator] and paths[i]
+            and r.budget == 1.0
             and r.seed in full_by_seed and reach_target(r, full_by_seed[r.seed]) is None]  # fmt: skip
     env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     task = ray.remote(num_cpus=1, runtime_env={"env_vars": env})(extend_run)
@@ -343,53 +365,3 @@ def _run_parallel(runs: list[PlannedRun], cfg: CompareConfig, tag: str) -> list[
     if errors:
         raise RuntimeError("comparison runs failed:\n" + "\n".join(errors))
     return paths  # type: ignore[return-value]
-
-
-def rebuild_report(
-    experiment: str,
-    *,
-    tracking_uri: str | None = None,
-    parent: str | None = None,
-    out_dir: str | None = None,
-    zoom_window: int = 200,
-    extend_steps: int = 0,
-    merge: tuple[str, ...] = (),
-) -> tuple[Report, dict[str, Any]]:
-    """Rebuild a comparison's table and plots from MLflow alone (no training); returns (report, parent run).
-
-    ``extend_steps > 0`` first continues the schedule runs that never reached the full run's loss (their final
-    checkpoints are looked up under the comparison's storage path), logs that to MLflow, then reports.
-    ``merge``: other comparisons (run ids or names) of the same setting whose runs join the table - e.g. one that
-    widened the LR grid after a grid-edge warning, so the choice is made over the whole grid without retraining.
-    """
-    info, records = mlflow_io.load_records(tracking_uri, experiment, parent)
-    for other in merge:
-        more_info, more = mlflow_io.load_records(tracking_uri, experiment, other)
-        _check_mergeable(info, more_info)
-        records += more
-    keys = [(r.operator, r.lr, r.seed) for r in records]
-    if len(set(keys)) != len(keys):
-        raise ValueError("merge: the comparisons ran the same (operator, lr, seed) more than once")
-    if extend_steps:
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(address=os.environ.get("RAY_ADDRESS"))
-        storage = info["params"].get("base.storage_path", "")
-        if _extend(records, final_checkpoints(storage, [r.name for r in records]), extend_steps):
-            info, records = mlflow_io.load_records(tracking_uri, experiment, info["run_id"])
-    name = info["tags"].get(mlflow_io.NAME, info["name"])
-    out = Path(out_dir or Path("runs") / "compare" / f"{name}-{info['run_id'][:8]}-report")
-    return write_report(records, out, title=f"{name} (from MLflow)", zoom_window=zoom_window), info
-
-
-# Settings two comparisons must share for their runs to sit in one table.
-_MERGE_KEYS = ("compare.budget", "base.data.source", "base.data.tokenizer", "base.data.seq_len", "base.schedule.name",
-               "base.schedule.total_steps", "base.engine.micro_batch_size", "base.warmup_steps", "base.lr_scale")  # fmt: skip
-
-
-def _check_mergeable(a: dict[str, Any], b: dict[str, Any]) -> None:
-    for key in _MERGE_KEYS:
-        if a["params"].get(key) != b["params"].get(key):
-            raise ValueError(f"merge: comparisons {a['run_id'][:8]} and {b['run_id'][:8]} differ in {key} "
-                             f"({a['params'].get(key)!r} vs {b['params'].get(key)!r})")  # fmt: skip

@@ -8,6 +8,8 @@ two-point difference of a noisy training loss.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import deque
 
 
@@ -55,3 +57,21 @@ def first_reach(xs: list[float], losses: list[float], target: float) -> float | 
             frac = (losses[i - 1] - target) / (losses[i - 1] - loss)
             return float(xs[i - 1] + frac * (xs[i] - xs[i - 1]))
     return None
+
+
+def decayed_reach(points: list[tuple[float, float]], target: float) -> tuple[float, bool]:
+    """Compute (FLOPs) at which runs that each decayed their LR at their own end reach ``target``.
+
+    ``points``: (final FLOPs, final val loss) of one schedule at several budgets. Log-linear between the two budgets
+    that bracket the target: (FLOPs, True); (the smallest budget's FLOPs, False) when even that run reaches it (the
+    true value is at most that); (NaN, False) when no run does. Unlike :func:`first_reach` on one long run, no
+    point is read mid-way through an LR schedule (Kaddour et al., NeurIPS 2023).
+    """
+    pts = sorted(points)
+    if pts[0][1] <= target:
+        return pts[0][0], False
+    for (f0, v0), (f1, v1) in itertools.pairwise(pts):
+        if v1 <= target:
+            t = (v0 - target) / (v0 - v1)
+            return math.exp(math.log(f0) + t * (math.log(f1) - math.log(f0))), True
+    return math.nan, False

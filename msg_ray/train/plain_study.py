@@ -7,7 +7,6 @@ chosen LR checked to lie inside the grid, every run's LR decayed at its own end,
 
 from __future__ import annotations
 
-import itertools
 import math
 import statistics
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Any
 from msg_ray.growth import OPERATORS
 from msg_ray.presets import DEFAULT_SCHEDULE
 from msg_ray.schedule import FULL, Schedule, Stage, full, get_schedule
+from msg_ray.train.metrics import decayed_reach
 from msg_ray.train.plain import PlainJob, flops_to_reach
 
 _T = [128, 512, 4, 4]  # the mini target (head_dim 32)
@@ -240,20 +240,6 @@ def _main_budget(results: list[dict]) -> int | None:
     return max(budgets, default=None)
 
 
-def _decayed_reach(points: list[tuple[float, float]], target: float) -> tuple[float, bool]:
-    """FLOPs at which runs, each decayed at its own end, reach ``target``: log-linear between the two budgets that
-    bracket it, (FLOPs, True); (smallest budget's FLOPs, False) when even that run reaches it (so the true value
-    is at most that); (NaN, False) when no run does. ``points``: (final FLOPs, final val) per budget."""
-    pts = sorted(points)
-    if pts[0][1] <= target:
-        return pts[0][0], False
-    for (f0, v0), (f1, v1) in itertools.pairwise(pts):
-        if v1 <= target:
-            t = (v0 - target) / (v0 - v1)
-            return math.exp(math.log(f0) + t * (math.log(f1) - math.log(f0))), True
-    return math.nan, False
-
-
 def budget_curve(results: list[dict]) -> list[dict[str, Any]]:
     """Per growth label that ran at several budgets (at its LR chosen by :func:`summarize`): mean final val per
     budget fraction, and FLOPs-to-target read off that decayed frontier (per seed, then mean/std)."""
@@ -269,7 +255,7 @@ def budget_curve(results: list[dict]) -> list[dict[str, Any]]:
         seeds: dict[int, list[tuple[float, float]]] = {}
         for r in mine:
             seeds.setdefault(r["job"]["seed"], []).append((r["flops"][-1], r["final_val"]))
-        reach = [_decayed_reach(pts, target) for pts in seeds.values() if len(pts) > 1]
+        reach = [decayed_reach(pts, target) for pts in seeds.values() if len(pts) > 1]
         at = {b: [r["final_val"] for r in mine if r["job"].get("full_steps") == b] for b in budgets}
         out.append({
             "schedule": label, "lr": row["lr"], "target": target,
