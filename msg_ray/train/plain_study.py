@@ -101,6 +101,11 @@ STUDIES: dict[str, Callable[[float], Study]] = {
         "gpt", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}, 1500,
         [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48", "ffn-first-32", "ffn-first-60"], False, scale,
         batch_size=16, warmup_steps=150),
+    # BERT MLM on the protocol of README's BERT table (4k BPE, seq 64, batch 16, warm-up 150, 2,000 full steps);
+    # ffn-first-48 is the mini-bert-fast preset's shape
+    "bert-warmup150": lambda scale: _study(
+        "bert", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "mlm"}, 2000,
+        [5e-4, 1e-3, 2e-3, 4e-3], ["ffn-first-48"], False, scale, batch_size=16, warmup_steps=150),
     # the llama architecture on the gpt-warmup150 protocol, the grid widened by one point on each side
     "llama-warmup150": lambda scale: _study(
         "llama", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}, 1500,
