@@ -135,6 +135,37 @@ def _c(mask: GrowthMask | None) -> torch.Tensor | None:
     return None if mask is None else mask.value
 
 
+class _MaskedLayerNormFn(torch.autograd.Function):
+    """y = ((x - mu) * rstd) * (ω·c) + β·c with mu, var the c-weighted mean and variance over the last dim (eq. 17)
+    and the output re-masked (eq. 19) through the affine vectors.
+
+    The backward is written out because autograd's version of the weighted statistics keeps four activations and
+    runs about twice the elementwise passes; this one keeps x̂ and rstd and costs ~2/3 of it (the hidden ramp's
+    main cost, ``pipelines/bench_masks.py``). With w = c / Σc, g = dy·ω·c:
+    dx = rstd · (g - w · (Σg + x̂ · Σ(g·x̂))) (LayerNorm's gradient, the uniform 1/H replaced by w).
+    The mask is a constant (no gradient); double backward is not supported.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, c, eps):  # x [..., H]; weight, bias, c [H]
+        w = c / c.sum()  # [H]: eq. 17's mask-weighted average as a mat-vec
+        xc = x - (x @ w).unsqueeze(-1)  # x - mu, [..., H]
+        rstd = torch.rsqrt((xc * xc) @ w + eps).unsqueeze(-1)  # [..., 1]
+        xhat = xc.mul_(rstd)  # [..., H]
+        wc = weight * c  # eq. 19's re-masking folded into the affine vectors: (x̂·ω + β)·c = x̂·(ω·c) + β·c
+        ctx.save_for_backward(xhat, rstd, wc, w, c)
+        return torch.addcmul(bias * c, xhat, wc)
+
+    @staticmethod
+    def backward(ctx, gy):  # gy [..., H]
+        xhat, rstd, wc, w, c = ctx.saved_tensors
+        g = gy * wc  # d loss / d x̂
+        stats = torch.addcmul(g.sum(-1, keepdim=True), xhat, (g * xhat).sum(-1, keepdim=True))  # Σg + x̂·Σ(g·x̂)
+        gx = torch.addcmul(g, stats, w, value=-1).mul_(rstd)
+        gy2, xhat2 = gy.reshape(-1, gy.shape[-1]), xhat.reshape(-1, gy.shape[-1])  # [N, H]
+        return gx, (gy2 * xhat2).sum(0) * c, gy2.sum(0) * c, None, None
+
+
 class MaskedLayerNorm(nn.Module):
     """LayerNorm over the last dim whose mean/variance ignore masked features (eq. 17) and whose output is
     re-masked (eq. 19), so new hidden features neither change nor leak into existing ones."""
@@ -148,12 +179,7 @@ class MaskedLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor, mask: GrowthMask | None = None) -> torch.Tensor:  # [..., H]
         if mask is None:
             return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-        c = mask.value.to(x.dtype)  # [H]
-        w = c / c.sum()  # [H]: the mask-weighted average of eq. 17 as one mat-vec per statistic
-        xc = x - (x @ w).unsqueeze(-1)  # x - mu, [..., H]
-        rstd = torch.rsqrt((xc * xc) @ w + self.eps).unsqueeze(-1)  # [..., 1]
-        # eq. 19's re-masking folded into the affine vectors: (y·ω + β)·c = y·(ω·c) + β·c, one fused pass
-        return torch.addcmul(self.bias * c, xc * rstd, self.weight * c)
+        return _MaskedLayerNormFn.apply(x, self.weight, self.bias, mask.value.to(x.dtype), self.eps)
 
 
 class Attention(nn.Module):

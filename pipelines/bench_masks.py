@@ -19,6 +19,7 @@ least disturbed one); the median/best spread is printed as a noise gauge. It als
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import statistics
 import sys
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from msg_ray.components import GrowthMask, MaskedLayerNorm  # noqa: E402
 from msg_ray.growth import grow, set_mask_value  # noqa: E402
 from msg_ray.model import ARCHS, GrowableModel, build_model  # noqa: E402
 from msg_ray.structure import DIMENSIONS, Structure  # noqa: E402
@@ -99,7 +101,10 @@ def measure(models: dict, ids: torch.Tensor, rounds: int, steps: int, seed: int 
     return samples
 
 
-def throughput_rows(arch: str, name: str, s: Setting, growths: tuple[str, ...], rounds: int, steps: int) -> list[str]:
+def throughput_rows(
+    arch: str, name: str, s: Setting, growths: tuple[str, ...], rounds: int, steps: int
+) -> tuple[list[str], float]:
+    """Table rows and the plain model's tokens/s."""
     ids = torch.randint(0, s.vocab, (s.batch, s.seq), generator=torch.Generator().manual_seed(0))
     models = variants(arch, s, growths)
     samples = measure(models, ids, rounds, steps)
@@ -117,7 +122,47 @@ def throughput_rows(arch: str, name: str, s: Setting, growths: tuple[str, ...], 
     rows.append(f"| {name} {s.structure} | none (2nd plain copy: noise control) | - | - | {plain:,.0f} | {control:,.0f} "
                 f"| - | {control / plain:.3f} |")  # fmt: skip
     rows.append(f"| {name} noise | median/best per variant {min(spread):.2f}-{max(spread):.2f} | | | | | | |")
-    return rows
+    return rows, plain
+
+
+def _autograd_masked_ln(x, weight, bias, c, eps):
+    """The masked LayerNorm as it was before its hand-written backward (autograd through eq. 17/19): the reference
+    this benchmark compares against, side by side."""
+    w = c / c.sum()
+    xc = x - (x @ w).unsqueeze(-1)
+    rstd = torch.rsqrt((xc * xc) @ w + eps).unsqueeze(-1)
+    return torch.addcmul(bias * c, xc * rstd, weight * c)
+
+
+def layernorm_rows(arch: str, name: str, s: Setting, plain_tps: float, rounds: int) -> list[str]:
+    """Forward+backward µs of one LayerNorm on a [batch, seq, H] activation: plain, masked mid-ramp (hand-written
+    backward, what the model runs) and masked through autograd (before); and what the masked ones add to a plain
+    training step (x the model's number of LayerNorms, over the step time of ``plain_tps``)."""
+    H = s.structure.hidden_dim
+    ln = MaskedLayerNorm(H)
+    mask = GrowthMask(H, H // 2, 0.5)
+    x = torch.randn(s.batch, s.seq, H, requires_grad=True)
+    gy = torch.randn(s.batch, s.seq, H)
+    fns = {
+        "plain": lambda: ln(x),
+        "masked": lambda: ln(x, mask),
+        "autograd": lambda: _autograd_masked_ln(x, ln.weight, ln.bias, mask.value, ln.eps),
+    }
+    best = {k: math.inf for k in fns}
+    order = list(fns)
+    for r in range(rounds):
+        random.Random(r).shuffle(order)
+        for k in order:
+            t0 = time.perf_counter()
+            for _ in range(20):
+                fns[k]().backward(gy)
+            best[k] = min(best[k], (time.perf_counter() - t0) / 20)
+    n_ln = sum(isinstance(m, MaskedLayerNorm) for m in _build(arch, s, s.structure, seed=0).modules())
+    step_s = s.batch * s.seq / plain_tps
+    share = {k: (best[k] - best["plain"]) * n_ln / step_s for k in ("masked", "autograd")}
+    us = {k: v * 1e6 for k, v in best.items()}
+    return [f"| {name} {s.structure} | {us['plain']:.0f} | {us['masked']:.0f} | {us['autograd']:.0f} | {n_ln} "
+            f"| {share['masked']:.1%} | {share['autograd']:.1%} |"]  # fmt: skip
 
 
 def preservation_error(arch: str, s: Setting, growth: str, seed: int) -> float:
@@ -160,12 +205,20 @@ def main(argv: list[str] | None = None) -> int:
           f"best of {rounds} interleaved rounds x {args.steps} step(s), torch {torch.__version__}\n")  # fmt: skip
     print("| structure S | growth | from | ramp c=0.5 tok/s | plain tok/s | folded tok/s | ramp/plain | folded/plain |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
+    plain = {}
     for name in names:
-        s = SETTINGS[name]
-        for row in throughput_rows(args.arch, name, s, GROWTHS, rounds, args.steps):
-            print(row, flush=True)
+        rows, plain[name] = throughput_rows(args.arch, name, SETTINGS[name], GROWTHS, rounds, args.steps)
+        print("\n".join(rows), flush=True)
     print(f"\n(batch {SETTINGS['mini'].batch} x seq {SETTINGS['mini'].seq}, vocab {SETTINGS['mini'].vocab}; "
           "head_dim: mini 32, large 64)\n")  # fmt: skip
+    print("## Masked LayerNorm mid-ramp (c = 0.5 on half the features): µs per forward+backward, and what the "
+          "model's LayerNorms add to a plain training step\n")  # fmt: skip
+    print("| structure S | plain µs | masked µs | masked via autograd (before) µs | LayerNorms | masked adds "
+          "| via autograd added |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in names:
+        print("\n".join(layernorm_rows(args.arch, name, SETTINGS[name], plain[name], rounds)), flush=True)
+    print()
     print("## MSG function preservation at c = 0 (float64, worst of 3 seeds, max|Δlogits| / max|logits|)\n")
     print("| growth | structures | " + " | ".join(ARCHS) + " |")
     print("|---|---|" + "---:|" * len(ARCHS))

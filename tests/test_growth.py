@@ -252,3 +252,33 @@ def test_every_dimension_alone_and_in_pairs_for_both_archs():
             for dims in itertools.combinations(deltas, r):
                 target = grown(BASE, **{d: getattr(BASE, d) + deltas[d] for d in dims})
                 assert rel_err(grow(model, target, "msg")(x), before) <= TOL, (arch, dims)
+
+
+@pytest.mark.parametrize("c", [0.0, 0.37, 1.0])
+def test_masked_layernorm_gradient_is_that_of_eq17_statistics(c):
+    """The masked LayerNorm's hand-written backward equals autograd through eq. 17's c-weighted mean/variance and
+    eq. 19's re-masking (float64, mid-ramp and at both ends of the ramp), and passes gradcheck."""
+    from msg_ray.components import GrowthMask, MaskedLayerNorm, _MaskedLayerNormFn
+
+    torch.manual_seed(0)
+    ln = MaskedLayerNorm(12).double()
+    with torch.no_grad():
+        ln.weight.normal_(), ln.bias.normal_()
+    mask = GrowthMask(12, 7, c).double()
+    x = torch.randn(2, 5, 12, dtype=torch.float64, requires_grad=True)
+
+    def reference(x):  # eq. 17 statistics over the features weighted by c, eq. 19 output re-masked
+        cv = mask.value
+        mu = (x * cv).sum(-1, keepdim=True) / cv.sum()
+        var = ((x - mu) ** 2 * cv).sum(-1, keepdim=True) / cv.sum()
+        return ((x - mu) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias) * cv
+
+    gy = torch.randn(2, 5, 12, dtype=torch.float64)
+    grads = []
+    for f in (lambda x: ln(x, mask), reference):
+        out = f(x)
+        grads.append((out.detach(), *torch.autograd.grad(out, (x, ln.weight, ln.bias), gy)))
+    for mine, ref in zip(*grads, strict=True):
+        assert torch.allclose(mine, ref, atol=1e-12, rtol=1e-10)
+    fn = lambda x, w, b: _MaskedLayerNormFn.apply(x, w, b, mask.value, ln.eps)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, ln.weight.detach().requires_grad_(), ln.bias.detach().requires_grad_()))
