@@ -76,8 +76,8 @@ def main(argv=None) -> int:
     p.add_argument("--lrs", default="", help="comma list: run only these LRs of the study's grid")
     p.add_argument("--seeds", default="", help="comma list: run only these seeds")
     p.add_argument("--budgets", default="",
-                   help="comma list of fractions of full's FLOPs: run the growth jobs at these budgets, each decayed "
-                        "at its own end (the decayed budget curve; full's run is the target)")  # fmt: skip
+                   help="comma list of fractions of full's FLOPs: run the selected jobs at these budgets, each "
+                        "decayed at its own end (the decayed budget curve; full at the study's budget is the target)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="keep --out's results and run only the jobs it lacks")
     p.add_argument("--downstream", action="store_true",
                    help="score every final model with linear probes (movie sentiment, BBC topics)")  # fmt: skip

@@ -124,20 +124,23 @@ def test_decayed_budget_curve_reads_flops_to_target_off_runs_decayed_at_smaller_
     assert "Decayed budget curve" not in report(res[:6])  # no budget runs: no second table
 
 
-def test_budget_jobs_scale_growth_runs_only_and_are_jobs_of_their_own():
+def test_budget_jobs_are_jobs_of_their_own_and_full_at_its_own_budget_stays_the_target():
     study = select(STUDIES["gpt-operators"](0.05), only="full,msg", lrs="8e-3", seeds="0")
     budgets = at_budgets(study, "0.5,1")
-    main = next(j for j in study.jobs if j.label == "msg")
-    assert sorted(j.full_steps for j in budgets.jobs) == [round(main.full_steps * 0.5), main.full_steps]
-    assert all(j.label == "msg" for j in budgets.jobs)  # full training's budget is the target, not re-run
+    n = study.jobs[0].full_steps
+    assert sorted((j.label, j.full_steps) for j in budgets.jobs) == [("full", round(n / 2)), ("full", n),
+                                                                     ("msg", round(n / 2)), ("msg", n)]  # fmt: skip
     done = [{"job": {"label": "msg", "lr": 0.008, "seed": 0, "lr_scale": "none", "lr_reset_growths": 0,
-                     "full_steps": main.full_steps}}]  # fmt: skip
-    assert [j.full_steps for j in pending(budgets, done).jobs] == [round(main.full_steps * 0.5)]
+                     "full_steps": n}}]  # fmt: skip
+    assert len(pending(budgets, done).jobs) == 3  # the same job at another budget is still to run
     for bad in ("0", "1.5", "half", ""):
         with pytest.raises(ValueError, match="--budgets"):
             at_budgets(study, bad)
-    with pytest.raises(ValueError, match="growth jobs"):
-        at_budgets(select(study, only="full"), "0.5")
+    # full at half its budget: a row of the curve, never the target (that stays full at the study's budget)
+    res = [_at(FULL, 10, 4.0, 4.0), _at(FULL, 5, 2.0, 4.3), _at("fast", 10, 4.0, 3.8), _at("fast", 5, 2.0, 4.1)]
+    rows = {r["schedule"]: r for r in budget_curve(res)}
+    assert rows[FULL]["target"] == 4.0 and rows[FULL]["flops_to_target_speedup"][0] == pytest.approx(1.0)
+    assert rows["fast"]["flops_to_target_speedup"][0] == pytest.approx(4.0 / (2.0 * 2 ** (1 / 3)))
 
 
 def test_a_cut_short_study_resumes_with_only_the_jobs_its_results_lack():

@@ -146,21 +146,20 @@ def job_key(job: dict[str, Any]) -> tuple:
 
 
 def at_budgets(study: Study, fractions: str) -> Study:
-    """The study's growth jobs at smaller compute budgets (comma list of fractions of full's FLOPs, each in (0, 1]):
-    each run is solved to its own budget and decays its LR at its own end, so the final losses trace the decayed
+    """The study's jobs at smaller compute budgets (comma list of fractions of full's FLOPs, each in (0, 1]): each
+    run is solved to its own budget and decays its LR at its own end, so the final losses trace the decayed
     loss-vs-FLOPs frontier that :func:`budget_curve` reads (Kaddour et al.: compare runs annealed at each budget,
-    not a point mid-way through a longer run's schedule). Full training is not re-run: its budget is the target."""
+    not a point mid-way through a longer run's schedule). The target stays full training at the study's budget;
+    full runs at smaller budgets show how much a short decayed run loses against a long run's midpoint."""
     try:
         frac = sorted({float(x) for x in fractions.split(",") if x.strip()})
     except ValueError as e:
         raise ValueError(f"--budgets expects a comma list of fractions, got {fractions!r}") from e
     if not frac or not all(0 < f <= 1 for f in frac):
         raise ValueError(f"--budgets: every fraction must be in (0, 1], got {fractions!r}")
-    jobs = [replace(j, full_steps=max(1, round(j.full_steps * f)))
-            for j in study.jobs if not j.schedule.is_full for f in frac]  # fmt: skip
-    if not jobs:
-        raise ValueError("--budgets needs growth jobs: full training's own budget is the target, not a curve")
-    return replace(study, jobs=jobs)
+    return replace(
+        study, jobs=[replace(j, full_steps=max(1, round(j.full_steps * f))) for j in study.jobs for f in frac]
+    )
 
 
 def pending(study: Study, done: list[dict]) -> Study:
@@ -255,7 +254,7 @@ def budget_curve(results: list[dict]) -> list[dict[str, Any]]:
     for label, row in rows.items():
         mine = [r for r in runs if r["job"]["label"] == label and r["job"]["lr"] == row["lr"]]
         budgets = sorted({b for r in mine if (b := r["job"].get("full_steps")) is not None})
-        if label == FULL or main is None or len(budgets) < 2:
+        if main is None or len(budgets) < 2:
             continue
         seeds: dict[int, list[tuple[float, float]]] = {}
         for r in mine:
