@@ -223,8 +223,9 @@ def run_comparison(cfg: CompareConfig, *, ray_address: str | None = None) -> Com
         if cfg.extend_steps:
             extend_unreached(records, paths, cfg.extend_steps)
         evals = _evaluate(records, paths, cfg) if cfg.evaluate else []
+        chosen = best_lrs(records)  # before any budget run joins the records
         for frac in cfg.budget_fractions:  # the decayed budget curve: growth operators at their chosen LRs
-            more = _open_runs(plan(cfg, tag, lr_of=best_lrs(records), vocab_size=data.vocab_size, budget=frac),
+            more = _open_runs(plan(cfg, tag, lr_of=chosen, vocab_size=data.vocab_size, budget=frac),
                               parent.run_id, data.vocab_size, base.data.seq_len)  # fmt: skip
             runs += more
             more_paths = _execute(more, cfg, mode, f"{tag}-b{frac:g}", ray_address)
