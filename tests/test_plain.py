@@ -27,6 +27,10 @@ def test_plain_run_spends_full_flops_and_grows(data, lr_scale):
     d, vb = data
     base = full("gpt", GROW.target, 30, head_dim=16)
     f = run_plain(PlainJob(schedule=base, lr=3e-3, full_steps=30, batch_size=4, warmup_steps=3, eval_points=3), d, vb)
+    short = run_plain(
+        PlainJob(schedule=base, lr=3e-3, full_steps=12, batch_size=4, warmup_steps=3, eval_points=2), d, vb
+    )
+    assert short["total_steps"] == 12 and short["step"][-1] == 12  # the job's budget, not the schedule's length
     g = run_plain(PlainJob(schedule=GROW, lr=3e-3, full_steps=30, batch_size=4, warmup_steps=3, eval_points=3,
                            lr_reset_growths=1, lr_scale=lr_scale), d, vb)  # fmt: skip
     assert f["total_steps"] == 30 and g["total_steps"] > 30

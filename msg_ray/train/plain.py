@@ -75,6 +75,8 @@ def run_plain(
     vocab = data.vocab_size
     if not sched.is_full:
         sched = sched.scaled(total_steps=solve_total_steps(sched, job.full_steps, vocab, seq_len))
+    elif sched.total_steps != job.full_steps:  # full training at another budget (e.g. the decayed budget curve)
+        sched = sched.scaled(total_steps=job.full_steps)
     total = sched.total_steps
     lr = LRSchedule(lr=job.lr, total_steps=total, warmup_steps=job.warmup_steps, min_ratio=job.min_lr_ratio,
                     reset_steps=tuple(sched.growth_steps()[: job.lr_reset_growths]))  # fmt: skip
