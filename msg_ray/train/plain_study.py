@@ -245,8 +245,9 @@ def _main_budget(results: list[dict]) -> int | None:
 
 
 def budget_curve(results: list[dict]) -> list[dict[str, Any]]:
-    """Per growth label that ran at several budgets (at its LR chosen by :func:`summarize`): mean final val per
-    budget fraction, and FLOPs-to-target read off that decayed frontier (per seed, then mean/std)."""
+    """Per label that ran at several budgets (at its LR chosen by :func:`summarize`; full training too, when it was
+    re-run shorter): mean final val per budget fraction, and FLOPs-to-target read off that decayed frontier (per
+    seed, then mean/std), the target always full's final val at the study's budget."""
     rows = {r["schedule"]: r for r in summarize(results)}
     runs, main = dedupe(results), _main_budget(results)
     target, full_flops = rows[FULL]["final_val"][0], rows[FULL]["flops"]
