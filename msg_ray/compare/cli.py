@@ -114,7 +114,7 @@ def compare_config(args: argparse.Namespace, default_name: str = "compare"):
         name=args.name or default_name,
         mode=args.mode, max_concurrent=args.max_concurrent, evaluate=args.evaluate,
         eval=eval_config(args.eval_overrides), out_dir=args.out, extend_steps=args.extend_steps, budget=args.budget,
-        wall_s=args.wall_s, budget_fractions=_floats(args.budget_fractions, "--budget-fractions") if args.budget_fractions else (),
+        wall_s=args.wall_s, budget_fractions=_floats(args.budget_fractions, "--budget-fractions"),
     )  # fmt: skip
 
 

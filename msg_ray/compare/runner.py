@@ -223,12 +223,13 @@ def run_comparison(cfg: CompareConfig, *, ray_address: str | None = None) -> Com
         if cfg.extend_steps:
             extend_unreached(records, paths, cfg.extend_steps)
         evals = _evaluate(records, paths, cfg) if cfg.evaluate else []
-        chosen = best_lrs(records)  # before any budget run joins the records
-        for frac in cfg.budget_fractions:  # the decayed budget curve: growth operators at their chosen LRs
-            more = _open_runs(plan(cfg, tag, lr_of=chosen, vocab_size=data.vocab_size, budget=frac),
-                              parent.run_id, data.vocab_size, base.data.seq_len)  # fmt: skip
+        if cfg.budget_fractions:  # the decayed budget curve: growth operators at their chosen LRs, side by side
+            chosen = best_lrs(records)
+            planned = [r for f in cfg.budget_fractions for r in plan(cfg, tag, lr_of=chosen, vocab_size=data.vocab_size,
+                                                                      budget=f)]  # fmt: skip
+            more = _open_runs(planned, parent.run_id, data.vocab_size, base.data.seq_len)
             runs += more
-            more_paths = _execute(more, cfg, mode, f"{tag}-b{frac:g}", ray_address)
+            more_paths = _execute(more, cfg, mode, f"{tag}-budgets", ray_address)
             records += [_record(r, p) for r, p in zip(more, more_paths, strict=True)]
         out = Path(cfg.out_dir or Path(base.storage_path).parent / "compare" / f"{cfg.name}-{tag}")
         title = f"{cfg.name} ({base.schedule.name or base.schedule.arch}, equal {cfg.budget})"
