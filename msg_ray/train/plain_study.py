@@ -21,6 +21,7 @@ from msg_ray.train.plain import PlainJob, flops_to_reach
 
 _T = [128, 512, 4, 4]  # the mini target (head_dim 32)
 _FFN_FIRST = [[64, 256, 2, 2], [64, 512, 2, 2], [128, 512, 2, 2], [128, 512, 4, 2], _T]
+_HIDDEN_LAST = [[64, 256, 2, 2], [64, 512, 2, 2], [64, 512, 4, 2], [64, 512, 4, 4], _T]
 
 
 @dataclass
@@ -43,6 +44,8 @@ def candidates(arch: str, total: int, phi: int = 50) -> dict[str, Schedule]:
         "ffn-first-60": _sched(arch, _FFN_FIRST, [0, 0.15, 0.30, 0.45, 0.60], "ffn-first-60", total, phi),
         "width-depth-40": _sched(arch, wd, [0, 0.2, 0.4], "width-depth-40", total, phi),
         "depth-30": _sched(arch, [[128, 512, 4, 2], _T], [0, 0.3], "depth-30", total, phi),
+        # hidden_dim last: the LM head (38 % of the target's FLOPs at a 4k vocabulary) stays at hidden 64 until 48 %
+        "hidden-last-48": _sched(arch, _HIDDEN_LAST, [0, 0.12, 0.24, 0.36, 0.48], "hidden-last-48", total, phi),
     }
     ref = DEFAULT_SCHEDULE[arch]  # the mini version of the paper's schedule
     out[ref] = get_schedule(ref, total_steps=total, phi=phi)
@@ -99,8 +102,12 @@ STUDIES: dict[str, Callable[[float], Study]] = {
     # warm-up 150 (the tuned full baseline's warm-up), the LR grid widened to bracket growth's optimum
     "gpt-warmup150": lambda scale: _study(
         "gpt", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}, 1500,
-        [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48", "ffn-first-32", "ffn-first-60"], False, scale,
-        batch_size=16, warmup_steps=150),
+        [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48", "ffn-first-32", "ffn-first-60", "hidden-last-48"],
+        False, scale, batch_size=16, warmup_steps=150),
+    # the same with warm-up 300: is the baseline's warm-up optimum (150 of {50, 150}) inside its grid?
+    "gpt-warmup300": lambda scale: _study(
+        "gpt", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}, 1500,
+        [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48"], False, scale, batch_size=16, warmup_steps=300),
     # BERT MLM on the protocol of README's BERT table (4k BPE, seq 64, batch 16, warm-up 150, 2,000 full steps);
     # ffn-first-48 is the mini-bert-fast preset's shape
     "bert-warmup150": lambda scale: _study(
