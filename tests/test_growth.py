@@ -282,3 +282,21 @@ def test_masked_layernorm_gradient_is_that_of_eq17_statistics(c):
         assert torch.allclose(mine, ref, atol=1e-12, rtol=1e-10)
     fn = lambda x, w, b: _MaskedLayerNormFn.apply(x, w, b, mask.value, ln.eps)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, ln.weight.detach().requires_grad_(), ln.bias.detach().requires_grad_()))
+
+
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_causal_loss_is_the_mean_next_token_cross_entropy(arch):
+    """The loss shifts labels (not logits): the value is the mean CE of position t predicting token t+1 over the
+    labels that are not -100, and the last position's logits get no gradient."""
+    model = build_model(arch, Structure(32, 64, 2, 1), vocab_size=50, max_seq_len=8, head_dim=16, seed=0)
+    ids = torch.randint(0, 50, (3, 8), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[0, 5:] = -100  # padding: ignored targets
+    logits = torch.randn(3, 8, 50, dtype=torch.float64, requires_grad=True)
+    loss = model.loss(logits, labels)
+    logp = torch.log_softmax(logits[:, :-1], -1)
+    keep = [(b, t) for b in range(3) for t in range(7) if labels[b, t + 1] != -100]
+    expected = -torch.stack([logp[b, t, labels[b, t + 1]] for b, t in keep]).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    loss.backward()
+    assert logits.grad[:, -1].abs().max() == 0 and logits.grad[:, :-1].abs().max() > 0
