@@ -34,6 +34,7 @@ from msg_ray.components import GrowthMask, MaskedLayerNorm  # noqa: E402
 from msg_ray.growth import grow, set_mask_value  # noqa: E402
 from msg_ray.model import ARCHS, GrowableModel, build_model  # noqa: E402
 from msg_ray.structure import DIMENSIONS, Structure  # noqa: E402
+from msg_ray.train.hostmem import keep_freed_memory  # noqa: E402
 
 GROWTHS = (*DIMENSIONS, "all")
 
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1, help="fwd+bwd steps per model per round")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # no per-step page faults on the logits: they made variants differ by allocator luck
     rounds = args.rounds or (4 if args.quick else 8)
     names = ("mini",) if args.quick else ("mini", "large")
     t0 = time.perf_counter()

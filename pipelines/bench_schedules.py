@@ -31,9 +31,11 @@ def _init(data_cfg: dict, device: str, threads: int, downstream: bool) -> None:
     import torch
 
     from msg_ray.data import DataConfig, prepare
+    from msg_ray.train.hostmem import keep_freed_memory
     from msg_ray.train.plain import valid_batches
 
     torch.set_num_threads(threads)
+    keep_freed_memory()
     _STATE["data"] = data = prepare(DataConfig(**data_cfg))
     _STATE["valid"] = valid_batches(data, 40)
     _STATE["device"] = device

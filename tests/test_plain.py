@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import platform
+import sys
 
 import pytest
 
@@ -184,3 +186,10 @@ def test_every_operator_trains_through_a_growth_with_its_layout(data, op):
     assert g["val_loss"][-1] < g["val_loss"][0]
     jump = max(map(abs, g["growth_jumps"]))  # float32 forward: preserving operators within rounding
     assert jump < 1e-4 if get_operator(op).preserving else jump > 1e-4, (op, g["growth_jumps"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_keep_freed_memory_applies_on_glibc():
+    from msg_ray.train.hostmem import keep_freed_memory
+
+    assert keep_freed_memory() and keep_freed_memory()  # idempotent: workers call it once each
