@@ -104,11 +104,11 @@ STUDIES: dict[str, Callable[[float], Study]] = {
         "gpt", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}, 1500,
         [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48", "ffn-first-32", "ffn-first-60", "hidden-last-48"],
         False, scale, batch_size=16, warmup_steps=150),
-    # the same with warm-up 300 and 600: the warm-up grid widened until each operator's optimum is inside it
+    # the same with warm-up 300, 600 and 1000: the warm-up grid widened until each operator's optimum is inside it
     **{f"gpt-warmup{w}": (lambda scale, w=w: _study(
         "gpt", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}, 1500,
         [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48"], False, scale, batch_size=16, warmup_steps=w))
-       for w in (300, 600)},
+       for w in (300, 600, 1000)},
     # BERT MLM on the protocol of README's BERT table (4k BPE, seq 64, batch 16, warm-up 150, 2,000 full steps);
     # ffn-first-48 is the mini-bert-fast preset's shape
     "bert-warmup150": lambda scale: _study(
