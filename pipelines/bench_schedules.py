@@ -83,13 +83,19 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true", help="keep --out's results and run only the jobs it lacks")
     p.add_argument("--downstream", action="store_true",
                    help="score every final model with linear probes (movie sentiment, BBC topics)")  # fmt: skip
+    p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                   help="--report: read label OLD as NEW (the same schedule saved by two studies under two labels)")  # fmt: skip
     p.add_argument("--data", dest="data_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="DataConfig override for every run (tokenizer=bpe:4096, seq_len=128)")  # fmt: skip
     args = p.parse_args(argv)
     if args.report:
         if missing := [f for f in args.report if not Path(f).exists()]:
             p.error(f"--report: no such file: {', '.join(missing)}")
-        print(S.report([r for f in args.report for r in _load(f)]))
+        try:
+            renames = dict(item.split("=", 1) for item in args.rename)
+        except ValueError:
+            p.error(f"--rename expects OLD=NEW, got {args.rename!r}")
+        print(S.report([S.relabel(r, renames) for f in args.report for r in _load(f)]))
         return 0
     if not args.study:
         p.error("--study is required (or --report FILES)")

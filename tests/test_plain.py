@@ -137,7 +137,7 @@ def test_budget_jobs_are_jobs_of_their_own_and_full_at_its_own_budget_stays_the_
     assert sorted((j.label, j.full_steps) for j in budgets.jobs) == [("full", round(n / 2)), ("full", n),
                                                                      ("msg", round(n / 2)), ("msg", n)]  # fmt: skip
     done = [{"job": {"label": "msg", "lr": 0.008, "seed": 0, "lr_scale": "none", "lr_reset_growths": 0,
-                     "full_steps": n}}]  # fmt: skip
+                     "full_steps": n, "warmup_steps": 150}}]  # fmt: skip
     assert len(pending(budgets, done).jobs) == 3  # the same job at another budget is still to run
     for bad in ("0", "1.5", "half", ""):
         with pytest.raises(ValueError, match="--budgets"):
@@ -153,13 +153,15 @@ def test_a_cut_short_study_resumes_with_only_the_jobs_its_results_lack():
     study = select(STUDIES["gpt-operators"](0.05), only="full,msg", lrs="4e-3,8e-3", seeds="0,1")
     assert len(study.jobs) == 8
     n = study.jobs[0].full_steps
-    done = [{"job": {"label": "msg", "lr": 0.008, "seed": 1, "lr_scale": "none", "lr_reset_growths": 0, "full_steps": n}},
-            {"job": {"label": "full", "lr": 0.004, "seed": 0, "lr_scale": "none", "lr_reset_growths": 0, "full_steps": n}}]  # fmt: skip
+    common = {"lr_scale": "none", "lr_reset_growths": 0, "full_steps": n, "warmup_steps": 150}
+    done = [{"job": {"label": "msg", "lr": 0.008, "seed": 1, **common}},
+            {"job": {"label": "full", "lr": 0.004, "seed": 0, **common}}]  # fmt: skip
     left = {(j.label, j.lr, j.seed) for j in pending(study, done).jobs}
     assert len(left) == 6 and ("msg", 8e-3, 1) not in left and ("full", 4e-3, 0) not in left
     assert ("msg", 8e-3, 0) in left and ("full", 4e-3, 1) in left  # same label and LR, other seed: still to run
     # another LR policy is another job
     assert len(pending(study, [{"job": {**done[0]["job"], "lr_scale": "width"}}]).jobs) == 8
+    assert len(pending(study, [{"job": {**done[0]["job"], "warmup_steps": 300}}]).jobs) == 8  # and another warm-up
 
 
 def test_studies_give_every_schedule_the_same_lr_grid():
@@ -193,3 +195,26 @@ def test_keep_freed_memory_applies_on_glibc():
     from msg_ray.train.hostmem import keep_freed_memory
 
     assert keep_freed_memory() and keep_freed_memory()  # idempotent: workers call it once each
+
+
+def _warm(label: str, lr: float, warmup: int, final: float, seed: int = 0) -> dict:
+    r = _result(label, lr, seed, [6, 5, 4.5, final])
+    return {**r, "job": {**r["job"], "warmup_steps": warmup}}
+
+
+def test_warmup_is_searched_with_the_lr_and_both_edges_are_flagged():
+    """Runs of one label at several warm-ups form one LR x warm-up search (a warm-up is part of the key, so two
+    warm-ups at one LR are two runs, not a repeat); the table flags a choice at the edge of either grid."""
+    res = [_warm(FULL, lr, w, v) for lr, w, v in ((1e-3, 50, 4.3), (2e-3, 50, 4.2), (4e-3, 50, 4.4),
+                                                   (1e-3, 150, 4.1), (2e-3, 150, 4.0), (4e-3, 150, 4.05))]  # fmt: skip
+    res += [_warm("fast", lr, 50, v) for lr, v in ((1e-3, 3.95), (2e-3, 3.9), (4e-3, 3.95))]
+    rows = {r["schedule"]: r for r in summarize(res)}
+    full_row = rows[FULL]
+    assert (full_row["lr"], full_row["warmup"]) == (2e-3, 150) and full_row["final_val"][0] == 4.0
+    assert full_row["lr_inside_grid"] and full_row["warmup_inside_grid"] is False  # longest warm-up tried: edge
+    assert rows["fast"]["warmup_inside_grid"] is None and rows["fast"]["vs_full"] == pytest.approx(-0.1)
+    assert full_row["val_by_lr"]["0.002@w150"] == 4.0 and len(full_row["val_by_lr"]) == 6
+    table = report(res)
+    assert "| full | 0.002 | yes | 150 | NO |" in table and "| fast | 0.002 | yes | 50 | one value |" in table
+    res.append(_warm(FULL, 2e-3, 300, 4.02))
+    assert summarize(res)[-1]["warmup_inside_grid"] is True  # bracketed once a longer warm-up ran and lost

@@ -104,11 +104,11 @@ STUDIES: dict[str, Callable[[float], Study]] = {
         "gpt", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}, 1500,
         [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48", "ffn-first-32", "ffn-first-60", "hidden-last-48"],
         False, scale, batch_size=16, warmup_steps=150),
-    # the same with warm-up 300, 600 and 1000: the warm-up grid widened until each operator's optimum is inside it
+    # the same with warm-up 50, 300, 600 and 1000: the warm-up grid widened until each operator's optimum is inside it
     **{f"gpt-warmup{w}": (lambda scale, w=w: _study(
         "gpt", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}, 1500,
         [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48"], False, scale, batch_size=16, warmup_steps=w))
-       for w in (300, 600, 1000)},
+       for w in (50, 300, 600, 1000)},
     # BERT MLM on the protocol of README's BERT table (4k BPE, seq 64, batch 16, warm-up 150, 2,000 full steps);
     # ffn-first-48 is the mini-bert-fast preset's shape
     "bert-warmup150": lambda scale: _study(
@@ -150,7 +150,7 @@ def select(study: Study, only: str = "", lrs: str = "", seeds: str = "", data: l
 def job_key(job: dict[str, Any]) -> tuple:
     """What identifies a job within one study's results (a result's ``job`` field, or ``asdict(PlainJob)``)."""
     return (job["label"], float(job["lr"]), int(job["seed"]), job.get("lr_scale"), job.get("lr_reset_growths"),
-            job.get("full_steps"))  # fmt: skip
+            job.get("full_steps"), job.get("warmup_steps"))  # fmt: skip
 
 
 def at_budgets(study: Study, fractions: str) -> Study:
@@ -180,6 +180,12 @@ def pending(study: Study, done: list[dict]) -> Study:
 DOWNSTREAM = {"movie_snippets/probe_accuracy": "movies acc", "bbc_news/probe_accuracy": "BBC acc"}
 
 
+def relabel(result: dict, renames: dict[str, str]) -> dict:
+    """``result`` with its label renamed per ``renames`` (one schedule saved by two studies under two labels)."""
+    label = result["job"]["label"]
+    return result if label not in renames else {**result, "job": {**result["job"], "label": renames[label]}}
+
+
 def dedupe(results: list[dict]) -> list[dict]:
     """One result per job (`job_key`): the first one, its curve untouched, with the downstream scores of a repeat
     when it has none (a job rerun only to score its model). The LR search stays what first ran: a rerun on
@@ -201,49 +207,69 @@ def _ms(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
+def _hp(job: dict[str, Any]) -> tuple[float, int | None]:
+    """A run's tuned hyper-parameters: (peak LR, warm-up steps)."""
+    return job["lr"], job.get("warmup_steps")
+
+
+def _inside(values: set, chosen: Any) -> bool | None:
+    """Whether ``chosen`` lies strictly inside the searched ``values`` (None: only one value was tried)."""
+    grid = sorted(values, key=lambda v: (v is None, v))
+    return None if len(grid) < 2 else chosen not in (grid[0], grid[-1])
+
+
 def summarize(results: list[dict]) -> list[dict[str, Any]]:
-    """One row per label: chosen LR (lowest mean final val over the seeds of the LR search), grid position, loss at
-    equal FLOPs and FLOPs-to-target over every seed at the chosen LR."""
-    by: dict[str, dict[float, list[dict]]] = {}
+    """One row per label: chosen (LR, warm-up) (lowest mean final val over the seeds of the search), grid
+    position of each, loss at equal FLOPs and FLOPs-to-target over every seed at the chosen pair. Runs of one label
+    with several warm-ups form one search: each operator gets the best of the same LR x warm-up grid."""
+    by: dict[str, dict[tuple, list[dict]]] = {}
     main = _main_budget(results)
     for r in dedupe(results):
         if r["job"].get("full_steps") not in (main, None):
             continue  # a run of the decayed budget curve (`at_budgets`), not of this budget's comparison
-        by.setdefault(r["job"]["label"], {}).setdefault(r["job"]["lr"], []).append(r)
+        by.setdefault(r["job"]["label"], {}).setdefault(_hp(r["job"]), []).append(r)
     if FULL not in by:
         raise ValueError("a study needs its full baseline")
 
-    def searched(per_lr: dict[float, list[dict]], lr: float) -> float:
-        """Mean final loss at ``lr`` over the seeds every LR of the label ran (the LR search's seeds): seeds run
-        only at the chosen LR afterwards must not tilt the choice."""
-        common = set.intersection(*({r["job"]["seed"] for r in rs} for rs in per_lr.values()))
-        return _ms([r["final_val"] for r in per_lr[lr] if not common or r["job"]["seed"] in common])[0]
+    def searched(per_hp: dict[tuple, list[dict]], hp: tuple) -> float:
+        """Mean final loss at ``hp`` over the seeds every point of the label's search ran (the search's seeds):
+        seeds run only at the chosen point afterwards must not tilt the choice."""
+        common = set.intersection(*({r["job"]["seed"] for r in rs} for rs in per_hp.values()))
+        return _ms([r["final_val"] for r in per_hp[hp] if not common or r["job"]["seed"] in common])[0]
 
-    def choose(per_lr: dict[float, list[dict]]) -> float:
-        return min(per_lr, key=lambda lr: searched(per_lr, lr))
+    def choose(per_hp: dict[tuple, list[dict]]) -> tuple:
+        return min(per_hp, key=lambda hp: searched(per_hp, hp))
 
-    full_lr = choose(by[FULL])
-    target = _ms([r["final_val"] for r in by[FULL][full_lr]])[0]
-    full_flops = statistics.fmean(r["flops"][-1] for r in by[FULL][full_lr])
+    full_hp = choose(by[FULL])
+    target = _ms([r["final_val"] for r in by[FULL][full_hp]])[0]
+    full_flops = statistics.fmean(r["flops"][-1] for r in by[FULL][full_hp])
     rows = []
-    for label, per_lr in by.items():
-        lr = choose(per_lr)
-        grid = sorted(per_lr)
-        runs = per_lr[lr]
+    for label, per_hp in by.items():
+        hp = choose(per_hp)
+        (lr, warmup), runs = hp, per_hp[hp]
+        warmups = {w for _, w in per_hp}
         reach = [flops_to_reach(r, target) for r in runs]
+        name = (lambda x, w: f"{x:g}") if len(warmups) < 2 else (lambda x, w: f"{x:g}@w{w}")
         rows.append({
-            "schedule": label, "lr": lr, "lr_inside_grid": lr not in (grid[0], grid[-1]),
+            "schedule": label, "lr": lr, "warmup": warmup,
+            "lr_inside_grid": bool(_inside({x for x, w in per_hp if w == warmup}, lr)),
+            "warmup_inside_grid": _inside({w for x, w in per_hp if x == lr}, warmup),
+            "warmup_searched": len(warmups) > 1,
             "steps": runs[0]["total_steps"], "final_val": _ms([r["final_val"] for r in runs]),
             "vs_full": _ms([r["final_val"] for r in runs])[0] - target,
             "flops_to_target_speedup": _ms([full_flops / f if f == f else math.nan for f in reach]),
             "reached": f"{sum(f == f for f in reach)}/{len(reach)}",
             "runs": len(runs), "flops": statistics.fmean(r["flops"][-1] for r in runs),
-            "val_by_lr": {f"{x:g}": round(searched(per_lr, x), 4) for x in grid},
+            "val_by_lr": {name(x, w): round(searched(per_hp, (x, w)), 4) for x, w in sorted(per_hp, key=_hp_order)},
             "downstream": _downstream(runs),
             "loss_jump": _ms([max(map(abs, r["growth_jumps"])) for r in runs if r.get("growth_jumps")])[0],
         })  # fmt: skip
     rows.sort(key=lambda r: r["final_val"][0])
     return rows
+
+
+def _hp_order(hp: tuple) -> tuple:
+    return (hp[1] is not None, hp[1] or 0, hp[0])
 
 
 def _main_budget(results: list[dict]) -> int | None:
@@ -261,7 +287,7 @@ def budget_curve(results: list[dict]) -> list[dict[str, Any]]:
     target, full_flops = rows[FULL]["final_val"][0], rows[FULL]["flops"]
     out = []
     for label, row in rows.items():
-        mine = [r for r in runs if r["job"]["label"] == label and r["job"]["lr"] == row["lr"]]
+        mine = [r for r in runs if r["job"]["label"] == label and _hp(r["job"]) == (row["lr"], row["warmup"])]
         budgets = sorted({b for r in mine if (b := r["job"].get("full_steps")) is not None})
         if main is None or len(budgets) < 2:
             continue
@@ -309,12 +335,16 @@ def report(results: list[dict]) -> str:
     rows = summarize(results)
     probes = any(r["downstream"] for r in rows)  # downstream columns only when some run was scored
     extra = [f"{name} (probe)" for name in DOWNSTREAM.values()] if probes else []
-    head = ["schedule", "LR", "inside grid", "steps", "final val at equal FLOPs", "Δ vs full", "FLOPs-to-target",
-            "reached", "max loss jump at a growth", *extra, "val by LR (search seeds)"]  # fmt: skip
+    warm = any(r["warmup_searched"] for r in rows)  # a warm-up column only when some label searched warm-ups
+    head = ["schedule", "LR", "inside grid", *(["warm-up", "inside grid"] if warm else []), "steps",
+            "final val at equal FLOPs", "Δ vs full", "FLOPs-to-target", "reached", "max loss jump at a growth", *extra,
+            "val by LR (search seeds)"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         (m, s), (sm, ss) = r["final_val"], r["flops_to_target_speedup"]
-        cells = [r["schedule"], f"{r['lr']:g}", "yes" if r["lr_inside_grid"] else "NO", str(r["steps"]),
+        inside = {True: "yes", False: "NO", None: "one value"}[r["warmup_inside_grid"]]
+        cells = [r["schedule"], f"{r['lr']:g}", "yes" if r["lr_inside_grid"] else "NO",
+                 *([str(r["warmup"]), inside] if warm else []), str(r["steps"]),
                  f"{m:.4f} ({s:.4f})", f"{r['vs_full']:+.4f}", f"{sm:.2f}x ({ss:.2f})", r["reached"],
                  "–" if math.isnan(r["loss_jump"]) else f"{r['loss_jump']:.2g}"]  # fmt: skip
         for k in DOWNSTREAM if probes else ():
