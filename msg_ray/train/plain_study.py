@@ -66,7 +66,7 @@ def _study(arch: str, data: dict, full_steps: int, lrs: list[float], picks: list
     if picks is not None:
         cands = {k: v for k, v in cands.items() if k in picks}
     base = full(arch, _T, n, head_dim=32, phi=50, name=FULL)
-    seeds = [0, 1]
+    seeds = [0, 1, 2]  # seed 0 searches; seeds 1-2 repeat the chosen point (select with --seeds)
     jobs = _grid({FULL: base, **cands}, lrs, seeds, n, **kw)
     if policies:  # the LR policy study on the first candidate: resets at the 1st/2nd growth, muP-style width rule
         first = next(iter(cands))
