@@ -28,7 +28,6 @@ from msg_ray.train.adaptive import AdaptiveGrowth, gamma_curve
 from msg_ray.train.config import RunConfig
 from msg_ray.train.engine import TrainState, build_engine, gather_state, restore_state, set_lr
 from msg_ray.train.growth_event import grow_engine
-from msg_ray.train.hostmem import keep_freed_memory
 from msg_ray.train.lr import LRSchedule, stage_lr_multiplier
 from msg_ray.train.metrics import RateMeter
 from msg_ray.train.progress import StepLog, WorkerTracker
@@ -54,8 +53,6 @@ class WorkerRun:
         self.rank, self.world = session.rank, session.world
         self.attempt_dir = Path(cfg.storage_path) / cfg.name
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-        if not torch.cuda.is_available():  # CPU training: keep freed activation blocks mapped (hostmem)
-            keep_freed_memory()
         self.cfg, self.sched = cfg, cfg.schedule
         self.data = prepare(cfg.data)
         self.loader = self._loader("train", cfg.seed)

@@ -14,6 +14,7 @@ from typing import Any
 
 from msg_ray.train.config import RunConfig
 from msg_ray.train.engine import freeze_import_heap
+from msg_ray.train.hostmem import keep_freed_memory
 from msg_ray.train.loop import WorkerRun
 from msg_ray.train.session import Session, worker_env
 
@@ -23,6 +24,8 @@ def run_worker(run: dict[str, Any], run_id: str | None, kind: str = "train") -> 
     cfg = RunConfig.from_dict(run)
     os.environ.update(worker_env(cfg.use_gpu))  # before deepspeed is imported
     freeze_import_heap()  # before any model exists: each growth's gc.collect() then takes ms, not ~1 s
+    if not cfg.use_gpu:
+        keep_freed_memory()  # CPU training: no per-step page faults on the logits (msg_ray.train.hostmem)
     WorkerRun(cfg, run_id=run_id, session=Session(kind)).train()
 
 
