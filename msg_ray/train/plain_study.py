@@ -114,6 +114,10 @@ STUDIES: dict[str, Callable[[float], Study]] = {
     "bert-warmup150": lambda scale: _study(
         "bert", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "mlm"}, 2000,
         [5e-4, 1e-3, 2e-3, 4e-3], ["ffn-first-48"], False, scale, batch_size=16, warmup_steps=150),
+    # the same with warm-up 600 (the GPT baseline's bracketed optimum), the LR grid shifted up one point
+    "bert-warmup600": lambda scale: _study(
+        "bert", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "mlm"}, 2000,
+        [1e-3, 2e-3, 4e-3, 8e-3], ["ffn-first-48"], False, scale, batch_size=16, warmup_steps=600),
     # the llama architecture on the gpt-warmup150 protocol, the grid widened by one point on each side
     "llama-warmup150": lambda scale: _study(
         "llama", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}, 1500,
