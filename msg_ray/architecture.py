@@ -128,6 +128,8 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be a positive int, got {v!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.ln_eps < 1e-2:
+            raise ValueError(f"ModelConfig.ln_eps must be in (0, 1e-2), got {self.ln_eps!r}")
         if not (math.isfinite(self.init_std) and self.init_std > 0):
             raise ValueError(f"ModelConfig.init_std must be a finite number > 0, got {self.init_std}")
         if not (math.isfinite(self.rope_theta) and self.rope_theta > 0):

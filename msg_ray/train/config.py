@@ -49,6 +49,9 @@ class RunConfig:
     # total_steps read on the wall-time axis (the compare's --budget wall). 0: train total_steps steps.
     wall_budget_s: float = 0.0
     dropout: float = 0.0
+    # the norms' epsilon; lower it when a growth must be exact to more digits than fp32 noise (LEMON's rescaled
+    # norms are exact only up to ε: shrinking the variance by H_old/H_new weights ε by H_new/H_old)
+    ln_eps: float = 1e-5
     log_every: int = 10
     eval_every: int = 100
     eval_batches: int = 8
@@ -113,6 +116,8 @@ class RunConfig:
             raise bad("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         if not 0.0 <= self.dropout < 1.0:
             raise bad("dropout", f"must be in [0, 1), got {self.dropout!r}")
+        if not 0.0 < self.ln_eps < 1e-2:
+            raise bad("ln_eps", f"must be in (0, 1e-2), got {self.ln_eps!r}")
         if self.cpus_per_worker <= 0:
             raise bad("cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
         if self.data.seq_len > 4096:
@@ -140,7 +145,8 @@ class RunConfig:
         s = self.schedule
         return ModelConfig(
             arch=s.arch, structure=structure or s.stages[0].structure, vocab_size=vocab_size,
-            max_seq_len=self.data.seq_len, head_dim=s.head_dim, dropout=self.dropout, kv_group_size=s.kv_group_size,
+            max_seq_len=self.data.seq_len, head_dim=s.head_dim, dropout=self.dropout, ln_eps=self.ln_eps,
+            kv_group_size=s.kv_group_size,
         )  # fmt: skip
 
     @property
