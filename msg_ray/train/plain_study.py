@@ -114,6 +114,10 @@ STUDIES: dict[str, Callable[[float], Study]] = {
     "bert-warmup150": lambda scale: _study(
         "bert", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "mlm"}, 2000,
         [5e-4, 1e-3, 2e-3, 4e-3], ["ffn-first-48"], False, scale, batch_size=16, warmup_steps=150),
+    # the same with warm-up 50: with 150 and 600, a warm-up grid that can bracket each operator's optimum
+    "bert-warmup50": lambda scale: _study(
+        "bert", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "mlm"}, 2000,
+        [5e-4, 1e-3, 2e-3, 4e-3], ["ffn-first-48"], False, scale, batch_size=16, warmup_steps=50),
     # the same with warm-up 600 (the GPT baseline's bracketed optimum), the LR grid shifted up one point
     "bert-warmup600": lambda scale: _study(
         "bert", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "mlm"}, 2000,
