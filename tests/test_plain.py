@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import platform
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -41,6 +42,11 @@ def test_plain_run_spends_full_flops_and_grows(data, lr_scale):
     assert g["val_loss"][-1] < g["val_loss"][0] < math.log(1024) + 1  # it learns
     assert g["job"]["schedule"]["total_steps"] == g["total_steps"]  # the solved schedule is what is recorded
     assert len(g["growth_jumps"]) == 1 and abs(g["growth_jumps"][0]) < 1e-5 and f["growth_jumps"] == []  # MSG
+    static = full("gpt", GROW.stages[0].structure, 30, head_dim=16)  # budget: 30 steps of GROW's target
+    job = PlainJob(schedule=static, lr=3e-3, full_steps=30, batch_size=4, warmup_steps=3, eval_points=2)
+    small = run_plain(replace(job, budget_of=(48, 96, 2, 2)), d, vb)
+    assert small["total_steps"] > g["total_steps"]  # a static smaller model: more steps for the same FLOPs
+    assert abs(small["flops"][-1] - f["flops"][-1]) <= f["flops"][-1] / 30
 
 
 def test_downstream_scores_the_final_grown_model(data):

@@ -41,6 +41,9 @@ class PlainJob:
     lr_scale: str = "none"
     eval_points: int = 30  # validation evaluations spread over the run (the last one at the end)
     label: str = ""
+    # the structure whose ``full_steps`` set the FLOPs budget (default: the schedule's target); a static smaller
+    # model given it trains at equal compute with full training of the larger target
+    budget_of: tuple[int, int, int, int] | None = None
 
 
 def _adamw(
@@ -73,8 +76,8 @@ def run_plain(
     sched = job.schedule
     seq_len = int(data.train_blocks.shape[1])
     vocab = data.vocab_size
-    if not sched.is_full:
-        sched = sched.scaled(total_steps=solve_total_steps(sched, job.full_steps, vocab, seq_len))
+    if job.budget_of is not None or not sched.is_full:
+        sched = sched.scaled(total_steps=solve_total_steps(sched, job.full_steps, vocab, seq_len, job.budget_of))
     elif sched.total_steps != job.full_steps:  # full training at another budget (e.g. the decayed budget curve)
         sched = sched.scaled(total_steps=job.full_steps)
     total = sched.total_steps

@@ -21,6 +21,7 @@ from msg_ray.train.plain import PlainJob, flops_to_reach
 
 _T = [128, 512, 4, 4]  # the mini target (head_dim 32)
 _FFN_FIRST = [[64, 256, 2, 2], [64, 512, 2, 2], [128, 512, 2, 2], [128, 512, 4, 2], _T]
+_STATIC = [[128, 512, 4, 2], [64, 512, 2, 2]]  # the target at half depth; the growth path's second stage
 _HIDDEN_LAST = [[64, 256, 2, 2], [64, 512, 2, 2], [64, 512, 4, 2], [64, 512, 4, 4], _T]
 
 
@@ -42,6 +43,8 @@ def candidates(arch: str, total: int, phi: int = 50) -> dict[str, Schedule]:
         "ffn-first-48": _sched(arch, _FFN_FIRST, [0, 0.12, 0.24, 0.36, 0.48], "ffn-first-48", total, phi),
         "ffn-first-32": _sched(arch, _FFN_FIRST, [0, 0.08, 0.16, 0.24, 0.32], "ffn-first-32", total, phi),
         "ffn-first-60": _sched(arch, _FFN_FIRST, [0, 0.15, 0.30, 0.45, 0.60], "ffn-first-60", total, phi),
+        "ffn-first-72": _sched(arch, _FFN_FIRST, [0, 0.18, 0.36, 0.54, 0.72], "ffn-first-72", total, phi),
+        "ffn-first-84": _sched(arch, _FFN_FIRST, [0, 0.21, 0.42, 0.63, 0.84], "ffn-first-84", total, phi),
         "width-depth-40": _sched(arch, wd, [0, 0.2, 0.4], "width-depth-40", total, phi),
         "depth-30": _sched(arch, [[128, 512, 4, 2], _T], [0, 0.3], "depth-30", total, phi),
         # hidden_dim last: the LM head (38 % of the target's FLOPs at a 4k vocabulary) stays at hidden 64 until 48 %
@@ -68,6 +71,9 @@ def _study(arch: str, data: dict, full_steps: int, lrs: list[float], picks: list
     base = full(arch, _T, n, head_dim=32, phi=50, name=FULL)
     seeds = [0, 1, 2]  # seed 0 searches; seeds 1-2 repeat the chosen point (select with --seeds)
     jobs = _grid({FULL: base, **cands}, lrs, seeds, n, **kw)
+    # smaller static models at the target's FLOPs: is growth better than simply training a smaller model longer?
+    static = {f"static-{'x'.join(map(str, s))}": full(arch, s, n, head_dim=32, phi=50, name="static") for s in _STATIC}
+    jobs += [replace(j, budget_of=tuple(_T)) for j in _grid(static, lrs, seeds, n, **kw)]
     if policies:  # the LR policy study on the first candidate: resets at the 1st/2nd growth, muP-style width rule
         first = next(iter(cands))
         jobs += [replace(j, lr_reset_growths=2, label=f"{first}+reset2") for j in _grid({first: cands[first]}, lrs, seeds, n, **kw)]  # fmt: skip
@@ -102,7 +108,8 @@ STUDIES: dict[str, Callable[[float], Study]] = {
     # warm-up 150 (the tuned full baseline's warm-up), the LR grid widened to bracket growth's optimum
     "gpt-warmup150": lambda scale: _study(
         "gpt", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}, 1500,
-        [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48", "ffn-first-32", "ffn-first-60", "hidden-last-48"],
+        [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48", "ffn-first-32", "ffn-first-60", "ffn-first-72",
+         "ffn-first-84", "hidden-last-48"],
         False, scale, batch_size=16, warmup_steps=150),
     # the same with warm-up 50, 300, 600 and 1000: the warm-up grid widened until each operator's optimum is inside it
     **{f"gpt-warmup{w}": (lambda scale, w=w: _study(
