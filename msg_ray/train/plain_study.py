@@ -117,10 +117,11 @@ STUDIES: dict[str, Callable[[float], Study]] = {
         [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48"], False, scale, batch_size=16, warmup_steps=w))
        for w in (50, 300, 600, 1000)},
     # BERT MLM on the protocol of README's BERT table (4k BPE, seq 64, batch 16, warm-up 150, 2,000 full steps);
-    # ffn-first-48 is the mini-bert-fast preset's shape
+    # ffn-first-48 is the mini-bert-fast preset's shape; -72 / -84 end growth later (GPT's best at this budget)
     "bert-warmup150": lambda scale: _study(
         "bert", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "mlm"}, 2000,
-        [5e-4, 1e-3, 2e-3, 4e-3], ["ffn-first-48"], False, scale, batch_size=16, warmup_steps=150),
+        [5e-4, 1e-3, 2e-3, 4e-3], ["ffn-first-48", "ffn-first-72", "ffn-first-84"], False, scale, batch_size=16,
+        warmup_steps=150),
     # the same with warm-up 50: with 150 and 600, a warm-up grid that can bracket each operator's optimum
     "bert-warmup50": lambda scale: _study(
         "bert", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "mlm"}, 2000,
