@@ -142,7 +142,7 @@ STUDIES: dict[str, Callable[[float], Study]] = {
     "gpt-robust": lambda scale: _study(
         "gpt", {"source": "wikitext2", "tokenizer": "bpe8k", "seq_len": 128, "objective": "clm"}, 1500,
         [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48"], False, scale, batch_size=8, warmup_steps=150),
-    # 4x the gpt-warmup150 budget (6,000 full steps, ~2.3 epochs of WikiText-2): does the lead of growth and of the
+    # 4x the gpt-warmup150 budget (6,000 full steps, ~2.0 epochs of WikiText-2): does the lead of growth and of the
     # smaller static model over full shrink as the target moves towards compute-optimal? (warm-up 150 / 600)
     **{f"gpt-4x-warmup{w}": (lambda scale, w=w: _study(
         "gpt", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}, 6000,
