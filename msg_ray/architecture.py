@@ -3,7 +3,7 @@
 An :class:`Architecture` is everything the rest of msg_ray needs to know about a model family: how to build it,
 what it trains on (causal or masked LM), its parameter-count and FLOPs formulas, how Net2Net splits each of its
 parameters, how it maps onto a Hugging Face model, and which parameters skip weight decay. Growth (masks, ramp,
-fold) is shared: every architecture's model is a :class:`msg_ray.components.GrowableModel` using the same mask
+fold) is shared: every architecture's model is a :class:`msg_ray.masked_layers.GrowableModel` using the same mask
 attribute names, so ``msg_ray.growth`` needs no per-architecture code beyond the Net2Net roles.
 
 The built-in architectures register in ``msg_ray/archs/__init__.py`` (one line each); adding one is a module

@@ -1,7 +1,7 @@
 """``msg-ray`` command line: ``train``, ``tune``, ``compare``, ``eval``, ``report``, ``sync``. Thin: parse, call one
 function.
 
-The shared run flags and their ``RunConfig`` (validated before Ray starts) live in ``msg_ray.run_args``.
+The shared run flags and their ``RunConfig`` (validated before Ray starts) live in ``msg_ray.cli_args``.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import os
 import sys
 from pathlib import Path
 
+from msg_ray.cli_args import add_run_args, build_run_config
 from msg_ray.compare.cli import register_cli as register_compare
-from msg_ray.run_args import add_run_args, build_run_config
 from msg_ray.tracking import sync
+from msg_ray.train.reporting import TrainingDiverged
 from msg_ray.train.run import run
-from msg_ray.train.session import TrainingDiverged
 from msg_ray.tune.cli import register_cli as register_tune
 
 
@@ -26,8 +26,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = run(cfg, ray_address=args.address)
     final = result.history.get("val_loss", [None])[-1] if result.history.get("val_loss") else None
     final = final if final is not None and math.isfinite(final) else None  # valid JSON: null, never NaN
-    print(json.dumps({"name": result.name, "final_val_loss": final, "checkpoint": result.checkpoint_path,
-                      "run_id": result.run_id, "tracking_uri": result.tracking_uri}, indent=1))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "name": result.name,
+                "final_val_loss": final,
+                "checkpoint": result.checkpoint_path,
+                "run_id": result.run_id,
+                "tracking_uri": result.tracking_uri,
+            },
+            indent=1,
+        )
+    )
     print(f"MLflow UI: mlflow ui --backend-store-uri {result.tracking_uri}")
     return 0
 
@@ -71,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(exc, TrainingFailedError):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"msg-ray: error: training failed: {first}\n  (the run's checkpoints are kept: re-run the same "
-              "command to resume from the last one)", file=sys.stderr)  # fmt: skip
+        print(
+            f"msg-ray: error: training failed: {first}\n  (the run's checkpoints are kept: re-run the same "
+            "command to resume from the last one)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -20,8 +20,8 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from msg_ray.architecture import get_arch
-from msg_ray.components import MASK_NAMES, GrowableModel
 from msg_ray.data.tokenizer import CLS, EOS, MASK, PAD, SEP
+from msg_ray.masked_layers import MASK_NAMES, GrowableModel
 from msg_ray.model import ModelConfig, build_from_config
 from msg_ray.train import checkpoint
 
@@ -125,11 +125,18 @@ def model_card(config: ModelConfig, info: dict[str, Any]) -> str:
     tag = "text-generation" if spec.objective == "clm" else "fill-mask"
     groups = f", {config.kv_group_size} query heads per key/value head" if config.kv_group_size > 1 else ""
     lines = [
-        "---", "library_name: transformers", f"pipeline_tag: {tag}", "tags: [msg_ray, masked-structural-growth]",
-        "---", "", f"# {sched.get('name') or config.arch} ({spec.hf.model_class})", "",
+        "---",
+        "library_name: transformers",
+        f"pipeline_tag: {tag}",
+        "tags: [msg_ray, masked-structural-growth]",
+        "---",
+        "",
+        f"# {sched.get('name') or config.arch} ({spec.hf.model_class})",
+        "",
         f"{spec.summary}. Structure (hidden_dim, ffn_dim, head_num, layer_num) = {config.structure}, head_dim "
-        f"{config.head_dim}{groups}, vocabulary {config.vocab_size}, context {config.max_seq_len}.", "",
-    ]  # fmt: skip
+        f"{config.head_dim}{groups}, vocabulary {config.vocab_size}, context {config.max_seq_len}.",
+        "",
+    ]
     stages = sched.get("stages", [])
     if len(stages) > 1:
         # the steps the run really grew at (an adaptive run moves them); the schedule's starts otherwise
@@ -137,11 +144,21 @@ def model_card(config: ModelConfig, info: dict[str, Any]) -> str:
         lines += [
             f"Pretrained with Masked Structural Growth (Yao et al., arXiv 2305.02869) by msg_ray: operator "
             f"{sched.get('operator')}, mask ramp phi = {sched.get('phi')} steps, {sched.get('total_steps')} steps.",
-            "", "| stage | structure | starts at step |", "|---|---|---|",
-            *(f"| {i} | {tuple(st['structure'])} | {b} |" for i, (st, b) in enumerate(zip(stages, starts, strict=False))), "",
-        ]  # fmt: skip
-    facts = {"data": info.get("data"), "final validation loss": info.get("final_val_loss"),
-             "trained steps": info.get("steps"), "MLflow run": info.get("run_id")}  # fmt: skip
+            "",
+            "| stage | structure | starts at step |",
+            "|---|---|---|",
+            *(
+                f"| {i} | {tuple(st['structure'])} | {b} |"
+                for i, (st, b) in enumerate(zip(stages, starts, strict=False))
+            ),
+            "",
+        ]
+    facts = {
+        "data": info.get("data"),
+        "final validation loss": info.get("final_val_loss"),
+        "trained steps": info.get("steps"),
+        "MLflow run": info.get("run_id"),
+    }
     lines += [f"- {k}: {v}" for k, v in facts.items() if v is not None]
     return "\n".join(lines) + "\n"
 

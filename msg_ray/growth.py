@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from msg_ray.architecture import with_structure
-from msg_ray.components import GrowableModel
+from msg_ray.masked_layers import GrowableModel
 from msg_ray.model import build_from_config
 from msg_ray.operators import get_operator, operator_names
 from msg_ray.operators.base import GrowOptions, Layout, staged
@@ -87,8 +87,10 @@ def expand(
         raise ValueError(f"grow: operator {operator!r} supports arch {op.archs}, not {model.arch!r}")
     for d in own if op.needs_integer_factors else ():
         if getattr(target, d) % getattr(old, d):
-            raise ValueError(f"grow: operator {operator!r} grows {d} by integer factors; "
-                             f"{getattr(old, d)} -> {getattr(target, d)} is not one")  # fmt: skip
+            raise ValueError(
+                f"grow: operator {operator!r} grows {d} by integer factors; "
+                f"{getattr(old, d)} -> {getattr(target, d)} is not one"
+            )
     ref = next(model.parameters())
     new = build_from_config(with_structure(model.config, target), seed=seed).to(ref.device, ref.dtype)
     gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))

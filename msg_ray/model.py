@@ -13,15 +13,21 @@ import msg_ray.archs  # noqa: F401  (registers gpt, bert, llama)
 from msg_ray.architecture import ModelConfig, arch_names, get_arch, with_structure
 from msg_ray.archs.llama import LlamaTransformer
 from msg_ray.archs.transformer import GrowableTransformer
-from msg_ray.components import GrowableModel
+from msg_ray.masked_layers import GrowableModel
 from msg_ray.structure import Structure
 
 ARCHS = arch_names()
 
 __all__ = [
-    "ARCHS", "GrowableModel", "GrowableTransformer", "LlamaTransformer", "ModelConfig", "build_from_config",
-    "build_model", "with_structure",
-]  # fmt: skip
+    "ARCHS",
+    "GrowableModel",
+    "GrowableTransformer",
+    "LlamaTransformer",
+    "ModelConfig",
+    "build_from_config",
+    "build_model",
+    "with_structure",
+]
 
 
 def build_model(
@@ -40,9 +46,17 @@ def build_model(
 ) -> GrowableModel:
     """Build a model of a registered architecture (``"gpt"``, ``"bert"``, ``"llama"``) of the given structure."""
     config = ModelConfig(
-        arch=arch, structure=structure, vocab_size=vocab_size, max_seq_len=max_seq_len, head_dim=head_dim,
-        dropout=dropout, ln_eps=ln_eps, init_std=init_std, kv_group_size=kv_group_size, rope_theta=rope_theta,
-    )  # fmt: skip
+        arch=arch,
+        structure=structure,
+        vocab_size=vocab_size,
+        max_seq_len=max_seq_len,
+        head_dim=head_dim,
+        dropout=dropout,
+        ln_eps=ln_eps,
+        init_std=init_std,
+        kv_group_size=kv_group_size,
+        rope_theta=rope_theta,
+    )
     return build_from_config(config, seed=seed)
 
 

@@ -152,19 +152,61 @@ _MINI_FAST = [[64, 256, 2, 2], [64, 512, 2, 2], [128, 512, 2, 2], [128, 512, 4, 
 _PAPER_FAST = [[384, 1536, 6, 6], [384, 3072, 6, 6], [768, 3072, 6, 6], [768, 3072, 12, 6], [768, 3072, 12, 12]]
 # A 1B-class Llama target with TinyLlama-1.1B's shape (32 query heads in 4 key/value groups of 8, 22 layers); growth
 # starts at half of every dimension, so heads stay whole groups. Budget: Llama-2's 32k vocabulary, seq 2048.
-_LLAMA_1B_FAST = [[1024, 2816, 16, 11], [1024, 5632, 16, 11], [2048, 5632, 16, 11], [2048, 5632, 32, 11],
-                  [2048, 5632, 32, 22]]  # fmt: skip
+_LLAMA_1B_FAST = [
+    [1024, 2816, 16, 11],
+    [1024, 5632, 16, 11],
+    [2048, 5632, 16, 11],
+    [2048, 5632, 32, 11],
+    [2048, 5632, 32, 22],
+]
 FAST: dict[str, dict] = {
-    "mini-gpt-fast": {"arch": "gpt", "structures": _MINI_FAST, "total_steps": 2000, "full_steps": 1500,
-                      "phi": 50, "head_dim": MINI_HEAD_DIM},
-    "mini-bert-fast": {"arch": "bert", "structures": _MINI_FAST, "total_steps": 2664, "full_steps": 2000,
-                       "phi": 50, "head_dim": MINI_HEAD_DIM},
-    "mini-llama-fast": {"arch": "llama", "structures": _MINI_FAST, "total_steps": 2028, "full_steps": 1500,
-                        "phi": 50, "head_dim": MINI_HEAD_DIM},
-    "gpt-fast": {"arch": "gpt", "structures": _PAPER_FAST, "total_steps": 330_161, "full_steps": 240_000,
-                 "phi": PAPER_PHI, "head_dim": 64},
-    "bert-fast": {"arch": "bert", "structures": _PAPER_FAST, "total_steps": 1_403_859, "full_steps": 1_000_000,
-                  "phi": PAPER_PHI, "head_dim": 64},
-    "llama-1b-fast": {"arch": "llama", "structures": _LLAMA_1B_FAST, "total_steps": 218_803, "full_steps": 150_000,
-                      "phi": PAPER_PHI, "head_dim": 64, "kv_group_size": 8},
-}  # fmt: skip
+    "mini-gpt-fast": {
+        "arch": "gpt",
+        "structures": _MINI_FAST,
+        "total_steps": 2000,
+        "full_steps": 1500,
+        "phi": 50,
+        "head_dim": MINI_HEAD_DIM,
+    },
+    "mini-bert-fast": {
+        "arch": "bert",
+        "structures": _MINI_FAST,
+        "total_steps": 2664,
+        "full_steps": 2000,
+        "phi": 50,
+        "head_dim": MINI_HEAD_DIM,
+    },
+    "mini-llama-fast": {
+        "arch": "llama",
+        "structures": _MINI_FAST,
+        "total_steps": 2028,
+        "full_steps": 1500,
+        "phi": 50,
+        "head_dim": MINI_HEAD_DIM,
+    },
+    "gpt-fast": {
+        "arch": "gpt",
+        "structures": _PAPER_FAST,
+        "total_steps": 330_161,
+        "full_steps": 240_000,
+        "phi": PAPER_PHI,
+        "head_dim": 64,
+    },
+    "bert-fast": {
+        "arch": "bert",
+        "structures": _PAPER_FAST,
+        "total_steps": 1_403_859,
+        "full_steps": 1_000_000,
+        "phi": PAPER_PHI,
+        "head_dim": 64,
+    },
+    "llama-1b-fast": {
+        "arch": "llama",
+        "structures": _LLAMA_1B_FAST,
+        "total_steps": 218_803,
+        "full_steps": 150_000,
+        "phi": PAPER_PHI,
+        "head_dim": 64,
+        "kv_group_size": 8,
+    },
+}

@@ -19,8 +19,17 @@ from msg_ray.structure import DIMENSIONS, Structure
 
 FULL = "full"  # the name of full training (from scratch at the target) in comparisons, sweeps and studies
 _FIELDS = (
-    "name", "arch", "operator", "phi", "head_dim", "kv_group_size", "depth_init", "total_steps", "stages", "target",
-)  # fmt: skip
+    "name",
+    "arch",
+    "operator",
+    "phi",
+    "head_dim",
+    "kv_group_size",
+    "depth_init",
+    "total_steps",
+    "stages",
+    "target",
+)
 
 
 def _is_int(value: Any) -> bool:
@@ -162,8 +171,10 @@ class Schedule:
         before, after = self.stages[i - 1].structure, self.stages[i].structure
         for d in own if op.needs_integer_factors else ():
             if getattr(after, d) % getattr(before, d):
-                raise self._err(f"stages[{i}].structure: operator {self.operator!r} grows {d} by integer factors; "
-                                f"{getattr(before, d)} -> {getattr(after, d)} is not one")  # fmt: skip
+                raise self._err(
+                    f"stages[{i}].structure: operator {self.operator!r} grows {d} by integer factors; "
+                    f"{getattr(before, d)} -> {getattr(after, d)} is not one"
+                )
 
     def _ramps(self, i: int) -> bool:
         """Whether the growth into stage ``i`` attaches masks: MSG itself, or dimensions the operator leaves to
@@ -208,8 +219,15 @@ class Schedule:
 
     def full_baseline(self, name: str = "", target: Structure | None = None) -> Schedule:
         """``target`` (default: this one's) from scratch, same steps, arch, head_dim, kv grouping, phi."""
-        return full(self.arch, target or self.target, self.total_steps, head_dim=self.head_dim, phi=self.phi,
-                    kv_group_size=self.kv_group_size, name=name or f"full-{self.name or self.arch}")  # fmt: skip
+        return full(
+            self.arch,
+            target or self.target,
+            self.total_steps,
+            head_dim=self.head_dim,
+            phi=self.phi,
+            kv_group_size=self.kv_group_size,
+            name=name or f"full-{self.name or self.arch}",
+        )
 
     # ------------------------------------------------------------------ conversions
     def to_dict(self) -> dict[str, Any]:

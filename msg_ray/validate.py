@@ -43,8 +43,9 @@ def _check(v: Any, tp: Any, where: str) -> None:
         raise ValueError(f"{where}: must be a string, got {v!r}")
     if origin is tuple:
         if not isinstance(v, tuple | list):
-            raise ValueError(f"{where}: must be a list of {len(args) if args[-1] is not Ellipsis else 'any'} "
-                             f"values, got {v!r}")  # fmt: skip
+            raise ValueError(
+                f"{where}: must be a list of {len(args) if args[-1] is not Ellipsis else 'any'} values, got {v!r}"
+            )
         if args[-1] is Ellipsis:
             args = (args[0],) * len(v)
         if len(v) != len(args):

@@ -2,15 +2,13 @@
 
     ray job submit --address http://HEAD:8265 --working-dir . \
         --runtime-env-json '{"env_vars": {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}}' \
-        -- python pipelines/pretrain.py --schedule sch1-g --arch gpt --data openwebtext --workers 16 \
+        -- python -m pipelines.pretrain.py --schedule sch1-g --arch gpt --data openwebtext --workers 16 \
            --set use_gpu=true --set engine.precision=bf16 --set storage_path=/shared/msg_ray
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the job's working_dir holds the package
-from msg_ray.cli import main  # noqa: E402
+from msg_ray.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

@@ -2,7 +2,7 @@
 
     ray job submit --address http://HEAD:8265 --working-dir . \
         --runtime-env-json '{"env_vars": {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}}' \
-        -- python pipelines/sweep.py --space structures --max-concurrent 8 --workers-per-trial 2 \
+        -- python -m pipelines.sweep.py --space structures --max-concurrent 8 --workers-per-trial 2 \
            --storage-path /shared/msg_ray --set run.use_gpu=true
 
 Re-running the same command (same ``--name``/space) resumes an interrupted sweep.
@@ -10,10 +10,8 @@ Re-running the same command (same ``--name``/space) resumes an interrupted sweep
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the job's working_dir holds the package
-from msg_ray.tune.cli import add_tune_args, cmd_tune  # noqa: E402
+from msg_ray.tune.cli import add_tune_args, cmd_tune
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,9 +58,22 @@ class MlflowServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120.0) -> None:  # ~10 s idle, ~40 s on a loaded 2-core box
-        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.store,
-               "--artifacts-destination", str(self.workdir / "srv-artifacts"), "--host", "127.0.0.1",
-               "--port", str(self.port), "--workers", "1"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            self.store,
+            "--artifacts-destination",
+            str(self.workdir / "srv-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         log_path = self.workdir / "server.log"
         log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the server

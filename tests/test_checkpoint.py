@@ -22,8 +22,15 @@ def _write(tmp_path: Path) -> Path:
     buffers = {"blocks.0.ffn_mask.value": torch.tensor([1.0, 0.5]), "blocks.0.ffn_mask.n_old": torch.tensor(1)}
     moments = {"exp_avg": {"w": torch.randn(3, 2)}, "exp_avg_sq": {"w": torch.rand(3, 2)}, "step": 7}
     rank_state = {"loader": {"epoch": 0, "step": 5, "seed": 1}, "rng": C.rng_state()}
-    return C.save(tmp_path / "stage0-step0000005", rank=0, rank_state=rank_state, meta={"step": 5},
-                  params=params, buffers=buffers, moments=moments)  # fmt: skip
+    return C.save(
+        tmp_path / "stage0-step0000005",
+        rank=0,
+        rank_state=rank_state,
+        meta={"step": 5},
+        params=params,
+        buffers=buffers,
+        moments=moments,
+    )
 
 
 def test_round_trip_through_the_safe_loader(tmp_path):
@@ -92,7 +99,11 @@ def test_manifest_lists_every_file_and_catches_a_flipped_byte(tmp_path):
 
 
 def test_eval_of_a_wrong_path_fails_before_ray(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "msg_ray.cli", "eval", str(tmp_path / "nope")], capture_output=True,
-                       text=True, timeout=300)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "msg_ray.cli", "eval", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 2 and "neither a checkpoint folder" in p.stderr, p.stderr[-2000:]
     assert "Started a local Ray" not in p.stderr + p.stdout

@@ -85,20 +85,41 @@ def check_csv_stds(text: str, rows: list[dict]) -> None:
 
 
 def base_config(tmp: Path) -> RunConfig:
-    return RunConfig.from_dict({
-        "name": "base", "schedule": SCHEDULE, "data": DATA, "storage_path": str(tmp / "ray"),
-        "engine": {"zero_stage": 0, "micro_batch_size": 4, "lr": 3e-3}, "workers": 1,
-        "tracking_uri": sqlite_store(tmp / "mlruns.db"), "experiment": "test-compare", "warmup_steps": 2,
-        "log_every": 2, "eval_every": 4, "eval_batches": 2, "gamma_window": 4, "export_hf": False,
-    })  # fmt: skip
+    return RunConfig.from_dict(
+        {
+            "name": "base",
+            "schedule": SCHEDULE,
+            "data": DATA,
+            "storage_path": str(tmp / "ray"),
+            "engine": {"zero_stage": 0, "micro_batch_size": 4, "lr": 3e-3},
+            "workers": 1,
+            "tracking_uri": sqlite_store(tmp / "mlruns.db"),
+            "experiment": "test-compare",
+            "warmup_steps": 2,
+            "log_every": 2,
+            "eval_every": 4,
+            "eval_batches": 2,
+            "gamma_window": 4,
+            "export_hf": False,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory, ray_local):
     tmp = tmp_path_factory.mktemp("compare")
-    cfg = CompareConfig(base=base_config(tmp), operators=("msg", "nomask", "full"), seeds=(0,), name="tiny",
-                        mode="parallel", evaluate=True, eval=TINY_EVAL, out_dir=str(tmp / "report"), extend_steps=8,
-                        budget="steps")  # fmt: skip
+    cfg = CompareConfig(
+        base=base_config(tmp),
+        operators=("msg", "nomask", "full"),
+        seeds=(0,),
+        name="tiny",
+        mode="parallel",
+        evaluate=True,
+        eval=TINY_EVAL,
+        out_dir=str(tmp / "report"),
+        extend_steps=8,
+        budget="steps",
+    )
     return tmp, run_comparison(cfg)
 
 
@@ -178,9 +199,20 @@ def test_time_to_reach_interpolates():
     assert time_to_reach(h, 5.5) == pytest.approx(2.0)
     assert time_to_reach(h, 2.0) is None
     full = RunRecord(operator="full", seed=0, lr=1e-3, name="f", history={**h, "flops": [4.0] * 4})
-    fast = RunRecord(operator="msg", seed=0, lr=1e-3, name="m", flops_limit=2.0,
-                     history={"step": [1, 2, 3, 4], "wall_s": [0.5, 1.0, 1.5, 2.0], "flops": [2.0] * 4,
-                              "val_step": [2, 4], "val_loss": [4.0, 2.9]})  # fmt: skip
+    fast = RunRecord(
+        operator="msg",
+        seed=0,
+        lr=1e-3,
+        name="m",
+        flops_limit=2.0,
+        history={
+            "step": [1, 2, 3, 4],
+            "wall_s": [0.5, 1.0, 1.5, 2.0],
+            "flops": [2.0] * 4,
+            "val_step": [2, 4],
+            "val_loss": [4.0, 2.9],
+        },
+    )
     summary = summarize([fast, full])
     rows = {r["operator"]: r for r in summary}
     assert rows["msg"]["speedup_equal_steps"] == (pytest.approx(2.0), 0.0)  # one seed: std exactly 0
@@ -191,15 +223,23 @@ def test_time_to_reach_interpolates():
 
 
 def _seed_rec(op: str, seed: int, final: float, wall: float, scores: dict | None = None) -> RunRecord:
-    h = {"step": [2, 4], "wall_s": [wall / 2, wall], "flops": [1.0, 2.0], "val_step": [2, 4],
-         "val_loss": [final + 1.0, final]}  # fmt: skip
+    h = {
+        "step": [2, 4],
+        "wall_s": [wall / 2, wall],
+        "flops": [1.0, 2.0],
+        "val_step": [2, 4],
+        "val_loss": [final + 1.0, final],
+    }
     return RunRecord(operator=op, seed=seed, lr=1e-3, name=f"{op}-{seed}", history=h, scores=scores or {})
 
 
 def test_summary_std_over_seeds_is_the_sample_std_and_never_negative():
     full = [_seed_rec("full", s, 3.1, 4.0, {"acc": [0.6, 0.6]}) for s in range(3)]
-    msg = [_seed_rec("msg", 0, 3.0, 2.0, {"acc": [0.5, 0.7]}), _seed_rec("msg", 1, 3.2, 2.5, {"acc": [0.6, 0.6]}),
-           _seed_rec("msg", 2, 3.4, 1.6, {"acc": [0.4, 0.8]})]  # fmt: skip
+    msg = [
+        _seed_rec("msg", 0, 3.0, 2.0, {"acc": [0.5, 0.7]}),
+        _seed_rec("msg", 1, 3.2, 2.5, {"acc": [0.6, 0.6]}),
+        _seed_rec("msg", 2, 3.4, 1.6, {"acc": [0.4, 0.8]}),
+    ]
     nomask = [_seed_rec("nomask", s, 3.5 + 0.1 * s, 2.0) for s in range(3)]  # never reaches full's 3.1
     summary = summarize(msg + nomask + full)
     rows = {r["operator"]: r for r in summary}
@@ -294,8 +334,12 @@ def test_classification_metrics_known_values():
 def test_bert_evaluator_on_real_tasks(tmp_path):
     model = build_model("bert", Structure(32, 64, 2, 1), vocab_size=1024, max_seq_len=32, head_dim=16, seed=0)
     export_plain(model, tmp_path / "export")
-    cfg = EvalConfig(cls=FinetuneConfig(steps=3, batch_size=8), seeds=(0, 1), max_train_examples=64,
-                     data={**DATA, "objective": "mlm"})  # fmt: skip
+    cfg = EvalConfig(
+        cls=FinetuneConfig(steps=3, batch_size=8),
+        seeds=(0, 1),
+        max_train_examples=64,
+        data={**DATA, "objective": "mlm"},
+    )
     out = evaluate_checkpoint(tmp_path / "export", cfg, log=False)
     s = out["scores"]
     assert set(s) >= {"movie_snippets/accuracy", "movie_snippets/f1", "movie_snippets/mcc", "bbc_news/macro_f1"}
@@ -366,10 +410,18 @@ def test_lr_search_seeds_plan_and_validation(tmp_path):
     cfg = CompareConfig(base=base, operators=("msg", "full"), seeds=(0, 1, 2), lrs=(1e-3, 3e-3), lr_search_seeds=1)
     search = plan(cfg, seeds=cfg.seeds[:1], vocab_size=1024)
     assert sorted((r.operator, r.lr, r.seed) for r in search) == [
-        ("full", 1e-3, 0), ("full", 3e-3, 0), ("msg", 1e-3, 0), ("msg", 3e-3, 0)]  # fmt: skip
+        ("full", 1e-3, 0),
+        ("full", 3e-3, 0),
+        ("msg", 1e-3, 0),
+        ("msg", 3e-3, 0),
+    ]
     rest = plan(cfg, seeds=(1, 2), lr_of={"msg": 3e-3, "full": 1e-3}, vocab_size=1024)
     assert [(r.operator, r.lr, r.seed) for r in rest] == [
-        ("full", 1e-3, 1), ("msg", 3e-3, 1), ("full", 1e-3, 2), ("msg", 3e-3, 2)]  # fmt: skip
+        ("full", 1e-3, 1),
+        ("msg", 3e-3, 1),
+        ("full", 1e-3, 2),
+        ("msg", 3e-3, 2),
+    ]
     assert rest[1].config.engine.lr == 3e-3 and rest[1].config.data.seed == 1
     assert (
         len(plan(replace(cfg, lr_search_seeds=None), vocab_size=1024)) == 12
@@ -384,7 +436,11 @@ def test_lr_of_runs_each_operator_at_its_own_lr(tmp_path):
     base = base_config(tmp_path)
     cfg = CompareConfig(base=base, operators=("msg", "full"), seeds=(1, 2), lr_of={"msg": 8e-3, "full": 4e-3})
     assert [(r.operator, r.lr, r.seed) for r in plan(cfg, vocab_size=1024)] == [
-        ("full", 4e-3, 1), ("msg", 8e-3, 1), ("full", 4e-3, 2), ("msg", 8e-3, 2)]  # fmt: skip
+        ("full", 4e-3, 1),
+        ("msg", 8e-3, 1),
+        ("full", 4e-3, 2),
+        ("msg", 8e-3, 2),
+    ]
     assert _lr_of("msg=8e-3, full=0.004") == {"msg": 8e-3, "full": 4e-3}
     for bad in ({"msg": 8e-3}, {"msg": 8e-3, "full": -1.0}, {"msg": 8e-3, "full": float("nan")}):
         with pytest.raises(ValueError, match="lr_of must give every operator"):
@@ -397,8 +453,16 @@ def test_lr_of_runs_each_operator_at_its_own_lr(tmp_path):
 
 
 def test_lr_search_on_one_seed_then_more_seeds(tmp_path, ray_local):
-    cfg = CompareConfig(base=base_config(tmp_path), operators=("msg", "full"), seeds=(0, 1), lrs=(3e-3, 1e-3),
-                        lr_search_seeds=1, name="twophase", mode="parallel", out_dir=str(tmp_path / "report"))  # fmt: skip
+    cfg = CompareConfig(
+        base=base_config(tmp_path),
+        operators=("msg", "full"),
+        seeds=(0, 1),
+        lrs=(3e-3, 1e-3),
+        lr_search_seeds=1,
+        name="twophase",
+        mode="parallel",
+        out_dir=str(tmp_path / "report"),
+    )
     res = run_comparison(cfg)
     got = sorted((r.operator, r.seed, r.lr) for r in res.records)
     chosen = best_lrs([r for r in res.records if r.seed == 0])
@@ -486,8 +550,15 @@ def test_operator_zoo_plans_and_refuses_what_an_operator_cannot_grow(tmp_path):
 def test_flops_budget_comparison_end_to_end(tmp_path, ray_local):
     """msg vs full at equal FLOPs: real Tune trials; every run's LR decays at its own end; FLOPs columns; msg also at
     half the budget (the decayed budget curve), kept out of the equal-FLOPs table and rebuilt from MLflow."""
-    cfg = CompareConfig(base=base_config(tmp_path), operators=("msg", "full"), seeds=(0,), name="eqf",
-                        mode="parallel", out_dir=str(tmp_path / "report"), budget_fractions=(0.5,))  # fmt: skip
+    cfg = CompareConfig(
+        base=base_config(tmp_path),
+        operators=("msg", "full"),
+        seeds=(0,),
+        name="eqf",
+        mode="parallel",
+        out_dir=str(tmp_path / "report"),
+        budget_fractions=(0.5,),
+    )
     res = run_comparison(cfg)
     half = next(r for r in res.records if r.budget == 0.5)
     recs = {r.operator: r for r in res.records if r.budget == 1.0}
@@ -513,10 +584,16 @@ def test_flops_budget_comparison_end_to_end(tmp_path, ray_local):
         _check_mergeable(parent, steps_parent)
     _check_mergeable(parent, {**parent, "run_id": "same-setting"})  # same setting: mergeable
     with pytest.raises(ValueError, match="more than once"):
-        rebuild_report("test-compare", tracking_uri=res.tracking_uri, parent=res.parent_run_id,
-                       merge=(res.parent_run_id,), out_dir=str(tmp_path / "m"))  # fmt: skip
-    rebuilt, _ = rebuild_report("test-compare", tracking_uri=res.tracking_uri, parent=res.parent_run_id,
-                                out_dir=str(tmp_path / "r"))  # fmt: skip
+        rebuild_report(
+            "test-compare",
+            tracking_uri=res.tracking_uri,
+            parent=res.parent_run_id,
+            merge=(res.parent_run_id,),
+            out_dir=str(tmp_path / "m"),
+        )
+    rebuilt, _ = rebuild_report(
+        "test-compare", tracking_uri=res.tracking_uri, parent=res.parent_run_id, out_dir=str(tmp_path / "r")
+    )
     assert to_csv(rebuilt.budget_rows) == to_csv(res.report.budget_rows) and rebuilt.csv == res.report.csv
 
 
@@ -526,8 +603,16 @@ def test_wall_budget_comparison_grows_and_ends_on_the_wall_clock(tmp_path, ray_l
         CompareConfig(base=base_config(tmp_path), operators=("msg", "full"), budget="wall")
     with pytest.raises(ValueError, match="RunConfig.wall_budget_s"):
         RunConfig.from_dict({**base_config(tmp_path).to_dict(), "wall_budget_s": float("nan")})
-    cfg = CompareConfig(base=base_config(tmp_path), operators=("msg", "full"), seeds=(0,), name="eqw",
-                        mode="parallel", out_dir=str(tmp_path / "report"), budget="wall", wall_s=6.0)  # fmt: skip
+    cfg = CompareConfig(
+        base=base_config(tmp_path),
+        operators=("msg", "full"),
+        seeds=(0,),
+        name="eqw",
+        mode="parallel",
+        out_dir=str(tmp_path / "report"),
+        budget="wall",
+        wall_s=6.0,
+    )
     res = run_comparison(cfg)
     for r in res.records:
         h = r.history

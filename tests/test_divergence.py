@@ -34,8 +34,15 @@ def test_a_diverged_step_rolls_back_to_the_last_checkpoint_with_a_lower_lr(tmp_p
 
     from msg_ray.train.run import run
 
-    cfg = tiny_config(tmp_path, "rollback", workers=1, ckpt_every=4, inject_nan_at_step=10, on_divergence="rollback",
-                      engine={"zero_stage": 0, "micro_batch_size": 4, "lr": 3e-3})  # fmt: skip
+    cfg = tiny_config(
+        tmp_path,
+        "rollback",
+        workers=1,
+        ckpt_every=4,
+        inject_nan_at_step=10,
+        on_divergence="rollback",
+        engine={"zero_stage": 0, "micro_batch_size": 4, "lr": 3e-3},
+    )
     out = run(cfg)
     h = out.history
     assert h["rollbacks"] == [{"diverged_step": 10, "to_step": 8}]

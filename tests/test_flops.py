@@ -156,8 +156,14 @@ def test_fast_presets_hold_their_stated_budget():
     """Each fast preset's total_steps is the solved length for the data its docstring names."""
     from msg_ray.presets import FAST
 
-    data = {"mini-gpt-fast": (4096, 64), "mini-bert-fast": (4096, 64), "gpt-fast": (50257, 1024),
-            "bert-fast": (30522, 512), "mini-llama-fast": (4096, 64), "llama-1b-fast": (32000, 2048)}  # fmt: skip
+    data = {
+        "mini-gpt-fast": (4096, 64),
+        "mini-bert-fast": (4096, 64),
+        "gpt-fast": (50257, 1024),
+        "bert-fast": (30522, 512),
+        "mini-llama-fast": (4096, 64),
+        "llama-1b-fast": (32000, 2048),
+    }
     for name, (vocab, seq) in data.items():
         s = PRESETS[name]
         assert s.total_steps == solve_total_steps(s, FAST[name]["full_steps"], vocab, seq), name

@@ -234,8 +234,9 @@ def test_optimizer_state_carry_by_name():
                 assert t.sum().item() == pytest.approx(o.sum().item())  # everything else is 0
             else:  # a new layer's parameter
                 assert name.startswith("blocks.2.") and not t.any()
-    renamed = carry_adam_state(old_state, {"moved.weight": old_state["ln_f.weight"]["exp_avg"].shape},
-                               renames={"moved.weight": "ln_f.weight"})  # fmt: skip
+    renamed = carry_adam_state(
+        old_state, {"moved.weight": old_state["ln_f.weight"]["exp_avg"].shape}, renames={"moved.weight": "ln_f.weight"}
+    )
     assert torch.equal(renamed["moved.weight"]["exp_avg"], old_state["ln_f.weight"]["exp_avg"])
     with pytest.raises(ValueError, match="cannot embed"):
         carry_adam_state(old_state, {"ln_f.weight": (4,)})
@@ -258,7 +259,7 @@ def test_every_dimension_alone_and_in_pairs_for_both_archs():
 def test_masked_layernorm_gradient_is_that_of_eq17_statistics(c):
     """The masked LayerNorm's hand-written backward equals autograd through eq. 17's c-weighted mean/variance and
     eq. 19's re-masking (float64, mid-ramp and at both ends of the ramp), and passes gradcheck."""
-    from msg_ray.components import GrowthMask, MaskedLayerNorm, _MaskedLayerNormFn
+    from msg_ray.masked_layers import GrowthMask, MaskedLayerNorm, _MaskedLayerNormFn
 
     torch.manual_seed(0)
     ln = MaskedLayerNorm(12).double()

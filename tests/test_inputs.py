@@ -159,8 +159,12 @@ CASES = [  # (argv, a fragment the one error line must contain)
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, str]:
     d = tmp_path_factory.mktemp("inputs")
-    out = {"missing": d / "missing.yaml", "bad_yaml": d / "bad.yaml", "bad_json": d / "bad.json",
-           "list_yaml": d / "list.yaml"}  # fmt: skip
+    out = {
+        "missing": d / "missing.yaml",
+        "bad_yaml": d / "bad.yaml",
+        "bad_json": d / "bad.json",
+        "list_yaml": d / "list.yaml",
+    }
     out["bad_yaml"].write_text("engine: {lr: [1\n")
     out["bad_json"].write_text('{"engine": {"lr": 0.001,}}')  # YAML would accept this trailing comma
     out["list_yaml"].write_text("- 1\n- 2\n")
@@ -205,7 +209,7 @@ API_CASES = [  # (id, call, fragment)
     *[
         (f"{arch} id=vocab", _forward(arch, [[1, 2, 100]]), "token id 100 outside the vocabulary [0, 100)")
         for arch in ("gpt", "bert", "llama")
-    ],  # fmt: skip
+    ],
     ("gpt id<0", _forward("gpt", [[1, -3]]), "token id -3 outside"),
     ("float ids", _forward("gpt", [[1.0, 2.0]]), "input_ids: expected an int64/int32 tensor"),
     ("1-d ids", _forward("llama", [1, 2]), "input_ids: expected an int64/int32 tensor [batch, seq]"),

@@ -50,15 +50,37 @@ def cluster(tmp_path):
     ray_tmp = Path("/tmp") / f"rayjob{gcs}"  # short: Ray's socket paths have a length limit
     head_log = open(tmp_path / "head.log", "w")
     head = subprocess.Popen(
-        [BIN / "ray", "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
-         "--dashboard-host=127.0.0.1", "--num-cpus=4", f"--temp-dir={ray_tmp}", "--include-dashboard=true",
-         "--disable-usage-stats",
-         # own ports for every per-node service, so another Ray on the machine (e.g. a user's) cannot collide
-         *(f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-           "metrics-export-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port",
-           "ray-client-server-port"))],
-        stdout=head_log, stderr=head_log, env=env, start_new_session=True,
-    )  # fmt: skip
+        [
+            BIN / "ray",
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs}",
+            f"--dashboard-port={dash}",
+            "--dashboard-host=127.0.0.1",
+            "--num-cpus=4",
+            f"--temp-dir={ray_tmp}",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+            # own ports for every per-node service, so another Ray on the machine (e.g. a user's) cannot collide
+            *(
+                f"--{name}={free_port()}"
+                for name in (
+                    "dashboard-agent-listen-port",
+                    "dashboard-agent-grpc-port",
+                    "metrics-export-port",
+                    "runtime-env-agent-port",
+                    "node-manager-port",
+                    "object-manager-port",
+                    "ray-client-server-port",
+                )
+            ),
+        ],
+        stdout=head_log,
+        stderr=head_log,
+        env=env,
+        start_new_session=True,
+    )
     server = MlflowServer(sqlite_store(tmp_path / "db.sqlite"), tmp_path)
     try:
         server.start()
@@ -88,19 +110,58 @@ def _stop_group(proc: subprocess.Popen) -> None:
 
 def test_ray_job_submit_pretrain_with_mlflow_server(cluster, tmp_path):
     schedule = tmp_path / "sched.json"
-    schedule.write_text(json.dumps({
-        "arch": "gpt", "name": "job-tiny", "total_steps": 16, "phi": 4, "head_dim": 16,
-        "stages": [{"structure": [32, 64, 2, 1], "start": 0}, {"structure": [32, 64, 2, 2], "start": 8}],
-    }))  # fmt: skip
+    schedule.write_text(
+        json.dumps(
+            {
+                "arch": "gpt",
+                "name": "job-tiny",
+                "total_steps": 16,
+                "phi": 4,
+                "head_dim": 16,
+                "stages": [{"structure": [32, 64, 2, 1], "start": 0}, {"structure": [32, 64, 2, 2], "start": 8}],
+            }
+        )
+    )
     runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": cluster["mlflow"], "RAY_AUTH_MODE": "disabled"}}
     cmd = [
-        BIN / "ray", "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT),
-        "--runtime-env-json", json.dumps(runtime_env), "--",
-        "python", "pipelines/pretrain.py", "--schedule", str(schedule), "--arch", "gpt", "--workers", "2",
-        "--tokenizer", "bpe:1024", "--name", "jobrun", "--set", f"storage_path={tmp_path / 'storage'}",
-        "--set", "data.seq_len=32", "--set", "data.max_train_tokens=200000", "--set", "engine.micro_batch_size=4",
-        "--set", "eval_every=8", "--set", "log_every=4", "--set", "experiment=jobs",
-    ]  # fmt: skip
+        BIN / "ray",
+        "job",
+        "submit",
+        "--address",
+        cluster["dashboard"],
+        "--working-dir",
+        str(ROOT),
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        "python",
+        "-m",
+        "pipelines.pretrain",
+        "--schedule",
+        str(schedule),
+        "--arch",
+        "gpt",
+        "--workers",
+        "2",
+        "--tokenizer",
+        "bpe:1024",
+        "--name",
+        "jobrun",
+        "--set",
+        f"storage_path={tmp_path / 'storage'}",
+        "--set",
+        "data.seq_len=32",
+        "--set",
+        "data.max_train_tokens=200000",
+        "--set",
+        "engine.micro_batch_size=4",
+        "--set",
+        "eval_every=8",
+        "--set",
+        "log_every=4",
+        "--set",
+        "experiment=jobs",
+    ]
     for _ in range(12):  # the head's dashboard answers before its job agent is ready to take submissions
         out = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=900)
         if "No available agent" not in out.stderr:

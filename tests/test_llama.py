@@ -14,8 +14,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import msg_ray.growth as G
 from msg_ray import Structure, build_model, grow
 from msg_ray.archs.llama import MaskedRMSNorm
-from msg_ray.components import GrowthMask
 from msg_ray.flops import flops_per_token, param_count
+from msg_ray.masked_layers import GrowthMask
 from msg_ray.structure import DIMENSIONS
 
 V, S, D = 61, 20, 6  # vocab, max_seq_len, head_dim (even: rotary pairs)

@@ -31,8 +31,7 @@ def _expected(lr: float, decay: str, min_ratio: float, step: int, start: int, en
 @pytest.mark.parametrize("decay", ["cosine", "linear"])
 def test_growth_resets_jump_back_to_peak_and_decay_to_the_same_end(decay):
     lr, total, warmup, min_ratio, resets = 2.0, 100, 10, 0.1, (40, 70)
-    s = LRSchedule(lr=lr, total_steps=total, warmup_steps=warmup, decay=decay, min_ratio=min_ratio,
-                   reset_steps=resets)  # fmt: skip
+    s = LRSchedule(lr=lr, total_steps=total, warmup_steps=warmup, decay=decay, min_ratio=min_ratio, reset_steps=resets)
     plain = LRSchedule(lr=lr, total_steps=total, warmup_steps=warmup, decay=decay, min_ratio=min_ratio)
     # warm-up, then the plain decay up to the first reset: resets change nothing before they happen
     for step in range(warmup):

@@ -20,16 +20,21 @@ V, S, D = 53, 16, 8
 BASE = Structure(32, 48, 2, 2)
 TOL = 1e-10
 # integer factors, so every operator (HyperCloning clones by whole multiples) can grow each dimension
-SINGLE = {"hidden_dim": Structure(64, 48, 2, 2), "ffn_dim": Structure(32, 96, 2, 2),
-          "head_num": Structure(32, 48, 4, 2), "layer_num": Structure(32, 48, 2, 4)}  # fmt: skip
+SINGLE = {
+    "hidden_dim": Structure(64, 48, 2, 2),
+    "ffn_dim": Structure(32, 96, 2, 2),
+    "head_num": Structure(32, 48, 4, 2),
+    "layer_num": Structure(32, 48, 2, 4),
+}
 ALL = Structure(64, 96, 4, 4)
 ARCH_OF = {"gpt": 1, "bert": 1, "llama": 2}  # arch -> kv_group_size used here (llama: grouped-query)
 
 
 def make(arch: str, seed: int = 0, s: Structure = BASE):
     # ε = 1e-14 in the norms: LEMON is exact up to the ε it does not rescale (its module docstring)
-    model = build_model(arch, s, vocab_size=V, max_seq_len=S, head_dim=D, seed=seed, ln_eps=1e-14,
-                        kv_group_size=ARCH_OF[arch])  # fmt: skip
+    model = build_model(
+        arch, s, vocab_size=V, max_seq_len=S, head_dim=D, seed=seed, ln_eps=1e-14, kv_group_size=ARCH_OF[arch]
+    )
     model = model.double().eval()
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # non-default values everywhere (norm gains, biases)
@@ -78,8 +83,11 @@ def test_hypercloning_noise_breaks_the_clones_symmetry_and_stays_exact(arch):
     plain = G.expand(model, ALL, "hypercloning", seed=5).model
     noisy = G.expand(model, ALL, "hypercloning-noise", seed=5).model
     assert rel(noisy(x), model(x)) <= TOL
-    fc1 = next(n for n, _ in noisy.named_parameters() if n.startswith("blocks.0.") and "weight" in n
-               and n.rsplit(".", 2)[-2] in ("fc1", "gate", "up", "w1"))  # fmt: skip
+    fc1 = next(
+        n
+        for n, _ in noisy.named_parameters()
+        if n.startswith("blocks.0.") and "weight" in n and n.rsplit(".", 2)[-2] in ("fc1", "gate", "up", "w1")
+    )
     a, b = plain.get_parameter(fc1), noisy.get_parameter(fc1)  # [F, H]: H copied twice (columns j and j + 32)
     torch.testing.assert_close(a[:, :32], a[:, 32:], rtol=0, atol=0)
     diff = b[:, :32] - b[:, 32:]
@@ -87,8 +95,10 @@ def test_hypercloning_noise_breaks_the_clones_symmetry_and_stays_exact(arch):
     torch.testing.assert_close(b[:, :32] + b[:, 32:], a[:, :32] + a[:, 32:], rtol=0, atol=1e-12)  # zero-sum
 
 
-@pytest.mark.parametrize("op,dims", [("gstack", "layer_num"), ("bert2bert-aki", "ffn_dim"), ("nomask", "hidden_dim"),
-                                     ("net2net", "hidden_dim")])  # fmt: skip
+@pytest.mark.parametrize(
+    "op,dims",
+    [("gstack", "layer_num"), ("bert2bert-aki", "ffn_dim"), ("nomask", "hidden_dim"), ("net2net", "hidden_dim")],
+)
 def test_non_preserving_operators_change_the_function(op, dims):
     model, x = make("gpt"), inputs()
     growth = G.expand(model, SINGLE[dims], op, seed=5)
@@ -118,9 +128,13 @@ def test_operator_errors_name_the_problem():
 
 def _random_moments(model, seed: int) -> dict:
     gen = torch.Generator().manual_seed(seed)
-    return {n: {"exp_avg": torch.randn(p.shape, generator=gen, dtype=torch.float64),
-                "exp_avg_sq": torch.rand(p.shape, generator=gen, dtype=torch.float64)}
-            for n, p in model.named_parameters()}  # fmt: skip
+    return {
+        n: {
+            "exp_avg": torch.randn(p.shape, generator=gen, dtype=torch.float64),
+            "exp_avg_sq": torch.rand(p.shape, generator=gen, dtype=torch.float64),
+        }
+        for n, p in model.named_parameters()
+    }
 
 
 @pytest.mark.parametrize("op", ["hypercloning", "net2net", "lemon", "msg"])
@@ -160,8 +174,14 @@ def test_carry_puts_moments_where_the_layout_says(op):
         )
 
 
-@pytest.mark.parametrize("op,target", [("net2net", Structure(32, 80, 5, 2)), ("hypercloning", Structure(32, 96, 4, 2)),
-                                       ("lemon", Structure(32, 96, 4, 2))])  # fmt: skip
+@pytest.mark.parametrize(
+    "op,target",
+    [
+        ("net2net", Structure(32, 80, 5, 2)),
+        ("hypercloning", Structure(32, 96, 4, 2)),
+        ("lemon", Structure(32, 96, 4, 2)),
+    ],
+)
 def test_declared_moment_scales_are_the_gradient_ratios(op, target):
     """Right after a function-preserving FFN/head growth, each carried block parameter's gradient equals its
     source's gradient gathered and scaled by the layout (so moments carried that way are the ones the grown model

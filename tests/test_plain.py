@@ -9,14 +9,20 @@ from dataclasses import replace
 
 import pytest
 
+from benchmarks.plain import PlainJob, flops_to_reach, run_plain, valid_batches
+from benchmarks.plain_study import FULL, STUDIES, at_budgets, budget_curve, pending, report, select, summarize
 from msg_ray.data import DataConfig, prepare
 from msg_ray.operators import get_operator
 from msg_ray.schedule import Schedule, Stage, full
-from msg_ray.train.plain import PlainJob, flops_to_reach, run_plain, valid_batches
-from msg_ray.train.plain_study import FULL, STUDIES, at_budgets, budget_curve, pending, report, select, summarize
 
-GROW = Schedule(arch="gpt", total_steps=30, phi=3, head_dim=16, name="tiny",
-                stages=(Stage(structure=[32, 64, 1, 1], start=0), Stage(structure=[48, 96, 2, 2], start=0.4)))  # fmt: skip
+GROW = Schedule(
+    arch="gpt",
+    total_steps=30,
+    phi=3,
+    head_dim=16,
+    name="tiny",
+    stages=(Stage(structure=[32, 64, 1, 1], start=0), Stage(structure=[48, 96, 2, 2], start=0.4)),
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +40,20 @@ def test_plain_run_spends_full_flops_and_grows(data, lr_scale):
         PlainJob(schedule=base, lr=3e-3, full_steps=12, batch_size=4, warmup_steps=3, eval_points=2), d, vb
     )
     assert short["total_steps"] == 12 and short["step"][-1] == 12  # the job's budget, not the schedule's length
-    g = run_plain(PlainJob(schedule=GROW, lr=3e-3, full_steps=30, batch_size=4, warmup_steps=3, eval_points=3,
-                           lr_reset_growths=1, lr_scale=lr_scale), d, vb)  # fmt: skip
+    g = run_plain(
+        PlainJob(
+            schedule=GROW,
+            lr=3e-3,
+            full_steps=30,
+            batch_size=4,
+            warmup_steps=3,
+            eval_points=3,
+            lr_reset_growths=1,
+            lr_scale=lr_scale,
+        ),
+        d,
+        vb,
+    )
     assert f["total_steps"] == 30 and g["total_steps"] > 30
     assert abs(g["flops"][-1] - f["flops"][-1]) <= f["flops"][-1] / 30  # equal FLOPs within one full step
     assert g["step"][-1] == g["total_steps"] and all(math.isfinite(v) for v in g["val_loss"])
@@ -65,8 +83,13 @@ def test_downstream_scores_the_final_grown_model(data):
 
 
 def _result(label: str, lr: float, seed: int, vals: list[float]) -> dict:
-    return {"job": {"label": label, "lr": lr, "seed": seed}, "total_steps": 10, "flops": [1.0, 2.0, 3.0, 4.0],
-            "val_loss": vals, "final_val": vals[-1]}  # fmt: skip
+    return {
+        "job": {"label": label, "lr": lr, "seed": seed},
+        "total_steps": 10,
+        "flops": [1.0, 2.0, 3.0, 4.0],
+        "val_loss": vals,
+        "final_val": vals[-1],
+    }
 
 
 def test_study_table_picks_lr_flags_edges_and_reads_flops_to_target():
@@ -140,10 +163,25 @@ def test_budget_jobs_are_jobs_of_their_own_and_full_at_its_own_budget_stays_the_
     study = select(STUDIES["gpt-operators"](0.05), only="full,msg", lrs="8e-3", seeds="0")
     budgets = at_budgets(study, "0.5,1")
     n = study.jobs[0].full_steps
-    assert sorted((j.label, j.full_steps) for j in budgets.jobs) == [("full", round(n / 2)), ("full", n),
-                                                                     ("msg", round(n / 2)), ("msg", n)]  # fmt: skip
-    done = [{"job": {"label": "msg", "lr": 0.008, "seed": 0, "lr_scale": "none", "lr_reset_growths": 0,
-                     "full_steps": n, "warmup_steps": 150}}]  # fmt: skip
+    assert sorted((j.label, j.full_steps) for j in budgets.jobs) == [
+        ("full", round(n / 2)),
+        ("full", n),
+        ("msg", round(n / 2)),
+        ("msg", n),
+    ]
+    done = [
+        {
+            "job": {
+                "label": "msg",
+                "lr": 0.008,
+                "seed": 0,
+                "lr_scale": "none",
+                "lr_reset_growths": 0,
+                "full_steps": n,
+                "warmup_steps": 150,
+            }
+        }
+    ]
     assert len(pending(budgets, done).jobs) == 3  # the same job at another budget is still to run
     for bad in ("0", "1.5", "half", ""):
         with pytest.raises(ValueError, match="--budgets"):
@@ -160,8 +198,10 @@ def test_a_cut_short_study_resumes_with_only_the_jobs_its_results_lack():
     assert len(study.jobs) == 8
     n = study.jobs[0].full_steps
     common = {"lr_scale": "none", "lr_reset_growths": 0, "full_steps": n, "warmup_steps": 150}
-    done = [{"job": {"label": "msg", "lr": 0.008, "seed": 1, **common}},
-            {"job": {"label": "full", "lr": 0.004, "seed": 0, **common}}]  # fmt: skip
+    done = [
+        {"job": {"label": "msg", "lr": 0.008, "seed": 1, **common}},
+        {"job": {"label": "full", "lr": 0.004, "seed": 0, **common}},
+    ]
     left = {(j.label, j.lr, j.seed) for j in pending(study, done).jobs}
     assert len(left) == 6 and ("msg", 8e-3, 1) not in left and ("full", 4e-3, 0) not in left
     assert ("msg", 8e-3, 0) in left and ("full", 4e-3, 1) in left  # same label and LR, other seed: still to run
@@ -180,16 +220,27 @@ def test_studies_give_every_schedule_the_same_lr_grid():
         assert all(len(g) >= 3 for g in grids.values())  # room for an interior optimum
 
 
-DOUBLING = Schedule(arch="gpt", total_steps=30, phi=3, head_dim=16, name="double",
-                    stages=(Stage(structure=[32, 64, 1, 1], start=0), Stage(structure=[64, 128, 2, 2], start=0.4)))  # fmt: skip
+DOUBLING = Schedule(
+    arch="gpt",
+    total_steps=30,
+    phi=3,
+    head_dim=16,
+    name="double",
+    stages=(Stage(structure=[32, 64, 1, 1], start=0), Stage(structure=[64, 128, 2, 2], start=0.4)),
+)
 
 
 @pytest.mark.parametrize("op", ["hypercloning", "lemon", "gstack", "bert2bert-aki"])
 def test_every_operator_trains_through_a_growth_with_its_layout(data, op):
     """The zoo in the plain loop: the growth carries moments by the operator's layout and training goes on."""
     d, vb = data
-    g = run_plain(PlainJob(schedule=DOUBLING.replace(operator=op), lr=3e-3, full_steps=30, batch_size=4,
-                           warmup_steps=3, eval_points=3), d, vb)  # fmt: skip
+    g = run_plain(
+        PlainJob(
+            schedule=DOUBLING.replace(operator=op), lr=3e-3, full_steps=30, batch_size=4, warmup_steps=3, eval_points=3
+        ),
+        d,
+        vb,
+    )
     assert g["job"]["schedule"]["operator"] == op and all(math.isfinite(v) for v in g["val_loss"])
     assert g["val_loss"][-1] < g["val_loss"][0]
     jump = max(map(abs, g["growth_jumps"]))  # float32 forward: preserving operators within rounding
@@ -211,8 +262,17 @@ def _warm(label: str, lr: float, warmup: int, final: float, seed: int = 0) -> di
 def test_warmup_is_searched_with_the_lr_and_both_edges_are_flagged():
     """Runs of one label at several warm-ups form one LR x warm-up search (a warm-up is part of the key, so two
     warm-ups at one LR are two runs, not a repeat); the table flags a choice at the edge of either grid."""
-    res = [_warm(FULL, lr, w, v) for lr, w, v in ((1e-3, 50, 4.3), (2e-3, 50, 4.2), (4e-3, 50, 4.4),
-                                                   (1e-3, 150, 4.1), (2e-3, 150, 4.0), (4e-3, 150, 4.05))]  # fmt: skip
+    res = [
+        _warm(FULL, lr, w, v)
+        for lr, w, v in (
+            (1e-3, 50, 4.3),
+            (2e-3, 50, 4.2),
+            (4e-3, 50, 4.4),
+            (1e-3, 150, 4.1),
+            (2e-3, 150, 4.0),
+            (4e-3, 150, 4.05),
+        )
+    ]
     res += [_warm("fast", lr, 50, v) for lr, v in ((1e-3, 3.95), (2e-3, 3.9), (4e-3, 3.95))]
     rows = {r["schedule"]: r for r in summarize(res)}
     full_row = rows[FULL]

@@ -108,9 +108,14 @@ def test_sync_creates_the_run_a_dead_server_never_made(store, tmp_path, capsys, 
     caplog.set_level(logging.DEBUG, logger="msg_ray.tracking.mlflow_tracker")
     t0 = time.monotonic()
     tracker = Tracker(
-        uri=down, experiment="spool-sync", run_name="offline", tags={"op": "msg"}, spool_dir=spool_dir,
-        retry_after_s=0.0, flush_every=1_000,
-    )  # fmt: skip
+        uri=down,
+        experiment="spool-sync",
+        run_name="offline",
+        tags={"op": "msg"},
+        spool_dir=spool_dir,
+        retry_after_s=0.0,
+        flush_every=1_000,
+    )
     assert tracker.start() is None and not tracker.healthy
     tracker.log_params({"lr": 0.1})
     for step in range(2_000):  # stays in the spool, not in memory

@@ -100,8 +100,14 @@ def test_checkpoint_folders_and_export(runs):
     assert cfg.structure.as_tuple() == (48, 96, 3, 2) and cfg.arch == "gpt"  # the target, not a stage
 
     def fresh(seed: int | None = None) -> torch.nn.Module:
-        return build_model(cfg.arch, cfg.structure, vocab_size=cfg.vocab_size, max_seq_len=cfg.max_seq_len,
-                           head_dim=cfg.head_dim, seed=seed).eval()  # fmt: skip
+        return build_model(
+            cfg.arch,
+            cfg.structure,
+            vocab_size=cfg.vocab_size,
+            max_seq_len=cfg.max_seq_len,
+            head_dim=cfg.head_dim,
+            seed=seed,
+        ).eval()
 
     # the exported weights are the final checkpoint's fp32 masters (step 30), tensor by tensor
     exported = torch.load(export / "model.pt", weights_only=True)
@@ -129,9 +135,20 @@ def test_checkpoint_folders_and_export(runs):
 
 def test_mlflow_has_metrics_params_and_artifacts(runs):
     _, plain, _ = runs
-    m = load_run_metrics(plain.tracking_uri, plain.run_id,
-                         ["train/loss", "val/loss", "growth/gamma", "growth/loss_jump", "perf/tokens_per_s",
-                          "perf/flops", "growth/mask", "model/hidden_dim"])  # fmt: skip
+    m = load_run_metrics(
+        plain.tracking_uri,
+        plain.run_id,
+        [
+            "train/loss",
+            "val/loss",
+            "growth/gamma",
+            "growth/loss_jump",
+            "perf/tokens_per_s",
+            "perf/flops",
+            "growth/mask",
+            "model/hidden_dim",
+        ],
+    )
     assert len(m["train/loss"]) == 15  # every log_every=2 steps
     assert [s for s, _ in m["val/loss"]] == [10, 20, 30]
     assert len(m["growth/loss_jump"]) == 2 and max(v for _, v in m["growth/loss_jump"]) <= 1e-5
@@ -232,9 +249,17 @@ def test_a_zoo_operator_grows_through_ray_train_and_zero2(tmp_path, ray_local):
     the default 1e-5 the gap sits at ~1e-4), no mask ramp runs, and training goes on in the grown model."""
     from msg_ray.train.run import run
 
-    sched = {**SCHEDULE, "name": "tiny-lemon", "operator": "lemon", "total_steps": 24,
-             "stages": [{"structure": [32, 64, 2, 1], "start": 0}, {"structure": [64, 128, 4, 1], "start": 8},
-                        {"structure": [64, 128, 4, 2], "start": 16}]}  # fmt: skip
+    sched = {
+        **SCHEDULE,
+        "name": "tiny-lemon",
+        "operator": "lemon",
+        "total_steps": 24,
+        "stages": [
+            {"structure": [32, 64, 2, 1], "start": 0},
+            {"structure": [64, 128, 4, 1], "start": 8},
+            {"structure": [64, 128, 4, 2], "start": 16},
+        ],
+    }
     res = run(tiny_config(tmp_path, "lemon", schedule=sched, eval_every=24, ln_eps=1e-12))
     events = res.history["growth_events"]
     assert [e["step"] for e in events] == [8, 16]
@@ -249,11 +274,12 @@ def test_a_zoo_operator_grows_through_ray_train_and_zero2(tmp_path, ray_local):
 
 @pytest.mark.slow
 def test_divergence_stops_the_run_before_checkpointing_it(tmp_path, ray_local):
+    from msg_ray.train.reporting import TrainingDiverged
     from msg_ray.train.run import run
-    from msg_ray.train.session import TrainingDiverged
 
-    cfg = tiny_config(tmp_path, "diverge", engine={"zero_stage": 0, "micro_batch_size": 4, "lr": 1000.0}, workers=1,
-                      ckpt_every=2)  # fmt: skip
+    cfg = tiny_config(
+        tmp_path, "diverge", engine={"zero_stage": 0, "micro_batch_size": 4, "lr": 1000.0}, workers=1, ckpt_every=2
+    )
     with pytest.raises(TrainingDiverged, match=r"run 'diverge': training diverged: loss (nan|inf|-inf) at step \d+"):
         run(cfg)
     [r] = find_runs(cfg.tracking_uri, "test-train", tags={"msg_ray.run_name": "diverge"})

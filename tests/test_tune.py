@@ -23,15 +23,26 @@ REPO = Path(__file__).resolve().parents[1]
 RUN = {
     "data": {"source": "wikitext2", "tokenizer": "bpe:1024", "seq_len": 32, "max_train_tokens": 200_000},
     "engine": {"zero_stage": 0, "micro_batch_size": 4, "lr": 3e-3},
-    "warmup_steps": 5, "gamma_window": 10, "report_every": 5, "log_every": 20, "eval_every": 1000,
-    "eval_batches": 2, "export_hf": False,
-}  # fmt: skip
+    "warmup_steps": 5,
+    "gamma_window": 10,
+    "report_every": 5,
+    "log_every": 20,
+    "eval_every": 1000,
+    "eval_batches": 2,
+    "export_hf": False,
+}
 TINY = {
-    "kind": "structures", "arch": "gpt", "head_dim": 16, "target": [32, 64, 2, 2],
-    "vary": {"hidden_dim": [16], "ffn_dim": [32], "layer_num": [1]}, "total_steps": 100_000,
-    "budget": {"wall_s": 6}, "asha": {"time_attr": "wall_s", "grace": 1.5, "reduction_factor": 2},
-    "run": RUN, "best": {"total_steps": 40, "phi": 4},
-}  # fmt: skip
+    "kind": "structures",
+    "arch": "gpt",
+    "head_dim": 16,
+    "target": [32, 64, 2, 2],
+    "vary": {"hidden_dim": [16], "ffn_dim": [32], "layer_num": [1]},
+    "total_steps": 100_000,
+    "budget": {"wall_s": 6},
+    "asha": {"time_attr": "wall_s", "grace": 1.5, "reduction_factor": 2},
+    "run": RUN,
+    "best": {"total_steps": 40, "phi": 4},
+}
 
 
 def write_space(path: Path, space: dict) -> Path:
@@ -69,8 +80,12 @@ def test_bad_schedule_spaces_raise_clear_errors(tmp_path):
     # The pipeline reports it in one line, rc 2, without starting Ray (fast: no cluster start-up).
     bad = write_space(tmp_path / "bad.py", {**TINY, "vary": {"depth": [1]}})
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, str(REPO / "pipelines/sweep.py"), "--space", str(bad)], capture_output=True,
-                       text=True, timeout=120)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, str(REPO / "pipelines/sweep.py"), "--space", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2 and "unknown dimension 'depth'" in p.stderr, p.stderr[-2000:]
     assert "Started a local Ray" not in p.stderr + p.stdout and time.perf_counter() - t0 < 60
 
@@ -107,9 +122,13 @@ def sweep(tmp_path_factory, ray_local):
     # ASHA's first rung after better trials were recorded there is stopped -- deterministic, not a coin toss on
     # the noisy early losses of similar trials (which let all four run to the budget now and then).
     space = {**TINY, "vary": {"hidden_dim": [16]}, "lrs": [3e-3, 1e-5]}
-    cfg = SweepConfig(space=load_space(write_space(tmp / "tiny.py", space)), max_concurrent=2,
-                      storage_path=str(tmp / "ray"), tracking_uri=sqlite_store(tmp / "mlruns.db"),
-                      experiment="test-tune")  # fmt: skip
+    cfg = SweepConfig(
+        space=load_space(write_space(tmp / "tiny.py", space)),
+        max_concurrent=2,
+        storage_path=str(tmp / "ray"),
+        tracking_uri=sqlite_store(tmp / "mlruns.db"),
+        experiment="test-tune",
+    )
     t0 = time.perf_counter()
     result = run_sweep(cfg)
     print(f"4-trial sweep: {time.perf_counter() - t0:.1f}s")
@@ -145,9 +164,18 @@ def test_sweep_results_files_and_best_schedule_trains(sweep, tmp_path):
     best = Schedule.load(r.best_schedule)
     assert best.target.as_tuple() == (32, 64, 2, 2) and best.total_steps == 40
     sched = get_schedule(str(r.best_schedule))  # what `msg-ray train --schedule <file>` does
-    cfg = RunConfig.from_dict({**RUN, "schedule": sched.to_dict(), "name": "best", "workers": 1,
-                               "storage_path": str(tmp_path / "ray"), "tracking_uri": sqlite_store(tmp / "mlruns.db"),
-                               "experiment": "test-tune-best", "eval_every": 20})  # fmt: skip
+    cfg = RunConfig.from_dict(
+        {
+            **RUN,
+            "schedule": sched.to_dict(),
+            "name": "best",
+            "workers": 1,
+            "storage_path": str(tmp_path / "ray"),
+            "tracking_uri": sqlite_store(tmp / "mlruns.db"),
+            "experiment": "test-tune-best",
+            "eval_every": 20,
+        }
+    )
     out = run(cfg)
     assert len(out.history["train_loss"]) == 40 and out.history["train_loss"][-1] < out.history["train_loss"][0]
 
@@ -186,11 +214,29 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, r
     space = {**TINY, "total_steps": 30, "budget": {}, "asha": None, "vary": {"hidden_dim": [16], "layer_num": [1]}}
     path = write_space(tmp_path / "resume.py", space)
     uri, storage = sqlite_store(tmp_path / "mlruns.db"), str(tmp_path / "ray")
-    args = ["--space", str(path), "--max-concurrent", "1", "--storage-path", storage, "--tracking-uri", uri,
-            "--experiment", "test-resume", "--address", ray.get_runtime_context().gcs_address]  # fmt: skip
+    args = [
+        "--space",
+        str(path),
+        "--max-concurrent",
+        "1",
+        "--storage-path",
+        storage,
+        "--tracking-uri",
+        uri,
+        "--experiment",
+        "test-resume",
+        "--address",
+        ray.get_runtime_context().gcs_address,
+    ]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "pipelines/sweep.py"), *args], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "pipelines/sweep.py"), *args],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     # A trial of a one-stage schedule reports its only checkpoint at its last step. (Polling MLflow here
     # instead would race the subprocess creating the sqlite tables.)
     exp_dir, deadline, done = tmp_path / "ray" / "resume", time.time() + 180, []
@@ -206,8 +252,9 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, r
     snapshot = (done_dir / "result.json").read_text()
     done_index = int(done_dir.name.split("_trial=")[1].split("_")[0])
 
-    cfg = SweepConfig(space=load_space(path), max_concurrent=1, storage_path=storage, tracking_uri=uri,
-                      experiment="test-resume")  # fmt: skip
+    cfg = SweepConfig(
+        space=load_space(path), max_concurrent=1, storage_path=storage, tracking_uri=uri, experiment="test-resume"
+    )
     result = run_sweep(cfg)
     assert not result.interrupted and {t.status for t in result.trials} == {"completed"}
     assert (done_dir / "result.json").read_text() == snapshot  # not re-run
@@ -257,13 +304,21 @@ def test_equal_compute_space_adds_reference_lr_grid_and_solves_flops():
 def test_equal_compute_table_ranks_by_final_loss_with_flops_to_target():
     from msg_ray.tune.results import TrialSeries, table
 
-    space = SearchSpace.from_dict({**TINY, "compute": "flops", "budget": {}, "asha": None, "lrs": [1e-3, 2e-3],
-                                   "vary": {"hidden_dim": [16]}}, name="t")  # fmt: skip
+    space = SearchSpace.from_dict(
+        {**TINY, "compute": "flops", "budget": {}, "asha": None, "lrs": [1e-3, 2e-3], "vary": {"hidden_dim": [16]}},
+        name="t",
+    )
     specs = space.trials()
 
     def series(final: float) -> dict:
-        return {"step": [10, 20, 30], "wall_s": [1.0, 2.0, 3.0], "flops": [1.0, 2.0, 3.0],
-                "loss_avg": [6.0, 5.0, final], "val_loss": [6.0, 5.0, final], "gamma": [0.1, 0.1, 0.1]}  # fmt: skip
+        return {
+            "step": [10, 20, 30],
+            "wall_s": [1.0, 2.0, 3.0],
+            "flops": [1.0, 2.0, 3.0],
+            "loss_avg": [6.0, 5.0, final],
+            "val_loss": [6.0, 5.0, final],
+            "gamma": [0.1, 0.1, 0.1],
+        }
 
     finals = {"target@lr0.001": 4.5, "target@lr0.002": 4.0, "hidden16@lr0.001": 3.8, "hidden16@lr0.002": 4.2}
     rows = table([TrialSeries(s, "completed", series(finals[s.label])) for s in specs], space, 256, 32)

@@ -27,8 +27,14 @@ from msg_ray.structure import Structure
 
 
 def _param_count(arch: str):
-    def count(s: Structure, vocab: int, max_seq_len: int, head_dim: int, kv_group_size: int = 1,
-              include_embeddings: bool = True) -> int:  # fmt: skip
+    def count(
+        s: Structure,
+        vocab: int,
+        max_seq_len: int,
+        head_dim: int,
+        kv_group_size: int = 1,
+        include_embeddings: bool = True,
+    ) -> int:
         h, f, n, layers = s.as_tuple()
         a = n * head_dim
         per_layer = 2 * h + 3 * (h * a + a) + (a * h + h) + 2 * h + (h * f + f) + (f * h + h)
@@ -81,12 +87,22 @@ def _gpt2_config(config: ModelConfig) -> Any:
     check_hf_shapes(config)
     s = config.structure
     return GPT2Config(
-        vocab_size=config.vocab_size, n_positions=config.max_seq_len, n_embd=s.hidden_dim,
-        n_layer=s.layer_num, n_head=s.head_num, n_inner=s.ffn_dim, activation_function="gelu",
-        resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
-        layer_norm_epsilon=config.ln_eps, initializer_range=config.init_std, tie_word_embeddings=True,
-        bos_token_id=None, eos_token_id=None,
-    )  # fmt: skip
+        vocab_size=config.vocab_size,
+        n_positions=config.max_seq_len,
+        n_embd=s.hidden_dim,
+        n_layer=s.layer_num,
+        n_head=s.head_num,
+        n_inner=s.ffn_dim,
+        activation_function="gelu",
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        layer_norm_epsilon=config.ln_eps,
+        initializer_range=config.init_std,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
 
 
 def _gpt2_state(sd: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
@@ -114,12 +130,20 @@ def _bert_config(config: ModelConfig) -> Any:
     check_hf_shapes(config)
     s = config.structure
     return BertConfig(
-        vocab_size=config.vocab_size, hidden_size=s.hidden_dim, num_hidden_layers=s.layer_num,
-        num_attention_heads=s.head_num, intermediate_size=s.ffn_dim, hidden_act="gelu",
-        hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout,
-        max_position_embeddings=config.max_seq_len, type_vocab_size=1, layer_norm_eps=config.ln_eps,
-        initializer_range=config.init_std, tie_word_embeddings=True,
-    )  # fmt: skip
+        vocab_size=config.vocab_size,
+        hidden_size=s.hidden_dim,
+        num_hidden_layers=s.layer_num,
+        num_attention_heads=s.head_num,
+        intermediate_size=s.ffn_dim,
+        hidden_act="gelu",
+        hidden_dropout_prob=config.dropout,
+        attention_probs_dropout_prob=config.dropout,
+        max_position_embeddings=config.max_seq_len,
+        type_vocab_size=1,
+        layer_norm_eps=config.ln_eps,
+        initializer_range=config.init_std,
+        tie_word_embeddings=True,
+    )
 
 
 _BERT_LAYER = (
@@ -157,15 +181,25 @@ def _bert_state(sd: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]
 
 
 GPT = Architecture(
-    name="gpt", objective="clm", build=GrowableTransformer, param_count=_param_count("gpt"),
-    flops_per_token=_flops_per_token("gpt"), net2net_roles=net2net_roles,
-    hf=HFAdapter(model_class="GPT2LMHeadModel", config=_gpt2_config, state=_gpt2_state), tied_head_norm="ln_f",
+    name="gpt",
+    objective="clm",
+    build=GrowableTransformer,
+    param_count=_param_count("gpt"),
+    flops_per_token=_flops_per_token("gpt"),
+    net2net_roles=net2net_roles,
+    hf=HFAdapter(model_class="GPT2LMHeadModel", config=_gpt2_config, state=_gpt2_state),
+    tied_head_norm="ln_f",
     summary="GPT-2: pre-LN causal decoder, learned positions, GELU FFN, tied output embedding",
-)  # fmt: skip
+)
 BERT = Architecture(
-    name="bert", objective="mlm", build=GrowableTransformer, param_count=_param_count("bert"),
-    flops_per_token=_flops_per_token("bert"), net2net_roles=net2net_roles,
-    hf=HFAdapter(model_class="BertForMaskedLM", config=_bert_config, state=_bert_state), tied_head_norm="mlm_ln",
+    name="bert",
+    objective="mlm",
+    build=GrowableTransformer,
+    param_count=_param_count("bert"),
+    flops_per_token=_flops_per_token("bert"),
+    net2net_roles=net2net_roles,
+    hf=HFAdapter(model_class="BertForMaskedLM", config=_bert_config, state=_bert_state),
+    tied_head_norm="mlm_ln",
     pre_norm=False,
     summary="BERT: post-LN encoder, masked-LM head (dense, GELU, LN), tied decoder",
-)  # fmt: skip
+)

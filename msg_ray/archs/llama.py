@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msg_ray.architecture import ModelConfig
-from msg_ray.components import GrowableModel, GrowthMask, MaskedLinear, _c, _mask
+from msg_ray.masked_layers import GrowableModel, GrowthMask, MaskedLinear, _c, _mask
 
 
 class MaskedRMSNorm(nn.Module):
@@ -76,9 +76,12 @@ class LlamaAttention(nn.Module):
         self.head_num, self.head_dim, self.group, self.dropout = head_num, head_dim, kv_group_size, dropout
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], head_mask: GrowthMask | None,
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        head_mask: GrowthMask | None,
         out_mask: GrowthMask | None,
-    ) -> torch.Tensor:  # fmt: skip
+    ) -> torch.Tensor:
         """[B, T, H] -> [B, T, H]; ``out_mask`` [H] (the hidden mask) masks ``o``'s output neurons."""
         B, T, _ = x.shape
         n, d, g = self.head_num, self.head_dim, self.group
@@ -108,7 +111,7 @@ class SwiGLU(nn.Module):
 
 
 class LlamaBlock(nn.Module):
-    """Pre-norm layer x + Attn(RMSNorm x), then + SwiGLU(RMSNorm .); masks as in :class:`msg_ray.components.Block`."""
+    """Pre-norm layer x + Attn(RMSNorm x), then + SwiGLU(RMSNorm .); masks as in :class:`msg_ray.masked_layers.Block`."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

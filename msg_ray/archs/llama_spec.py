@@ -20,8 +20,9 @@ from msg_ray.archs.llama import LlamaTransformer
 from msg_ray.structure import Structure
 
 
-def param_count(s: Structure, vocab: int, max_seq_len: int, head_dim: int, kv_group_size: int = 1,
-                include_embeddings: bool = True) -> int:  # fmt: skip
+def param_count(
+    s: Structure, vocab: int, max_seq_len: int, head_dim: int, kv_group_size: int = 1, include_embeddings: bool = True
+) -> int:
     """Parameters; ``include_embeddings=False`` leaves out the input table ``tok_emb`` only (``lm_head`` is a
     matmul every token pays for, so it stays)."""
     h, f, n, layers = s.as_tuple()
@@ -63,14 +64,25 @@ def hf_config(config: ModelConfig) -> Any:
             f"head_num={s.head_num} (transformers' LlamaConfig checks it; head_dim={config.head_dim} is kept as is)"
         )
     return LlamaConfig(
-        vocab_size=config.vocab_size, hidden_size=s.hidden_dim, intermediate_size=s.ffn_dim,
-        num_hidden_layers=s.layer_num, num_attention_heads=s.head_num,
-        num_key_value_heads=s.head_num // config.kv_group_size, head_dim=config.head_dim, hidden_act="silu",
-        max_position_embeddings=config.max_seq_len, rms_norm_eps=config.ln_eps,
+        vocab_size=config.vocab_size,
+        hidden_size=s.hidden_dim,
+        intermediate_size=s.ffn_dim,
+        num_hidden_layers=s.layer_num,
+        num_attention_heads=s.head_num,
+        num_key_value_heads=s.head_num // config.kv_group_size,
+        head_dim=config.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=config.max_seq_len,
+        rms_norm_eps=config.ln_eps,
         rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
-        initializer_range=config.init_std, attention_dropout=config.dropout, tie_word_embeddings=False,
-        attention_bias=False, mlp_bias=False, bos_token_id=None, eos_token_id=None,
-    )  # fmt: skip
+        initializer_range=config.init_std,
+        attention_dropout=config.dropout,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
 
 
 _LAYER = (
@@ -87,8 +99,11 @@ _LAYER = (
 
 
 def hf_state(sd: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
-    out = {"model.embed_tokens.weight": sd["tok_emb.weight"], "model.norm.weight": sd["norm_f.weight"],
-           "lm_head.weight": sd["lm_head.weight"]}  # fmt: skip
+    out = {
+        "model.embed_tokens.weight": sd["tok_emb.weight"],
+        "model.norm.weight": sd["norm_f.weight"],
+        "lm_head.weight": sd["lm_head.weight"],
+    }
     for i in range(config.structure.layer_num):
         for ours, theirs in _LAYER:
             out[f"model.layers.{i}.{theirs}.weight"] = sd[f"blocks.{i}.{ours}.weight"]
@@ -96,8 +111,13 @@ def hf_state(sd: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
 
 
 LLAMA = Architecture(
-    name="llama", objective="clm", build=LlamaTransformer, param_count=param_count,
-    flops_per_token=flops_per_token, net2net_roles=net2net_roles,
-    hf=HFAdapter(model_class="LlamaForCausalLM", config=hf_config, state=hf_state), grouped_query=True,
+    name="llama",
+    objective="clm",
+    build=LlamaTransformer,
+    param_count=param_count,
+    flops_per_token=flops_per_token,
+    net2net_roles=net2net_roles,
+    hf=HFAdapter(model_class="LlamaForCausalLM", config=hf_config, state=hf_state),
+    grouped_query=True,
     summary="Llama: pre-norm decoder, RMSNorm, SwiGLU, rotary positions, no biases, untied head, GQA",
-)  # fmt: skip
+)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msg_ray.architecture import ModelConfig
-from msg_ray.components import (
+from msg_ray.masked_layers import (
     Block,
     GrowableModel,
     GrowthMask,
@@ -36,10 +36,18 @@ class GrowableTransformer(GrowableModel):
         self.emb_ln = None if gpt else MaskedLayerNorm(H, config.ln_eps)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
-            Block(H, s.ffn_dim, s.head_num, config.head_dim, pre_ln=gpt, causal=gpt,
-                  dropout=config.dropout, ln_eps=config.ln_eps)
+            Block(
+                H,
+                s.ffn_dim,
+                s.head_num,
+                config.head_dim,
+                pre_ln=gpt,
+                causal=gpt,
+                dropout=config.dropout,
+                ln_eps=config.ln_eps,
+            )
             for _ in range(s.layer_num)
-        )  # fmt: skip
+        )
         if gpt:
             self.ln_f = MaskedLayerNorm(H, config.ln_eps)
         else:  # BERT MLM head: transform (dense, GELU, LN) then tied decoder + bias

@@ -32,7 +32,7 @@ from msg_ray.compare.finetune import (
     perplexity,
     predict,
     train_classifier,
-)  # fmt: skip
+)
 from msg_ray.compare.mlflow_io import append_metrics
 from msg_ray.compare.probe import probe
 from msg_ray.data import DataConfig, prepare
@@ -165,13 +165,18 @@ def evaluate_lm(model: GrowableModel, data_cfg, cfg: EvalConfig) -> dict[str, li
 
     if not model.causal:
         raise ValueError(f"wikitext2_ppl needs a causal LM checkpoint (arch gpt or llama), got {model.arch!r}")
-    wt = prepare(DataConfig(source="wikitext2", tokenizer=data_cfg.tokenizer, seq_len=data_cfg.seq_len,
-                            cache_dir=data_cfg.cache_dir))  # fmt: skip
+    wt = prepare(
+        DataConfig(
+            source="wikitext2", tokenizer=data_cfg.tokenizer, seq_len=data_cfg.seq_len, cache_dir=data_cfg.cache_dir
+        )
+    )
     digest = tokenizer_digest(wt.tokenizer)
     same = data_cfg.source == "wikitext2" or tokenizer_digest(prepare(data_cfg).tokenizer) == digest
     if not same or wt.vocab_size != model.config.vocab_size:  # a corpus-trained BPE differs per corpus
-        raise ValueError(f"tokenizer {data_cfg.tokenizer!r} of source {data_cfg.source!r} is not the one WikiText-2 "
-                         "is tokenised with here; evaluate PPL on models pretrained with 'gpt2' or on wikitext2")  # fmt: skip
+        raise ValueError(
+            f"tokenizer {data_cfg.tokenizer!r} of source {data_cfg.source!r} is not the one WikiText-2 "
+            "is tokenised with here; evaluate PPL on models pretrained with 'gpt2' or on wikitext2"
+        )
     n = cfg.max_eval_blocks
     splits = {"valid": wt.valid_blocks[:n], "test": wt.test_blocks[:n]}
     out = {f"ppl_zs/{s}": [perplexity(model, b)] for s, b in splits.items()}
@@ -214,8 +219,13 @@ def evaluate_checkpoint(path: str | os.PathLike, cfg: EvalConfig | None = None, 
     loaded = load_model(path)
     scores = evaluate_model(loaded, cfg)
     logged = log_scores(loaded, scores) if log else False
-    return {"path": str(path), "run_id": loaded.run_id, "scores": scores, "logged": logged,
-            "summary": summarize_scores(scores)}  # fmt: skip
+    return {
+        "path": str(path),
+        "run_id": loaded.run_id,
+        "scores": scores,
+        "logged": logged,
+        "summary": summarize_scores(scores),
+    }
 
 
 def summarize_scores(scores: dict[str, list[float]]) -> dict[str, tuple[float, float]]:

@@ -48,8 +48,13 @@ def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threa
     by_name = {n: {"exp_avg": mom["exp_avg"][n], "exp_avg_sq": mom["exp_avg_sq"][n]} for n in mom["exp_avg"]}
     load_moments(model, opt, by_name, mom["step"])
     # the run's decayed floor, held for the whole extension
-    lr = LRSchedule(lr=e.lr, total_steps=cfg.total_steps, warmup_steps=cfg.warmup_steps, decay=cfg.lr_decay,
-                    min_ratio=cfg.min_lr_ratio)(cfg.total_steps)  # fmt: skip
+    lr = LRSchedule(
+        lr=e.lr,
+        total_steps=cfg.total_steps,
+        warmup_steps=cfg.warmup_steps,
+        decay=cfg.lr_decay,
+        min_ratio=cfg.min_lr_ratio,
+    )(cfg.total_steps)
     loader = data.loader("train", batch_size=e.micro_batch_size, seed=cfg.seed)
     loader.load_state_dict(loaded.rank_state["loader"])
     out: dict[str, list] = {"step": [], "wall_s": [], "train_loss": [], "val_step": [], "val_loss": []}
@@ -68,9 +73,17 @@ def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threa
         clock["t0"] = time.perf_counter()
         return reached
 
-    run_steps(model, opt, loader, lambda b: model.loss(model(b["input_ids"]), b["labels"]), steps=max_steps,
-              lr_at=lambda _step: lr, grad_clip=e.grad_clip, first_step=int(meta["step"]),
-              after_step=after_step)  # fmt: skip
+    run_steps(
+        model,
+        opt,
+        loader,
+        lambda b: model.loss(model(b["input_ids"]), b["labels"]),
+        steps=max_steps,
+        lr_at=lambda _step: lr,
+        grad_clip=e.grad_clip,
+        first_step=int(meta["step"]),
+        after_step=after_step,
+    )
     return out
 
 
@@ -88,5 +101,9 @@ def _validate(model: torch.nn.Module, data, cfg) -> float:
 def compact(ext: dict[str, list]) -> dict[str, list]:
     """Keep the evaluated steps only (all a time-to-target needs; what MLflow holds as ``extend/*``)."""
     wall = dict(zip(ext["step"], ext["wall_s"], strict=True))
-    return {"step": list(ext["val_step"]), "wall_s": [wall[s] for s in ext["val_step"]],
-            "val_step": list(ext["val_step"]), "val_loss": list(ext["val_loss"])}  # fmt: skip
+    return {
+        "step": list(ext["val_step"]),
+        "wall_s": [wall[s] for s in ext["val_step"]],
+        "val_step": list(ext["val_step"]),
+        "val_loss": list(ext["val_loss"]),
+    }

@@ -77,8 +77,9 @@ def _optimizer(module: nn.Module, cfg: FinetuneConfig) -> tuple[torch.optim.Opti
     """AdamW (fine-tuning betas 0.9/0.999; no decay for biases and norms) and its LR: linear warm-up, then linear
     decay to 0 at ``cfg.steps`` (the usual fine-tuning schedule), from the one LR module."""
     opt = adamw(module, cfg.lr, cfg.weight_decay, betas=(0.9, 0.999))
-    lr = LRSchedule(lr=cfg.lr, total_steps=cfg.steps, warmup_steps=max(1, cfg.warmup_steps), decay="linear",
-                    min_ratio=0.0)  # fmt: skip
+    lr = LRSchedule(
+        lr=cfg.lr, total_steps=cfg.steps, warmup_steps=max(1, cfg.warmup_steps), decay="linear", min_ratio=0.0
+    )
     return opt, lr
 
 
@@ -105,8 +106,9 @@ def finetune_lm(model: GrowableModel, blocks: torch.Tensor, cfg: FinetuneConfig)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt, lr = _optimizer(model, cfg)
     batches = (blocks[torch.randint(len(blocks), (cfg.batch_size,), generator=gen)].long() for _ in iter(int, 1))
-    return run_steps(model, opt, batches, lambda ids: model.loss(model(ids), ids), steps=cfg.steps, lr_at=lr,
-                     grad_clip=1.0)  # fmt: skip
+    return run_steps(
+        model, opt, batches, lambda ids: model.loss(model(ids), ids), steps=cfg.steps, lr_at=lr, grad_clip=1.0
+    )
 
 
 @dataclass
@@ -151,8 +153,10 @@ def train_classifier(clf: SequenceClassifier, train: Encoded, cfg: FinetuneConfi
 @torch.no_grad()
 def predict(clf: SequenceClassifier, data: Encoded, batch_size: int = 64) -> torch.Tensor:
     clf.eval()
-    out = [clf(data.input_ids[i : i + batch_size], data.attention_mask[i : i + batch_size]).argmax(-1)
-           for i in range(0, len(data), batch_size)]  # fmt: skip
+    out = [
+        clf(data.input_ids[i : i + batch_size], data.attention_mask[i : i + batch_size]).argmax(-1)
+        for i in range(0, len(data), batch_size)
+    ]
     return torch.cat(out)
 
 

@@ -46,8 +46,9 @@ def open_child(
     to the worker, so either way training logs into this child.
     """
     tags = {RUN_TAG: cfg.name, KIND: "child", OP: operator, SEED: seed, LR: lr, LIMIT: flops_limit, BUDGET: budget}
-    tracker = Tracker(uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.name, parent_run_id=parent_id,
-                      tags=tags)  # fmt: skip
+    tracker = Tracker(
+        uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.name, parent_run_id=parent_id, tags=tags
+    )
     run_id = tracker.start()
 
     log_run_config(tracker, cfg)
@@ -104,11 +105,20 @@ def load_records(uri: str | None, experiment: str, parent: str | None = None) ->
             k[len("eval/") :]: [v for _, v in pts]
             for k, pts in load_run_metrics(uri, child["run_id"], eval_keys).items()
         }
-        records.append(RunRecord(
-            operator=tags[OP], seed=int(tags[SEED]), lr=float(tags[LR]), name=child["name"],
-            history=_history(uri, child), flops_limit=float(tags.get(LIMIT, 1.0)), run_id=child["run_id"],
-            scores=scores, extension=_extension(uri, child), budget=float(tags.get(BUDGET, 1.0)),
-        ))  # fmt: skip
+        records.append(
+            RunRecord(
+                operator=tags[OP],
+                seed=int(tags[SEED]),
+                lr=float(tags[LR]),
+                name=child["name"],
+                history=_history(uri, child),
+                flops_limit=float(tags.get(LIMIT, 1.0)),
+                run_id=child["run_id"],
+                scores=scores,
+                extension=_extension(uri, child),
+                budget=float(tags.get(BUDGET, 1.0)),
+            )
+        )
     if not records:
         raise ValueError(f"comparison {info['run_id']} has no finished child runs")
     return info, sorted(records, key=lambda r: (r.operator, r.lr, r.seed, r.budget))
@@ -120,8 +130,12 @@ def _extension(uri: str | None, child: dict[str, Any]) -> dict[str, list] | None
     m = load_run_metrics(uri, child["run_id"], ["extend/val_loss", "extend/wall_s"])
     wall = dict(m["extend/wall_s"])
     steps = [s for s, _ in m["extend/val_loss"]]
-    return {"step": steps, "wall_s": [wall[s] for s in steps], "val_step": steps,
-            "val_loss": [v for _, v in m["extend/val_loss"]]}  # fmt: skip
+    return {
+        "step": steps,
+        "wall_s": [wall[s] for s in steps],
+        "val_step": steps,
+        "val_loss": [v for _, v in m["extend/val_loss"]],
+    }
 
 
 def _history(uri: str | None, child: dict[str, Any]) -> dict[str, list]:
@@ -139,10 +153,15 @@ def _history_from_metrics(uri: str | None, child: dict[str, Any]) -> dict[str, l
         (json.loads(v) for k, v in child["tags"].items() if k.startswith("growth.")), key=lambda e: e["step"]
     )
     return {
-        "step": [s for s, _ in pts], "wall_s": [wall[s] for s, _ in pts], "flops": [flops[s] for s, _ in pts],
-        "train_loss": [v for _, v in pts], "val_step": [s for s, _ in m["val/loss"]],
-        "val_loss": [v for _, v in m["val/loss"]], "growth_steps": [e["step"] for e in events], "growth_events": events,
-    }  # fmt: skip
+        "step": [s for s, _ in pts],
+        "wall_s": [wall[s] for s, _ in pts],
+        "flops": [flops[s] for s, _ in pts],
+        "train_loss": [v for _, v in pts],
+        "val_step": [s for s, _ in m["val/loss"]],
+        "val_loss": [v for _, v in m["val/loss"]],
+        "growth_steps": [e["step"] for e in events],
+        "growth_events": events,
+    }
 
 
 def log_report(tracker: Tracker, report) -> None:

@@ -22,8 +22,10 @@ L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # weight on ||W||^2 next to the mean cross-e
 def features(model: GrowableModel, data: Encoded, batch_size: int = 128) -> torch.Tensor:  # -> [N, H] float64
     """Pooled final hidden states of every example (eval mode, no dropout)."""
     model.eval()
-    out = [pooled_states(model, data.input_ids[i : i + batch_size], data.attention_mask[i : i + batch_size])
-           for i in range(0, len(data), batch_size)]  # fmt: skip
+    out = [
+        pooled_states(model, data.input_ids[i : i + batch_size], data.attention_mask[i : i + batch_size])
+        for i in range(0, len(data), batch_size)
+    ]
     return torch.cat(out).double()
 
 

@@ -50,12 +50,23 @@ def rebuild_report(
 
 
 # Settings two comparisons must share for their runs to sit in one table.
-_MERGE_KEYS = ("compare.budget", "base.data.source", "base.data.tokenizer", "base.data.seq_len", "base.schedule.name",
-               "base.schedule.total_steps", "base.engine.micro_batch_size", "base.warmup_steps", "base.lr_scale")  # fmt: skip
+_MERGE_KEYS = (
+    "compare.budget",
+    "base.data.source",
+    "base.data.tokenizer",
+    "base.data.seq_len",
+    "base.schedule.name",
+    "base.schedule.total_steps",
+    "base.engine.micro_batch_size",
+    "base.warmup_steps",
+    "base.lr_scale",
+)
 
 
 def _check_mergeable(a: dict[str, Any], b: dict[str, Any]) -> None:
     for key in _MERGE_KEYS:
         if a["params"].get(key) != b["params"].get(key):
-            raise ValueError(f"merge: comparisons {a['run_id'][:8]} and {b['run_id'][:8]} differ in {key} "
-                             f"({a['params'].get(key)!r} vs {b['params'].get(key)!r})")  # fmt: skip
+            raise ValueError(
+                f"merge: comparisons {a['run_id'][:8]} and {b['run_id'][:8]} differ in {key} "
+                f"({a['params'].get(key)!r} vs {b['params'].get(key)!r})"
+            )

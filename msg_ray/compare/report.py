@@ -128,8 +128,10 @@ def grid_edge_warnings(records: list[RunRecord]) -> list[str]:
         tried = sorted({r.lr for r in records if r.operator == op})
         if len(tried) > 1 and lr in (tried[0], tried[-1]):
             side = "lowest" if lr == tried[0] else "highest"
-            out.append(f"WARNING: {op}: the chosen LR {lr:g} is the {side} tried ({', '.join(f'{x:g}' for x in tried)});"
-                       " its optimum may lie outside the grid - widen --lrs before trusting the speed-ups.")  # fmt: skip
+            out.append(
+                f"WARNING: {op}: the chosen LR {lr:g} is the {side} tried ({', '.join(f'{x:g}' for x in tried)});"
+                " its optimum may lie outside the grid - widen --lrs before trusting the speed-ups."
+            )
     return out
 
 
@@ -160,15 +162,23 @@ def summarize(records: list[RunRecord]) -> list[dict[str, Any]]:
         ttt = [full[r.seed].wall / t for r, t in zip(paired, reach, strict=True) if t]
         limit = runs[0].flops_limit
         row: dict[str, Any] = {
-            "operator": op, "grows": grown_by(op), "lr": lrs[op], "seeds": len(runs), "wall_s": _ms([r.wall for r in runs]),
+            "operator": op,
+            "grows": grown_by(op),
+            "lr": lrs[op],
+            "seeds": len(runs),
+            "wall_s": _ms([r.wall for r in runs]),
             "steps": _ms([float(r.history["step"][-1]) for r in runs]),
-            "speedup_equal_steps": _ms(eq), "speedup_time_to_target": _ms(ttt), "speedup_flops_to_target": _ms(ftt),
-            "ttt_reached": f"{len(ttt)}/{len(paired)}" + (f" (+{extra} steps)" if extra else ""), "flops": _ms([r.flops for r in runs]),
-            "flops_limit": limit, "efficiency": _ms([e / limit for e in eq]),
+            "speedup_equal_steps": _ms(eq),
+            "speedup_time_to_target": _ms(ttt),
+            "speedup_flops_to_target": _ms(ftt),
+            "ttt_reached": f"{len(ttt)}/{len(paired)}" + (f" (+{extra} steps)" if extra else ""),
+            "flops": _ms([r.flops for r in runs]),
+            "flops_limit": limit,
+            "efficiency": _ms([e / limit for e in eq]),
             "final_val_loss": _ms([r.final_val for r in runs]),
             "val_vs_full": _ms([r.final_val - full[r.seed].final_val for r in paired]),
             "loss_jump": _ms([loss_jump(r) for r in runs if r.history.get("growth_events")]),
-        }  # fmt: skip
+        }
         for key in sorted({k for r in runs for k in r.scores}):
             row[f"{key}"] = _ms([v for r in runs for v in r.scores.get(key, [])])
         rows.append(row)
@@ -192,8 +202,11 @@ def budget_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
             continue
         row: dict[str, Any] = {"operator": op, "lr": lrs[op]}
         row.update({f"val_at_{f:g}x": _ms([r.final_val for r in runs if r.budget == f]) for f in fracs})
-        reach = [(decayed_reach(pts, full[seed].final_val), full[seed].flops) for seed in full
-                 if len(pts := [(r.flops, r.final_val) for r in runs if r.seed == seed]) > 1]  # fmt: skip
+        reach = [
+            (decayed_reach(pts, full[seed].final_val), full[seed].flops)
+            for seed in full
+            if len(pts := [(r.flops, r.final_val) for r in runs if r.seed == seed]) > 1
+        ]
         row["speedup_flops_to_target_decayed"] = _ms([ff / f for (f, _), ff in reach])
         row["lower_bound"] = "yes" if any(not exact and f == f for (f, exact), _ in reach) else ""
         row["seeds"] = len(reach)
@@ -230,8 +243,16 @@ def lr_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
     rows = []
     for op, lr in keys:
         runs = [r for r in records if r.operator == op and r.lr == lr]
-        rows.append({"operator": op, "lr": lr, "seeds": len(runs), "final_val_loss": _ms([r.final_val for r in runs]),
-                     "wall_s": _ms([r.wall for r in runs]), "chosen": "yes" if best[op] == lr else ""})  # fmt: skip
+        rows.append(
+            {
+                "operator": op,
+                "lr": lr,
+                "seeds": len(runs),
+                "final_val_loss": _ms([r.final_val for r in runs]),
+                "wall_s": _ms([r.wall for r in runs]),
+                "chosen": "yes" if best[op] == lr else "",
+            }
+        )
     return rows
 
 
@@ -296,8 +317,10 @@ def make_plots(records: list[RunRecord], out_dir: str | Path, zoom_window: int =
     reps = representative(records)
     hist = {op: r.history for op, r in reps.items()}
     growths = {op: r.growth_steps for op, r in reps.items()}
-    paths = [plots.save(plots.loss_curves(hist, growth_steps=growths, x=x), out / f"loss_vs_{x}.png")
-             for x in ("wall", "flops")]  # fmt: skip
+    paths = [
+        plots.save(plots.loss_curves(hist, growth_steps=growths, x=x), out / f"loss_vs_{x}.png")
+        for x in ("wall", "flops")
+    ]
     grown = {op: h for op, h in hist.items() if growths[op]}
     if grown:
         fig = plots.growth_zoom(grown, {op: growths[op] for op in grown}, window=zoom_window)
@@ -326,8 +349,10 @@ def write_report(records: list[RunRecord], out_dir: str | Path, *, title: str = 
         md += "\nLearning-rate search (final validation loss):\n\n" + to_markdown(search)
         md += "".join(f"\n{w}\n" for w in grid_edge_warnings(main))
     if curve:
-        md += ("\nDecayed budget curve (runs solved to fractions of the full run's FLOPs, each decayed at its own "
-               "end; FLOPs-to-target read off them):\n\n" + to_markdown(curve))  # fmt: skip
+        md += (
+            "\nDecayed budget curve (runs solved to fractions of the full run's FLOPs, each decayed at its own "
+            "end; FLOPs-to-target read off them):\n\n" + to_markdown(curve)
+        )
     text = to_csv(rows)
     files = [out / "comparison.md", out / "comparison.csv", out / "lr_search.csv"]
     files[0].write_text(md)

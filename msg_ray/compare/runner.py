@@ -75,8 +75,10 @@ class CompareConfig:
         if self.budget not in BUDGETS:
             raise ValueError(f"CompareConfig.budget must be one of {BUDGETS}, got {self.budget!r}")
         if (self.budget == "wall") != (self.wall_s > 0):
-            raise ValueError(f"CompareConfig.wall_s: budget 'wall' needs wall_s > 0 seconds (and only it takes one), "
-                             f"got budget={self.budget!r}, wall_s={self.wall_s!r}")  # fmt: skip
+            raise ValueError(
+                f"CompareConfig.wall_s: budget 'wall' needs wall_s > 0 seconds (and only it takes one), "
+                f"got budget={self.budget!r}, wall_s={self.wall_s!r}"
+            )
         ops = self.operators
         if not ops or len(set(ops)) != len(ops) or set(ops) - {*OPERATORS, FULL}:
             raise ValueError(f"CompareConfig.operators must be distinct names from {(*OPERATORS, FULL)}, got {ops!r}")
@@ -89,8 +91,11 @@ class CompareConfig:
                 raise ValueError(f"CompareConfig.operators: {e}") from e
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"CompareConfig.seeds must be distinct ints, got {self.seeds!r}")
-        if self.lrs is not None and (not self.lrs or any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs)
-                                     or len(set(self.lrs)) != len(self.lrs)):  # fmt: skip
+        if self.lrs is not None and (
+            not self.lrs
+            or any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs)
+            or len(set(self.lrs)) != len(self.lrs)
+        ):
             raise ValueError(f"CompareConfig.lrs must be distinct positive numbers, got {self.lrs!r}")
         if self.mode not in MODES:
             raise ValueError(f"CompareConfig.mode must be one of {MODES}, got {self.mode!r}")
@@ -99,21 +104,30 @@ class CompareConfig:
         if set(ops) - {FULL} and self.base.schedule.is_full:
             raise ValueError("CompareConfig.base.schedule has one stage: give a growth schedule to compare operators")
         if self.lr_search_seeds is not None and not 1 <= self.lr_search_seeds <= len(self.seeds):
-            raise ValueError(f"CompareConfig.lr_search_seeds must be in [1, {len(self.seeds)}] (the number of seeds), "
-                             f"got {self.lr_search_seeds}")  # fmt: skip
+            raise ValueError(
+                f"CompareConfig.lr_search_seeds must be in [1, {len(self.seeds)}] (the number of seeds), "
+                f"got {self.lr_search_seeds}"
+            )
         if self.lr_of is not None:
             if self.lrs is not None or self.lr_search_seeds is not None:
                 raise ValueError("CompareConfig.lr_of replaces the LR search: give it without lrs/lr_search_seeds")
             if set(self.lr_of) != set(ops) or any(
                 not (isinstance(v, float | int) and v > 0) for v in self.lr_of.values()
             ):
-                raise ValueError(f"CompareConfig.lr_of must give every operator {sorted(ops)} a positive LR, "
-                                 f"got {self.lr_of!r}")  # fmt: skip
+                raise ValueError(
+                    f"CompareConfig.lr_of must give every operator {sorted(ops)} a positive LR, got {self.lr_of!r}"
+                )
         fr = self.budget_fractions
-        if fr and (self.budget != "flops" or not set(ops) - {FULL} or len(set(fr)) != len(fr)
-                   or not all(isinstance(f, float | int) and 0 < f < 1 for f in fr)):  # fmt: skip
-            raise ValueError(f"CompareConfig.budget_fractions must be distinct fractions in (0, 1), with budget "
-                             f"'flops' and a growth operator, got {fr!r} (budget={self.budget!r})")  # fmt: skip
+        if fr and (
+            self.budget != "flops"
+            or not set(ops) - {FULL}
+            or len(set(fr)) != len(fr)
+            or not all(isinstance(f, float | int) and 0 < f < 1 for f in fr)
+        ):
+            raise ValueError(
+                f"CompareConfig.budget_fractions must be distinct fractions in (0, 1), with budget "
+                f"'flops' and a growth operator, got {fr!r} (budget={self.budget!r})"
+            )
         if self.extend_steps < 0:
             raise ValueError(f"CompareConfig.extend_steps must be >= 0, got {self.extend_steps}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
@@ -176,8 +190,15 @@ def plan(
     for lr, seed, op in grid:
         bud = f"b{budget:g}" if budget != 1.0 else ""
         name = "-".join(x for x in (cfg.name, tag, op, f"lr{lr:g}", f"s{seed}", bud) if x)
-        rc = replace(base, schedule=schedules[op], seed=seed, name=name, engine=replace(base.engine, lr=lr),
-                     data=replace(base.data, seed=seed), wall_budget_s=cfg.wall_s)  # fmt: skip
+        rc = replace(
+            base,
+            schedule=schedules[op],
+            seed=seed,
+            name=name,
+            engine=replace(base.engine, lr=lr),
+            data=replace(base.data, seed=seed),
+            wall_budget_s=cfg.wall_s,
+        )
         out.append(PlannedRun(operator=op, seed=seed, lr=lr, config=rc, budget=budget))
     return out
 
@@ -204,8 +225,9 @@ def run_comparison(cfg: CompareConfig, *, ray_address: str | None = None) -> Com
     parent = mlflow_io.open_parent(uri, base.experiment, cfg.name, _params(cfg))
     tag = (parent.run_id or "")[:8]
     search = cfg.seeds[: cfg.lr_search_seeds or len(cfg.seeds)]
-    runs = _open_runs(plan(cfg, tag, seeds=search, vocab_size=data.vocab_size), parent.run_id, data.vocab_size,
-                      base.data.seq_len)  # fmt: skip
+    runs = _open_runs(
+        plan(cfg, tag, seeds=search, vocab_size=data.vocab_size), parent.run_id, data.vocab_size, base.data.seq_len
+    )
     if not ray.is_initialized():
         ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"))
     mode = cfg.mode if cfg.mode != "auto" else ("parallel" if base.workers == 1 else "sequential")
@@ -214,8 +236,12 @@ def run_comparison(cfg: CompareConfig, *, ray_address: str | None = None) -> Com
         records = [_record(r, p) for r, p in zip(runs, paths, strict=True)]
         if len(search) < len(cfg.seeds):  # phase 2: the other seeds at each operator's chosen LR
             rest = tuple(s for s in cfg.seeds if s not in search)
-            more = _open_runs(plan(cfg, tag, seeds=rest, lr_of=best_lrs(records), vocab_size=data.vocab_size),
-                              parent.run_id, data.vocab_size, base.data.seq_len)  # fmt: skip
+            more = _open_runs(
+                plan(cfg, tag, seeds=rest, lr_of=best_lrs(records), vocab_size=data.vocab_size),
+                parent.run_id,
+                data.vocab_size,
+                base.data.seq_len,
+            )
             runs += more
             more_paths = _execute(more, cfg, mode, f"{tag}-seeds", ray_address)
             paths += more_paths
@@ -225,16 +251,18 @@ def run_comparison(cfg: CompareConfig, *, ray_address: str | None = None) -> Com
         evals = _evaluate(records, paths, cfg) if cfg.evaluate else []
         if cfg.budget_fractions:  # the decayed budget curve: growth operators at their chosen LRs, side by side
             chosen = best_lrs(records)
-            planned = [r for f in cfg.budget_fractions for r in plan(cfg, tag, lr_of=chosen, vocab_size=data.vocab_size,
-                                                                      budget=f)]  # fmt: skip
+            planned = [
+                r
+                for f in cfg.budget_fractions
+                for r in plan(cfg, tag, lr_of=chosen, vocab_size=data.vocab_size, budget=f)
+            ]
             more = _open_runs(planned, parent.run_id, data.vocab_size, base.data.seq_len)
             runs += more
             more_paths = _execute(more, cfg, mode, f"{tag}-budgets", ray_address)
             records += [_record(r, p) for r, p in zip(more, more_paths, strict=True)]
         out = Path(cfg.out_dir or Path(base.storage_path).parent / "compare" / f"{cfg.name}-{tag}")
         title = f"{cfg.name} ({base.schedule.name or base.schedule.arch}, equal {cfg.budget})"
-        report = write_report(records, out, title=title,
-                              zoom_window=cfg.zoom_window)  # fmt: skip
+        report = write_report(records, out, title=title, zoom_window=cfg.zoom_window)
         mlflow_io.log_report(parent, report)
     except BaseException:
         mlflow_io.fail_unfinished(uri, base.experiment, [r.run_id for r in runs])
@@ -255,24 +283,39 @@ def _open_runs(runs: list[PlannedRun], parent_id: str | None, vocab_size: int, s
 
     for r in runs:
         r.flops_limit = flops_ratio(r.config.schedule, vocab_size, seq_len)
-        r.run_id = mlflow_io.open_child(r.config, parent_id, operator=r.operator, seed=r.seed, lr=r.lr,
-                                        flops_limit=r.flops_limit, budget=r.budget)  # fmt: skip
+        r.run_id = mlflow_io.open_child(
+            r.config, parent_id, operator=r.operator, seed=r.seed, lr=r.lr, flops_limit=r.flops_limit, budget=r.budget
+        )
     return runs
 
 
 def _params(cfg: CompareConfig) -> dict[str, Any]:
-    return {"compare.operators": ",".join(cfg.operators), "compare.seeds": ",".join(map(str, cfg.seeds)),
-            "compare.lrs": ",".join(f"{op}={x:g}" for op, x in cfg.lr_of.items()) if cfg.lr_of
-            else ",".join(f"{x:g}" for x in cfg.lrs or (cfg.base.engine.lr,)), "compare.mode": cfg.mode,
-            "compare.lr_search_seeds": cfg.lr_search_seeds or len(cfg.seeds), "compare.budget": cfg.budget,
-            "compare.budget_fractions": ",".join(f"{f:g}" for f in cfg.budget_fractions),
-            "base": cfg.base.to_dict()}  # fmt: skip
+    return {
+        "compare.operators": ",".join(cfg.operators),
+        "compare.seeds": ",".join(map(str, cfg.seeds)),
+        "compare.lrs": ",".join(f"{op}={x:g}" for op, x in cfg.lr_of.items())
+        if cfg.lr_of
+        else ",".join(f"{x:g}" for x in cfg.lrs or (cfg.base.engine.lr,)),
+        "compare.mode": cfg.mode,
+        "compare.lr_search_seeds": cfg.lr_search_seeds or len(cfg.seeds),
+        "compare.budget": cfg.budget,
+        "compare.budget_fractions": ",".join(f"{f:g}" for f in cfg.budget_fractions),
+        "base": cfg.base.to_dict(),
+    }
 
 
 def _record(r: PlannedRun, checkpoint: str) -> RunRecord:
     meta = json.loads((Path(checkpoint) / "meta.json").read_text())
-    return RunRecord(operator=r.operator, seed=r.seed, lr=r.lr, name=r.config.name, history=meta["history"],
-                     flops_limit=r.flops_limit, run_id=r.run_id, budget=r.budget)  # fmt: skip
+    return RunRecord(
+        operator=r.operator,
+        seed=r.seed,
+        lr=r.lr,
+        name=r.config.name,
+        history=meta["history"],
+        flops_limit=r.flops_limit,
+        run_id=r.run_id,
+        budget=r.budget,
+    )
 
 
 def extend_unreached(records: list[RunRecord], paths: list[str | None], max_steps: int) -> int:
@@ -282,16 +325,25 @@ def extend_unreached(records: list[RunRecord], paths: list[str | None], max_step
 
     lrs = best_lrs([r for r in records if r.budget == 1.0])
     full_by_seed = {r.seed: r for r in records if r.operator == FULL and r.lr == lrs[FULL]}
-    todo = [i for i, r in enumerate(records) if r.operator != FULL and r.lr == lrs[r.operator] and paths[i]
-            and r.budget == 1.0
-            and r.seed in full_by_seed and reach_target(r, full_by_seed[r.seed]) is None]  # fmt: skip
+    todo = [
+        i
+        for i, r in enumerate(records)
+        if r.operator != FULL
+        and r.lr == lrs[r.operator]
+        and paths[i]
+        and r.budget == 1.0
+        and r.seed in full_by_seed
+        and reach_target(r, full_by_seed[r.seed]) is None
+    ]
     env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     task = ray.remote(num_cpus=1, runtime_env={"env_vars": env})(extend_run)
     refs = [task.remote(paths[i], full_by_seed[records[i].seed].final_val, max_steps) for i in todo]
     for i, ext in zip(todo, ray.get(refs), strict=True):
         e = records[i].extension = compact(ext)
-        series = {"extend/val_loss": list(zip(e["val_step"], e["val_loss"], strict=True)),
-                  "extend/wall_s": list(zip(e["step"], e["wall_s"], strict=True))}  # fmt: skip
+        series = {
+            "extend/val_loss": list(zip(e["val_step"], e["val_loss"], strict=True)),
+            "extend/wall_s": list(zip(e["step"], e["wall_s"], strict=True)),
+        }
         meta = json.loads((Path(paths[i]) / "meta.json").read_text())
         if records[i].run_id:
             mlflow_io.append_metrics(meta["config"], records[i].run_id, series)
@@ -353,7 +405,7 @@ def _run_parallel(runs: list[PlannedRun], cfg: CompareConfig, tag: str) -> list[
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent),
         run_config=tune.RunConfig(
             name="-".join(x for x in (cfg.name, tag) if x), storage_path=cfg.base.storage_path, verbose=0
-        ),  # fmt: skip
+        ),
     )
     grid = tuner.fit()
     paths: list[str | None] = [None] * len(runs)

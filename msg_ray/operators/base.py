@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from msg_ray.architecture import get_arch, with_structure
-from msg_ray.components import GrowableModel
+from msg_ray.masked_layers import GrowableModel
 from msg_ray.structure import DIMENSIONS, Structure
 
 
@@ -118,9 +118,12 @@ def counts(g: Tensor) -> Tensor:
 
 
 def replicate(
-    old: GrowableModel, new: GrowableModel, factors: dict[str, Tensor] | None = None, noise: float = 0.0,
+    old: GrowableModel,
+    new: GrowableModel,
+    factors: dict[str, Tensor] | None = None,
+    noise: float = 0.0,
     gen: torch.Generator | None = None,
-) -> Layout:  # fmt: skip
+) -> Layout:
     """Fill ``new`` by replication: producer axes copy (eq. 5), consumer axes multiply by the unit's split factor
     (default 1/count, eq. 6; ``factors[dim]`` [new units] may replace it, e.g. LEMON's unequal split: the
     factors of one old unit's copies must sum to 1); new layers stack copies of old ones. ``noise`` > 0 adds
@@ -152,9 +155,12 @@ def replicate(
 
 
 def zero_sum_noise(
-    shape: torch.Size, roles: list[tuple[int, str, bool]], maps: dict[str, Tensor], std: float,
+    shape: torch.Size,
+    roles: list[tuple[int, str, bool]],
+    maps: dict[str, Tensor],
+    std: float,
     gen: torch.Generator | None,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """Noise for a replicated consumer weight that leaves the function unchanged: along each consumer axis it sums
     to zero over the copies of every unit (their inputs are equal, so Σ_k (W/n + ε_k)·x = W·x), and it is the
     same for all copies along producer axes (the copies' outputs stay equal for the next consumer). Units with

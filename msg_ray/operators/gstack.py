@@ -6,7 +6,7 @@ Width is not G_stack's: schedules that also grow width grow it with MSG in the s
 
 from __future__ import annotations
 
-from msg_ray.components import GrowableModel
+from msg_ray.masked_layers import GrowableModel
 from msg_ray.operators.base import GrowOptions, Layout, Operator, copy_leading
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from msg_ray.components import GrowableModel
+from msg_ray.masked_layers import GrowableModel
 from msg_ray.operators.base import GrowOptions, Layout, Operator, replicate
 
 
@@ -37,10 +37,18 @@ def _clone(old: GrowableModel, new: GrowableModel, opts: GrowOptions, noise: flo
 
 
 HYPERCLONING = Operator(
-    name="hypercloning", fill=_clone, dims=("hidden_dim", "ffn_dim", "head_num"), preserving=True,
-    needs_integer_factors=True, paper="Samragh et al. 2024, arXiv 2409.12903",
-)  # fmt: skip
+    name="hypercloning",
+    fill=_clone,
+    dims=("hidden_dim", "ffn_dim", "head_num"),
+    preserving=True,
+    needs_integer_factors=True,
+    paper="Samragh et al. 2024, arXiv 2409.12903",
+)
 HYPERCLONING_NOISE = Operator(
-    name="hypercloning-noise", fill=lambda old, new, opts: _clone(old, new, opts, noise=new.config.init_std),
-    dims=HYPERCLONING.dims, preserving=True, needs_integer_factors=True, paper=HYPERCLONING.paper,
-)  # fmt: skip
+    name="hypercloning-noise",
+    fill=lambda old, new, opts: _clone(old, new, opts, noise=new.config.init_std),
+    dims=HYPERCLONING.dims,
+    preserving=True,
+    needs_integer_factors=True,
+    paper=HYPERCLONING.paper,
+)

@@ -21,7 +21,7 @@ import math
 import torch
 
 from msg_ray.architecture import get_arch
-from msg_ray.components import GrowableModel, MaskedLayerNorm
+from msg_ray.masked_layers import GrowableModel, MaskedLayerNorm
 from msg_ray.operators.base import (
     GrowOptions,
     Layout,
@@ -101,5 +101,6 @@ def _lemon(old: GrowableModel, new: GrowableModel, opts: GrowOptions) -> Layout:
     return staged(old, new, parts, opts)
 
 
-LEMON = Operator(name="lemon", fill=_lemon, preserving=True, archs=("gpt", "llama"),
-                 paper="Wang et al. 2024, ICLR, arXiv 2310.07999")  # fmt: skip
+LEMON = Operator(
+    name="lemon", fill=_lemon, preserving=True, archs=("gpt", "llama"), paper="Wang et al. 2024, ICLR, arXiv 2310.07999"
+)

@@ -6,7 +6,7 @@ to 1 over φ steps, which makes it strictly function-preserving in every dimensi
 
 from __future__ import annotations
 
-from msg_ray.components import GrowableModel, GrowthMask
+from msg_ray.masked_layers import GrowableModel, GrowthMask
 from msg_ray.operators.base import GrowOptions, Layout, Operator, copy_leading
 from msg_ray.structure import Structure
 

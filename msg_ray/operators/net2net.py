@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from msg_ray.architecture import get_arch
-from msg_ray.components import GrowableModel
+from msg_ray.masked_layers import GrowableModel
 from msg_ray.operators.base import GrowOptions, Layout, Operator, replicate, unit_maps
 
 
@@ -25,8 +25,11 @@ def _fpi(old: GrowableModel, new: GrowableModel, opts: GrowOptions) -> Layout:
 def _aki(old: GrowableModel, new: GrowableModel, opts: GrowOptions) -> Layout:
     layout = replicate(old, new)
     cfg, s_old = new.config, old.structure
-    n_old = {"F": s_old.ffn_dim, "heads": s_old.head_num * cfg.head_dim,
-             "kv_heads": s_old.head_num // cfg.kv_group_size * cfg.head_dim}  # fmt: skip
+    n_old = {
+        "F": s_old.ffn_dim,
+        "heads": s_old.head_num * cfg.head_dim,
+        "kv_heads": s_old.head_num // cfg.kv_group_size * cfg.head_dim,
+    }
     sizes = unit_maps(s_old, new.structure, cfg.head_dim, cfg.kv_group_size)
     roles = get_arch(cfg.arch).net2net_roles
     params = dict(new.named_parameters())

@@ -36,8 +36,9 @@ def load_json_artifact(uri: str | None, run_id: str, artifact_path: str) -> Any:
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
         with tempfile.TemporaryDirectory() as tmp, _short_http():
-            path = download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp,
-                                      tracking_uri=resolve_tracking_uri(uri))  # fmt: skip
+            path = download_artifacts(
+                run_id=run_id, artifact_path=artifact_path, dst_path=tmp, tracking_uri=resolve_tracking_uri(uri)
+            )
             return json.loads(Path(path).read_text())
     finally:
         if quiet:

@@ -107,9 +107,12 @@ class Tracker:
         if self.spool is not None:
             if self.spool.run_record() is None:
                 self.spool.add_run(
-                    experiment=self.experiment, run_name=self.run_name, tags=self.tags,
-                    parent_run_id=self.parent_run_id, uri=self.uri,
-                )  # fmt: skip
+                    experiment=self.experiment,
+                    run_name=self.run_name,
+                    tags=self.tags,
+                    parent_run_id=self.parent_run_id,
+                    uri=self.uri,
+                )
             self._stale_status = self.spool.last_seq
         self._call("start run", self._open)
         if self._started and self.spool is not None:

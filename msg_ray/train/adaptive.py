@@ -79,8 +79,11 @@ class AdaptiveGrowth:
     ) -> None:
         if isinstance(target_gamma, bool) or not (callable(target_gamma) or isinstance(target_gamma, int | float)):
             raise ValueError(f"AdaptiveGrowth.target_gamma: must be a callable or a number, got {target_gamma!r}")
-        for name, value, minimum in (("window", window, 3), ("patience", patience, 1), ("min_stage_steps",
-                                     min_stage_steps, 0)):  # fmt: skip
+        for name, value, minimum in (
+            ("window", window, 3),
+            ("patience", patience, 1),
+            ("min_stage_steps", min_stage_steps, 0),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"AdaptiveGrowth.{name}: must be an int >= {minimum}, got {value!r}")
         if not 0.0 <= margin < 1.0:

@@ -98,8 +98,10 @@ class RunConfig:
         if not 0 < self.rollback_lr_factor <= 1:
             raise bad("rollback_lr_factor", f"must be in (0, 1], got {self.rollback_lr_factor!r}")
         if self.divergence_window < 1 or self.max_rollbacks < 0:
-            raise bad("divergence_window" if self.divergence_window < 1 else "max_rollbacks",
-                      f"must be >= 1 / >= 0, got {self.divergence_window!r} / {self.max_rollbacks!r}")  # fmt: skip
+            raise bad(
+                "divergence_window" if self.divergence_window < 1 else "max_rollbacks",
+                f"must be >= 1 / >= 0, got {self.divergence_window!r} / {self.max_rollbacks!r}",
+            )
         if self.lr_decay not in LR_DECAYS:
             raise bad("lr_decay", f"must be one of {LR_DECAYS}, got {self.lr_decay!r}")
         if (
@@ -144,10 +146,15 @@ class RunConfig:
         (known once the data is prepared)."""
         s = self.schedule
         return ModelConfig(
-            arch=s.arch, structure=structure or s.stages[0].structure, vocab_size=vocab_size,
-            max_seq_len=self.data.seq_len, head_dim=s.head_dim, dropout=self.dropout, ln_eps=self.ln_eps,
+            arch=s.arch,
+            structure=structure or s.stages[0].structure,
+            vocab_size=vocab_size,
+            max_seq_len=self.data.seq_len,
+            head_dim=s.head_dim,
+            dropout=self.dropout,
+            ln_eps=self.ln_eps,
             kv_group_size=s.kv_group_size,
-        )  # fmt: skip
+        )
 
     @property
     def tokens_per_step(self) -> int:

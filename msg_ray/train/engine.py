@@ -89,9 +89,11 @@ def model_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def carry_train_state(
-    old: TrainState, new_params: Mapping[str, torch.Tensor], renames: Mapping[str, str] | None = None,
+    old: TrainState,
+    new_params: Mapping[str, torch.Tensor],
+    renames: Mapping[str, str] | None = None,
     layout: Mapping[str, Any] | None = None,
-) -> TrainState:  # fmt: skip
+) -> TrainState:
     """State for a grown model: its parameter values, old moments where the growth's ``layout`` puts them
     (default: leading slices), zeros elsewhere."""
     shapes = {n: tuple(t.shape) for n, t in new_params.items()}

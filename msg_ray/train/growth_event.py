@@ -68,8 +68,11 @@ def grow_engine(
     t["gather"], t0 = time.perf_counter() - t0, time.perf_counter()
     old = build_from_config(config)
     old.load_state_dict(state.params)
-    growth = (G.Growth(model=old, layout={}, preserving=True) if target == config.structure
-              else G.expand(old, target, operator, depth_init=depth_init, seed=seed))  # fmt: skip
+    growth = (
+        G.Growth(model=old, layout={}, preserving=True)
+        if target == config.structure
+        else G.expand(old, target, operator, depth_init=depth_init, seed=seed)
+    )
     new = growth.model
     ramp = G.MaskRamp(start_step=step, phi=phi) if G.is_ramping(new) else None
     if ramp is not None:

@@ -31,7 +31,7 @@ from msg_ray.train.growth_event import grow_engine
 from msg_ray.train.lr import LRSchedule, stage_lr_multiplier
 from msg_ray.train.metrics import RateMeter
 from msg_ray.train.progress import StepLog, WorkerTracker
-from msg_ray.train.session import DIVERGED, Session, TrainingDiverged
+from msg_ray.train.reporting import DIVERGED, Session, TrainingDiverged
 
 
 def _adaptive_policy(cfg: RunConfig):
@@ -42,9 +42,12 @@ def _adaptive_policy(cfg: RunConfig):
     tg = a["target_gamma"]
     target = gamma_curve(tg["times"], tg["gammas"]) if isinstance(tg, dict) else float(tg)
     return AdaptiveGrowth(
-        target, window=a.get("window", cfg.gamma_window), patience=a.get("patience", 3),
-        min_stage_steps=a.get("min_stage_steps", cfg.schedule.phi), margin=a.get("margin", 0.05),
-    )  # fmt: skip
+        target,
+        window=a.get("window", cfg.gamma_window),
+        patience=a.get("patience", 3),
+        min_stage_steps=a.get("min_stage_steps", cfg.schedule.phi),
+        margin=a.get("margin", 0.05),
+    )
 
 
 class WorkerRun:
@@ -57,17 +60,29 @@ class WorkerRun:
         self.data = prepare(cfg.data)
         self.loader = self._loader("train", cfg.seed)
         self.lr = LRSchedule(
-            lr=cfg.engine.lr, total_steps=cfg.total_steps, warmup_steps=cfg.warmup_steps, decay=cfg.lr_decay,
-            min_ratio=cfg.min_lr_ratio, reset_steps=tuple(self.sched.growth_steps()[: cfg.lr_reset_growths]),
-        )  # fmt: skip
+            lr=cfg.engine.lr,
+            total_steps=cfg.total_steps,
+            warmup_steps=cfg.warmup_steps,
+            decay=cfg.lr_decay,
+            min_ratio=cfg.min_lr_ratio,
+            reset_steps=tuple(self.sched.growth_steps()[: cfg.lr_reset_growths]),
+        )
         self.meter = RateMeter(cfg.gamma_window)
         self.step, self.stage, self.wall, self.flops = 0, 0, 0.0, 0.0
         self.rollbacks = 0  # divergence rollbacks so far; the LR is scaled by rollback_lr_factor per rollback
         self._pending: list[tuple[int, float, float, torch.Tensor]] = []  # (step, wall, flops, loss on device)
         self._finished, self._agreed_wall = False, 0.0
         self.ramp: G.MaskRamp | None = None
-        self.history: dict[str, list] = {"step": [], "wall_s": [], "flops": [], "train_loss": [], "val_step": [],
-                                          "val_loss": [], "growth_steps": [], "growth_events": []}  # fmt: skip
+        self.history: dict[str, list] = {
+            "step": [],
+            "wall_s": [],
+            "flops": [],
+            "train_loss": [],
+            "val_step": [],
+            "val_loss": [],
+            "growth_steps": [],
+            "growth_events": [],
+        }
         self.policy = _adaptive_policy(cfg)
         self.tracker = WorkerTracker(cfg, run_id, enabled=self.rank == 0)
         self.log = StepLog(cfg, enabled=self.rank == 0)
@@ -75,8 +90,9 @@ class WorkerRun:
     # -- set-up ---------------------------------------------------------------------------------------------
     def _loader(self, split: str, seed: int) -> BlockLoader:
         """This rank's shard of ``split`` (``PreparedData.loader``) at the run's micro-batch size."""
-        return self.data.loader(split, batch_size=self.cfg.engine.micro_batch_size, rank=self.rank,
-                                world_size=self.world, seed=seed)  # fmt: skip
+        return self.data.loader(
+            split, batch_size=self.cfg.engine.micro_batch_size, rank=self.rank, world_size=self.world, seed=seed
+        )
 
     def _engine_for(self, model: GrowableModel, state: TrainState | None):
         engine = build_engine(model, self.cfg.engine)
@@ -160,25 +176,39 @@ class WorkerRun:
         probe = next(self._loader("train", self.cfg.seed + 7919 * stage))
         before = self._probe(probe)
         grown = grow_engine(
-            self.engine, self.cfg.model_config(self.data.vocab_size, self.structure), target, self.cfg.engine,
-            step=self.step, phi=self.sched.phi, operator=self.sched.operator, depth_init=self.sched.depth_init,
+            self.engine,
+            self.cfg.model_config(self.data.vocab_size, self.structure),
+            target,
+            self.cfg.engine,
+            step=self.step,
+            phi=self.sched.phi,
+            operator=self.sched.operator,
+            depth_init=self.sched.depth_init,
             seed=self.cfg.seed * 1000 + stage,
-        )  # fmt: skip
+        )
         self.engine, self.ramp, seconds = grown.engine, grown.ramp, grown.total_seconds
         after = self._probe(probe)
         self.stage = stage
         self.meter.reset()
         if self.policy is not None:
             self.policy.reset(self.step)
-        event = {"step": self.step, "stage": stage, "structure": str(target), "loss_before": before,
-                 "loss_after": after, "seconds": seconds}  # fmt: skip
+        event = {
+            "step": self.step,
+            "stage": stage,
+            "structure": str(target),
+            "loss_before": before,
+            "loss_after": after,
+            "seconds": seconds,
+        }
         self.history["growth_steps"].append(self.step)
         self.history["growth_events"].append(event)
         self.tracker.growth(event, self._n_params())
         jump = abs(after - before)
         if grown.preserving and jump > self.cfg.growth_check_tol:
-            self.log.line(f"WARNING: growth changed the loss by {jump:.3g} (> {self.cfg.growth_check_tol}) although "
-                          f"operator {self.sched.operator!r} claims to preserve the function")  # fmt: skip
+            self.log.line(
+                f"WARNING: growth changed the loss by {jump:.3g} (> {self.cfg.growth_check_tol}) although "
+                f"operator {self.sched.operator!r} claims to preserve the function"
+            )
         self.log.line(f"grew to {target} at step {self.step}: loss {before:.5f} -> {after:.5f} in {seconds:.2f}s")
         return grown.state
 
@@ -212,27 +242,47 @@ class WorkerRun:
         module = self.engine.module
         buffers = G.mask_state(module)
         meta = {
-            "folder": folder, "step": self.step, "stage": self.stage, "wall_s": self.wall, "flops": self.flops,
-            "structure": self.structure.as_dict(), "mask_c": G.mask_value(module),
+            "folder": folder,
+            "step": self.step,
+            "stage": self.stage,
+            "wall_s": self.wall,
+            "flops": self.flops,
+            "structure": self.structure.as_dict(),
+            "mask_c": G.mask_value(module),
             "ramp": None if self.ramp is None else {"start_step": self.ramp.start_step, "phi": self.ramp.phi},
-            "run_id": self.tracker.run_id, "history": self.history, "config": self.cfg.to_dict(),
-            "world_size": self.world, "adaptive": self.policy.state_dict() if self.policy else None,
+            "run_id": self.tracker.run_id,
+            "history": self.history,
+            "config": self.cfg.to_dict(),
+            "world_size": self.world,
+            "adaptive": self.policy.state_dict() if self.policy else None,
             "rollbacks": self.rollbacks,
-        }  # fmt: skip
+        }
         rank_state = {"loader": self.loader.state_dict(), "rng": C.rng_state()}
         moments = {"exp_avg": state.exp_avg, "exp_avg_sq": state.exp_avg_sq, "step": state.step}
         with tempfile.TemporaryDirectory() as tmp:
-            C.save(tmp, rank=self.rank, rank_state=rank_state, meta=meta, params=state.params, buffers=buffers,
-                   moments=moments)  # fmt: skip
+            C.save(
+                tmp,
+                rank=self.rank,
+                rank_state=rank_state,
+                meta=meta,
+                params=state.params,
+                buffers=buffers,
+                moments=moments,
+            )
             if final and self.rank == 0:
                 self._export(tmp, module)
             self.session.report(self._metrics(), tmp, folder)
 
     def _export(self, directory: str, module: torch.nn.Module) -> None:
         d, h = self.cfg.data, self.history
-        card = {"schedule": self.sched.to_dict(), "growth_steps": h["growth_steps"], "steps": self.step,
-                "data": {"source": d.source, "tokenizer": d.tokenizer, "seq_len": d.seq_len},
-                "final_val_loss": h["val_loss"][-1] if h["val_loss"] else None, "run_id": self.tracker.run_id}  # fmt: skip
+        card = {
+            "schedule": self.sched.to_dict(),
+            "growth_steps": h["growth_steps"],
+            "steps": self.step,
+            "data": {"source": d.source, "tokenizer": d.tokenizer, "seq_len": d.seq_len},
+            "final_val_loss": h["val_loss"][-1] if h["val_loss"] else None,
+            "run_id": self.tracker.run_id,
+        }
         config = self.cfg.model_config(self.data.vocab_size, self.sched.target)
         self.tracker.export(directory, module, config, self.cfg.export_hf, self.data.tokenizer, card)
 
@@ -285,14 +335,18 @@ class WorkerRun:
         if self.cfg.on_divergence == "rollback" and self.rollbacks < self.cfg.max_rollbacks:
             loaded = C.newest(self.attempt_dir, self.rank, before_step=d.step)
         if loaded is None:
-            raise TrainingDiverged(f"{msg}. Lower engine.lr or raise warmup_steps (or set on_divergence=rollback); "
-                                   "the checkpoints hold only finite states.")  # fmt: skip
+            raise TrainingDiverged(
+                f"{msg}. Lower engine.lr or raise warmup_steps (or set on_divergence=rollback); "
+                "the checkpoints hold only finite states."
+            )
         rollbacks = self.rollbacks + 1
         self._restore(loaded)
         self.rollbacks = max(self.rollbacks, rollbacks)
         self.history.setdefault("rollbacks", []).append({"diverged_step": d.step, "to_step": self.step})
-        self.log.line(f"WARNING: {msg}; rolled back to {loaded.meta['folder']} (step {self.step}), "
-                      f"LR x{self.lr_factor:g} from now on")  # fmt: skip
+        self.log.line(
+            f"WARNING: {msg}; rolled back to {loaded.meta['folder']} (step {self.step}), "
+            f"LR x{self.lr_factor:g} from now on"
+        )
 
     # -- budget: steps, or wall seconds (``wall_budget_s``: stage starts, warm-up and LR decay read as fractions of
     # the nominal total_steps, on the wall-time axis; every decision uses the wall time all ranks agree on) ----------
@@ -338,8 +392,12 @@ class WorkerRun:
         nan_at = faults.nan_index(self.cfg.inject_nan_at_step, [p[0] for p in self._pending], self.attempt_dir)
         if nan_at is not None:
             losses[nan_at] = math.nan
-        found = divergence.find(self.history["train_loss"], [(p[0], x) for p, x in zip(self._pending, losses, strict=True)],
-                                self.cfg.divergence_factor, self.cfg.divergence_window)  # fmt: skip
+        found = divergence.find(
+            self.history["train_loss"],
+            [(p[0], x) for p, x in zip(self._pending, losses, strict=True)],
+            self.cfg.divergence_factor,
+            self.cfg.divergence_window,
+        )
         if divergence.agree(found):  # before any checkpoint of the diverged weights is written
             raise found or divergence.Diverged(self._pending[-1][0], math.nan, "on another rank")
         h = self.history
@@ -392,9 +450,15 @@ class WorkerRun:
         self._flush()
         h = self.history
         recent = h["train_loss"][-self.cfg.gamma_window :]  # smoother than one step's loss, for ASHA
-        out = {"step": self.step, "stage": self.stage, "train_loss": self._last_loss(), "wall_s": self.wall,
-               "loss_avg": sum(recent) / len(recent) if recent else float("nan"),
-               "flops": self.flops, "val_loss": h["val_loss"][-1] if h["val_loss"] else float("nan"),
-               **{k.split("/")[-1]: v for k, v in self.meter.rates().items()}}  # fmt: skip
+        out = {
+            "step": self.step,
+            "stage": self.stage,
+            "train_loss": self._last_loss(),
+            "wall_s": self.wall,
+            "loss_avg": sum(recent) / len(recent) if recent else float("nan"),
+            "flops": self.flops,
+            "val_loss": h["val_loss"][-1] if h["val_loss"] else float("nan"),
+            **{k.split("/")[-1]: v for k, v in self.meter.rates().items()},
+        }
         out.update(self.structure.as_dict())
         return out

@@ -45,9 +45,12 @@ def adamw(
 
 
 def load_moments(
-    model: torch.nn.Module, opt: torch.optim.Optimizer, moments: Mapping[str, Mapping[str, torch.Tensor]], step: int,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    moments: Mapping[str, Mapping[str, torch.Tensor]],
+    step: int,
     layout: Mapping[str, Any] | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Put AdamW moments (by parameter name, where a growth's ``layout`` puts them, default the leading slice) and the step
     count into ``opt``'s state for every parameter of ``model``; coordinates and parameters without moments get
     zeros, so the whole model shares one step count (Adam's bias correction)."""
@@ -55,8 +58,11 @@ def load_moments(
     carried = carry_adam_state(dict(moments), {n: p.shape for n, p in params.items()}, layout=layout)
     for name, mom in carried.items():
         p = params[name]
-        opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": mom["exp_avg"].to(p.device).clone(),
-                        "exp_avg_sq": mom["exp_avg_sq"].to(p.device).clone()}  # fmt: skip
+        opt.state[p] = {
+            "step": torch.tensor(float(step)),
+            "exp_avg": mom["exp_avg"].to(p.device).clone(),
+            "exp_avg_sq": mom["exp_avg_sq"].to(p.device).clone(),
+        }
 
 
 def moments(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, dict[str, torch.Tensor]]:

@@ -103,15 +103,28 @@ class WorkerTracker:
         if not self.enabled or self._done("growth/stage", event["step"]):
             return
         jump = abs(event["loss_after"] - event["loss_before"])
-        self.t.log_metrics({"growth/stage": event["stage"], "growth/loss_before": event["loss_before"],
-                            "growth/loss_after": event["loss_after"], "growth/loss_jump": jump,
-                            "growth/seconds": event["seconds"], "model/n_params": n_params}, event["step"])  # fmt: skip
+        self.t.log_metrics(
+            {
+                "growth/stage": event["stage"],
+                "growth/loss_before": event["loss_before"],
+                "growth/loss_after": event["loss_after"],
+                "growth/loss_jump": jump,
+                "growth/seconds": event["seconds"],
+                "model/n_params": n_params,
+            },
+            event["step"],
+        )
         self.t.set_tags({f"growth.{event['stage']}": json.dumps(event)})
 
     def export(
-        self, directory: str, module: torch.nn.Module, config: ModelConfig, hf: bool,
-        tokenizer: Tokenizer | None = None, card: dict[str, Any] | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        directory: str,
+        module: torch.nn.Module,
+        config: ModelConfig,
+        hf: bool,
+        tokenizer: Tokenizer | None = None,
+        card: dict[str, Any] | None = None,
+    ) -> None:
         """Final model as ``export_plain`` writes it (state_dict + config), plus a Hugging Face checkpoint (with
         the run's tokenizer and a model card built from ``card``, see ``export.model_card``) when the shapes
         allow."""

@@ -17,7 +17,7 @@ from msg_ray.data import prepare
 from msg_ray.tracking import Tracker, find_runs, resolve_tracking_uri
 from msg_ray.train.config import RunConfig
 from msg_ray.train.progress import spool_dir
-from msg_ray.train.session import DIVERGED, TrainingDiverged
+from msg_ray.train.reporting import DIVERGED, TrainingDiverged
 from msg_ray.train.worker import torch_trainer
 
 RUN_TAG = "msg_ray.run_name"
@@ -57,8 +57,16 @@ def _open_mlflow_run(cfg: RunConfig) -> str | None:
 def log_run_config(tracker: Tracker, cfg: RunConfig) -> None:
     """Params (flattened config plus the headline schedule fields) and the resolved config/schedule artifacts."""
     s = cfg.schedule
-    tracker.log_params({**cfg.to_dict(), "operator": s.operator, "phi": s.phi, "zero_stage": cfg.engine.zero_stage,
-                        "target": str(s.target), "n_stages": len(s.stages)})  # fmt: skip
+    tracker.log_params(
+        {
+            **cfg.to_dict(),
+            "operator": s.operator,
+            "phi": s.phi,
+            "zero_stage": cfg.engine.zero_stage,
+            "target": str(s.target),
+            "n_stages": len(s.stages),
+        }
+    )
     tracker.log_dict(cfg.to_dict(), "resolved_config.json")
     tracker.log_dict(s.to_dict(), "schedule.yaml")
     tracker.flush()
@@ -70,11 +78,15 @@ def check_resources(cfg: RunConfig, cluster: dict[str, float]) -> None:
     autoscaling cluster must already hold the nodes)."""
     gpus, cpus = cluster.get("GPU", 0.0), cluster.get("CPU", 0.0)
     if cfg.use_gpu and gpus < cfg.workers:
-        raise ValueError(f"RunConfig.use_gpu: the Ray cluster has {gpus:g} GPU(s), the run needs {cfg.workers} "
-                         "(one per worker); set use_gpu=false or add GPU nodes")  # fmt: skip
+        raise ValueError(
+            f"RunConfig.use_gpu: the Ray cluster has {gpus:g} GPU(s), the run needs {cfg.workers} "
+            "(one per worker); set use_gpu=false or add GPU nodes"
+        )
     if cfg.cpus_per_worker * cfg.workers > cpus:
-        raise ValueError(f"RunConfig.cpus_per_worker: {cfg.workers} worker(s) x {cfg.cpus_per_worker:g} CPUs exceed "
-                         f"the cluster's {cpus:g} CPUs")  # fmt: skip
+        raise ValueError(
+            f"RunConfig.cpus_per_worker: {cfg.workers} worker(s) x {cfg.cpus_per_worker:g} CPUs exceed "
+            f"the cluster's {cpus:g} CPUs"
+        )
 
 
 def run(cfg: RunConfig, *, ray_address: str | None = None) -> RunResult:
@@ -108,6 +120,10 @@ def run(cfg: RunConfig, *, ray_address: str | None = None) -> RunResult:
         meta = Path(ckpt.path) / "meta.json"
         history = json.loads(meta.read_text())["history"] if meta.exists() else {}
     return RunResult(
-        name=cfg.name, run_id=run_id, tracking_uri=cfg.tracking_uri,
-        checkpoint_path=ckpt.path if ckpt else None, metrics=dict(result.metrics or {}), history=history,
-    )  # fmt: skip
+        name=cfg.name,
+        run_id=run_id,
+        tracking_uri=cfg.tracking_uri,
+        checkpoint_path=ckpt.path if ckpt else None,
+        metrics=dict(result.metrics or {}),
+        history=history,
+    )

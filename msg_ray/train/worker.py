@@ -16,7 +16,7 @@ from msg_ray.train.config import RunConfig
 from msg_ray.train.engine import freeze_import_heap
 from msg_ray.train.hostmem import keep_freed_memory
 from msg_ray.train.loop import WorkerRun
-from msg_ray.train.session import Session, worker_env
+from msg_ray.train.reporting import Session, worker_env
 
 
 def run_worker(run: dict[str, Any], run_id: str | None, kind: str = "train") -> None:
@@ -51,6 +51,6 @@ def torch_trainer(cfg: RunConfig, run_id: str | None, callbacks: list | None = N
             storage_path=cfg.storage_path,
             callbacks=callbacks or [],
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-        ),  # fmt: skip
+        ),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
     )

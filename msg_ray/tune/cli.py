@@ -16,10 +16,18 @@ from msg_ray.tune.sweep import SweepConfig, run_sweep
 
 
 def add_tune_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--space", required=True, help="space name in tune_spaces/ (structures, durations, schedules, "
-                   "phi, operators) or a space file (.py defining SPACE, .yaml, .json)")  # fmt: skip
-    p.add_argument("--arch", choices=list(ARCHS), default=None,
-                   help="train every trial as this architecture (default: the space's arch)")  # fmt: skip
+    p.add_argument(
+        "--space",
+        required=True,
+        help="space name in tune_spaces/ (structures, durations, schedules, "
+        "phi, operators) or a space file (.py defining SPACE, .yaml, .json)",
+    )
+    p.add_argument(
+        "--arch",
+        choices=list(ARCHS),
+        default=None,
+        help="train every trial as this architecture (default: the space's arch)",
+    )
     p.add_argument("--num-samples", type=int, default=1, help="repeat the grid with seeds 0..N-1")
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what the CPUs fit)")
     p.add_argument("--workers-per-trial", type=int, default=1, help=">1 runs each trial as a nested TorchTrainer")
@@ -29,27 +37,47 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-path", default="", help="Ray storage (shared on a cluster)")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: $MLFLOW_TRACKING_URI or local sqlite)")
     p.add_argument("--experiment", default="msg_ray_tune")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a space field, dotted (budget.wall_s=30, run.engine.lr=0.001)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a space field, dotted (budget.wall_s=30, run.engine.lr=0.001)",
+    )
     p.add_argument("--address", default=None, help="Ray cluster address (default: local or $RAY_ADDRESS)")
 
 
 def sweep_config(args: argparse.Namespace):
 
     space = load_space(args.space, args.overrides + ([f"arch={args.arch}"] if args.arch else []))
-    return SweepConfig(space=space, name=args.name or "", num_samples=args.num_samples,
-                       max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial,
-                       cpus_per_worker=args.cpus_per_worker, mode=args.mode, storage_path=args.storage_path,
-                       tracking_uri=args.tracking_uri, experiment=args.experiment)  # fmt: skip
+    return SweepConfig(
+        space=space,
+        name=args.name or "",
+        num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent,
+        workers_per_trial=args.workers_per_trial,
+        cpus_per_worker=args.cpus_per_worker,
+        mode=args.mode,
+        storage_path=args.storage_path,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+    )
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
 
     result = run_sweep(sweep_config(args), ray_address=args.address)
-    summary: dict[str, Any] = {"name": result.name, "interrupted": result.interrupted, "path": str(result.path),
-                               "results": str(result.results_dir), "best_schedule": str(result.best_schedule),
-                               "parent_run_id": result.parent_run_id, "tracking_uri": result.tracking_uri,
-                               "seconds": round(result.seconds, 1)}  # fmt: skip
+    summary: dict[str, Any] = {
+        "name": result.name,
+        "interrupted": result.interrupted,
+        "path": str(result.path),
+        "results": str(result.results_dir),
+        "best_schedule": str(result.best_schedule),
+        "parent_run_id": result.parent_run_id,
+        "tracking_uri": result.tracking_uri,
+        "seconds": round(result.seconds, 1),
+    }
     print(json.dumps(summary, indent=1))
     if result.best_schedule:
         print(f"train it: msg-ray train --schedule {result.best_schedule}")

@@ -35,9 +35,28 @@ from msg_ray.train.metrics import first_reach
 from msg_ray.tune.space import FULL, SearchSpace, TrialSpec
 
 EARLY, MID = (0.1, 0.4), (0.4, 0.7)
-COLUMNS = ("rank", "label", "status", "schedule", "steps", "wall_s", "gamma_rank", "gamma_early", "gamma_mid",
-           "alpha_mid", "tau_mid", "loss_at_T", "loss_at_F", "speedup_vs_full", "flops_limit", "lr", "final_val",
-           "val_vs_full", "flops_to_target", "chosen")  # fmt: skip
+COLUMNS = (
+    "rank",
+    "label",
+    "status",
+    "schedule",
+    "steps",
+    "wall_s",
+    "gamma_rank",
+    "gamma_early",
+    "gamma_mid",
+    "alpha_mid",
+    "tau_mid",
+    "loss_at_T",
+    "loss_at_F",
+    "speedup_vs_full",
+    "flops_limit",
+    "lr",
+    "final_val",
+    "val_vs_full",
+    "flops_to_target",
+    "chosen",
+)
 
 
 @dataclass
@@ -93,8 +112,13 @@ def table(trials: list[TrialSeries], space: SearchSpace, vocab_size: int, seq_le
     rows = []
     for t in trials:
         s = t.series
-        row = {"label": t.spec.label, "status": t.status, "schedule": _describe(t.spec.schedule),
-               "steps": int(s["step"][-1]) if s.get("step") else 0, "wall_s": s["wall_s"][-1] if s.get("wall_s") else 0.0}  # fmt: skip
+        row = {
+            "label": t.spec.label,
+            "status": t.status,
+            "schedule": _describe(t.spec.schedule),
+            "steps": int(s["step"][-1]) if s.get("step") else 0,
+            "wall_s": s["wall_s"][-1] if s.get("wall_s") else 0.0,
+        }
         if s.get("wall_s") and not math.isnan(T):
             row["gamma_rank"] = _window(s, EARLY[0] * T, MID[1] * T)[0]
             row["gamma_early"] = _window(s, *(x * T for x in EARLY))[0]
@@ -146,8 +170,11 @@ def _equal_compute_columns(rows: list[dict[str, Any]], trials: list[TrialSeries]
         if ref is None or math.isnan(ref["final_val"]) or not s.get("val_loss"):
             continue
         r["val_vs_full"] = r["final_val"] - ref["final_val"]
-        pts = [(f, v) for i, (f, v) in enumerate(zip(s["flops"], s["val_loss"], strict=False))
-               if i == 0 or v != s["val_loss"][i - 1]]  # a report repeats the last evaluation until the next one  # fmt: skip
+        pts = [
+            (f, v)
+            for i, (f, v) in enumerate(zip(s["flops"], s["val_loss"], strict=False))
+            if i == 0 or v != s["val_loss"][i - 1]
+        ]  # a report repeats the last evaluation until the next one
         hit = first_reach([f for f, _ in pts], [v for _, v in pts], ref["final_val"])
         ref_flops = by_label[ref["label"]].series["flops"][-1]
         r["flops_to_target"] = ref_flops / hit if hit else math.nan
@@ -216,9 +243,28 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def markdown(rows: list[dict[str, Any]], title: str = "") -> str:
-    cols = ("rank", "label", "status", "steps", "wall_s", "lr", "chosen", "final_val", "val_vs_full",
-            "flops_to_target", "gamma_rank", "gamma_early", "gamma_mid", "alpha_mid", "tau_mid", "loss_at_T",
-            "loss_at_F", "speedup_vs_full", "flops_limit", "schedule")  # fmt: skip
+    cols = (
+        "rank",
+        "label",
+        "status",
+        "steps",
+        "wall_s",
+        "lr",
+        "chosen",
+        "final_val",
+        "val_vs_full",
+        "flops_to_target",
+        "gamma_rank",
+        "gamma_early",
+        "gamma_mid",
+        "alpha_mid",
+        "tau_mid",
+        "loss_at_T",
+        "loss_at_F",
+        "speedup_vs_full",
+        "flops_limit",
+        "schedule",
+    )
     lines = [f"### {title}", ""] if title else []
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:

@@ -142,9 +142,11 @@ class SearchSpace:
         if self.compute not in COMPUTES:
             raise bad("compute", f"must be one of {COMPUTES}, got {self.compute!r}")
         if self.lrs is not None and (
-            not isinstance(self.lrs, list | tuple) or not self.lrs or len(set(self.lrs)) != len(self.lrs)
+            not isinstance(self.lrs, list | tuple)
+            or not self.lrs
+            or len(set(self.lrs)) != len(self.lrs)
             or any(isinstance(x, bool) or not isinstance(x, int | float) or not x > 0 for x in self.lrs)
-        ):  # fmt: skip
+        ):
             raise bad("lrs", f"must be a list of distinct positive learning rates, got {self.lrs!r}")
         if self.compute != "flops":
             return
@@ -153,8 +155,11 @@ class SearchSpace:
         if self.budget:
             raise bad("budget", "must be {} with compute 'flops': every trial runs to its own end at equal FLOPs")
         if self.asha is not None:
-            raise bad("asha", "must be None with compute 'flops': early stopping would compare schedules that "
-                              "have grown with ones that have not, and final losses are what is ranked")  # fmt: skip
+            raise bad(
+                "asha",
+                "must be None with compute 'flops': early stopping would compare schedules that "
+                "have grown with ones that have not, and final losses are what is ranked",
+            )
 
     # -- planning ---------------------------------------------------------------------------------------
     def reference_target(self) -> Structure:
@@ -168,8 +173,17 @@ class SearchSpace:
             raise ValueError(f"space {self.name!r}: the grid is empty")
         base = self._with_reference(base)
         if self.lrs:  # the same LR grid for every trial, the reference included
-            base = [TrialSpec(f"{t.label}@lr{lr:g}", t.schedule, {**t.meta, "lr": lr, "base_label": t.label}, 0,
-                              merge_dicts(t.run, {"engine": {"lr": lr}})) for t in base for lr in self.lrs]  # fmt: skip
+            base = [
+                TrialSpec(
+                    f"{t.label}@lr{lr:g}",
+                    t.schedule,
+                    {**t.meta, "lr": lr, "base_label": t.label},
+                    0,
+                    merge_dicts(t.run, {"engine": {"lr": lr}}),
+                )
+                for t in base
+                for lr in self.lrs
+            ]
         labels = [t.label for t in base]
         if len(set(labels)) != len(labels):
             raise ValueError(
@@ -189,14 +203,27 @@ class SearchSpace:
         if self.compute != "flops" or any(t.schedule.is_full and t.schedule.target == target for t in base):
             return base
         b = base[0].schedule
-        ref = full(self.arch, target, self.total_steps, head_dim=b.head_dim, phi=b.phi, kv_group_size=b.kv_group_size,
-                   name=FULL)  # fmt: skip
+        ref = full(
+            self.arch,
+            target,
+            self.total_steps,
+            head_dim=b.head_dim,
+            phi=b.phi,
+            kv_group_size=b.kv_group_size,
+            name=FULL,
+        )
         return [*base, TrialSpec(FULL, ref, {"reference": True})]
 
     def _sched(self, label: str, stages: list[tuple[Any, int | float]], **kw: Any) -> Schedule:
         try:
-            return Schedule(arch=self.arch, head_dim=self.head_dim, total_steps=self.total_steps, name=label,
-                            stages=tuple(Stage(structure=s, start=b) for s, b in stages), **{"phi": self.phi or 0, **kw})  # fmt: skip
+            return Schedule(
+                arch=self.arch,
+                head_dim=self.head_dim,
+                total_steps=self.total_steps,
+                name=label,
+                stages=tuple(Stage(structure=s, start=b) for s, b in stages),
+                **{"phi": self.phi or 0, **kw},
+            )
         except ValueError as e:
             raise ValueError(f"space {self.name!r}: trial {label!r}: {e}") from e
 
@@ -245,8 +272,10 @@ class SearchSpace:
     def _schedules(self) -> list[TrialSpec]:
         if not isinstance(self.schedules, dict):
             raise ValueError(f"space {self.name!r}: schedules: must map labels to schedules")
-        return [TrialSpec(label, self._schedule_of(spec, label), {"schedule": label})
-                for label, spec in self.schedules.items()]  # fmt: skip
+        return [
+            TrialSpec(label, self._schedule_of(spec, label), {"schedule": label})
+            for label, spec in self.schedules.items()
+        ]
 
     def _phi(self) -> list[TrialSpec]:
         base = self._schedule_of(self.schedule, "base")

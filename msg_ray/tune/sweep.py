@@ -91,25 +91,42 @@ def plan_trials(cfg: SweepConfig, storage: str, uri: str, vocab_size: int | None
     space = cfg.space
     out = []
     for spec in space.trials(tuple(range(cfg.num_samples))):
-        extra = {"storage_path": str(Path(storage) / cfg.sweep_name / "train"), "tracking_uri": uri,
-                 "experiment": cfg.experiment, "workers": cfg.workers_per_trial,
-                 "cpus_per_worker": cfg.cpus_per_worker, **cfg.run_overrides}  # fmt: skip
+        extra = {
+            "storage_path": str(Path(storage) / cfg.sweep_name / "train"),
+            "tracking_uri": uri,
+            "experiment": cfg.experiment,
+            "workers": cfg.workers_per_trial,
+            "cpus_per_worker": cfg.cpus_per_worker,
+            **cfg.run_overrides,
+        }
         if space.budget:  # a compute budget stops trials, so no final checkpoint is reported on the way
             extra.setdefault("lr_decay", space.run.get("lr_decay", "constant"))
         rc = space.run_config(spec, cfg.sweep_name, vocab_size, **extra)
-        out.append({"label": spec.label, "seed": spec.seed, "meta": spec.meta, "run": rc.to_dict(),
-                    "run_id": None})  # fmt: skip
+        out.append({"label": spec.label, "seed": spec.seed, "meta": spec.meta, "run": rc.to_dict(), "run_id": None})
     return out
 
 
 def _open_parent(cfg: SweepConfig, uri: str, resumed_id: str | None) -> Tracker:
     name = cfg.sweep_name
-    parent = Tracker(uri=uri, experiment=cfg.experiment, run_name=name, run_id=resumed_id,
-                     tags={KIND: "parent", NAME: name, "msg_ray.tune.kind": cfg.space.kind})  # fmt: skip
+    parent = Tracker(
+        uri=uri,
+        experiment=cfg.experiment,
+        run_name=name,
+        run_id=resumed_id,
+        tags={KIND: "parent", NAME: name, "msg_ray.tune.kind": cfg.space.kind},
+    )
     parent.start()
-    parent.log_params({"space": cfg.space.to_dict(), "space.digest": cfg.space.digest(), "num_samples": cfg.num_samples,
-                       "max_concurrent": cfg.max_concurrent, "workers_per_trial": cfg.workers_per_trial,
-                       "mode": cfg.resolved_mode, "asha": cfg.space.asha})  # fmt: skip
+    parent.log_params(
+        {
+            "space": cfg.space.to_dict(),
+            "space.digest": cfg.space.digest(),
+            "num_samples": cfg.num_samples,
+            "max_concurrent": cfg.max_concurrent,
+            "workers_per_trial": cfg.workers_per_trial,
+            "mode": cfg.resolved_mode,
+            "asha": cfg.space.asha,
+        }
+    )
     if cfg.space.doc:
         parent.set_tags({"mlflow.note.content": cfg.space.doc})
     parent.flush()
@@ -118,13 +135,19 @@ def _open_parent(cfg: SweepConfig, uri: str, resumed_id: str | None) -> Tracker:
 
 def _open_child(trial: dict[str, Any], parent_id: str | None, uri: str, experiment: str) -> str | None:
     rc = trial["run"]
-    tags = {RUN_TAG: rc["name"], KIND: "child", LABEL: trial["label"], "msg_ray.tune.seed": trial["seed"],
-            **{f"msg_ray.tune.{k}": v for k, v in trial["meta"].items()}}  # fmt: skip
+    tags = {
+        RUN_TAG: rc["name"],
+        KIND: "child",
+        LABEL: trial["label"],
+        "msg_ray.tune.seed": trial["seed"],
+        **{f"msg_ray.tune.{k}": v for k, v in trial["meta"].items()},
+    }
     t = Tracker(uri=uri, experiment=experiment, run_name=rc["name"], parent_run_id=parent_id, tags=tags)
     run_id = t.start()
     s = rc["schedule"]
-    t.log_params({**rc, "operator": s["operator"], "phi": s["phi"], "target": str(s["target"]),
-                  "n_stages": len(s["stages"])})  # fmt: skip
+    t.log_params(
+        {**rc, "operator": s["operator"], "phi": s["phi"], "target": str(s["target"]), "n_stages": len(s["stages"])}
+    )
     t.log_dict(s, "schedule.yaml")
     t.flush()
     return run_id
@@ -136,16 +159,24 @@ def _load_or_create_plan(cfg: SweepConfig, path: Path, uri: str, storage: str, v
     if plan_file.exists():
         plan = json.loads(plan_file.read_text())
         if plan["digest"] != cfg.space.digest() or len(plan["trials"]) != len(trials):
-            raise ValueError(f"sweep {cfg.sweep_name!r} at {path} was started with a different space or sample count; "
-                             "pick another --name to start a new sweep")  # fmt: skip
+            raise ValueError(
+                f"sweep {cfg.sweep_name!r} at {path} was started with a different space or sample count; "
+                "pick another --name to start a new sweep"
+            )
         for t in plan["trials"]:  # plans written before the key was renamed
             t.setdefault("run_id", t.pop("mlflow_run_id", None))
         return plan, _open_parent(cfg, uri, plan["parent_run_id"])
     parent = _open_parent(cfg, uri, None)
     for t in trials:
         t["run_id"] = _open_child(t, parent.run_id, uri, cfg.experiment)
-    plan = {"name": cfg.sweep_name, "digest": cfg.space.digest(), "parent_run_id": parent.run_id, "trials": trials,
-            "space": cfg.space.to_dict(), "kind": cfg.space.kind}  # fmt: skip
+    plan = {
+        "name": cfg.sweep_name,
+        "digest": cfg.space.digest(),
+        "parent_run_id": parent.run_id,
+        "trials": trials,
+        "space": cfg.space.to_dict(),
+        "kind": cfg.space.kind,
+    }
     path.mkdir(parents=True, exist_ok=True)
     plan_file.write_text(json.dumps(plan, indent=1, default=str))
     return plan, parent
@@ -160,8 +191,14 @@ def _scheduler(space: SearchSpace):
     attr = a.get("time_attr", "wall_s")
     max_t = float(a.get("max_t") or space.budget.get(attr) or next(iter(space.budget.values())))
     rf = float(a.get("reduction_factor", 2))
-    return ASHAScheduler(time_attr=attr, metric="loss_avg", mode="min", max_t=max_t,
-                         grace_period=float(a.get("grace", max_t / rf**2)), reduction_factor=rf)  # fmt: skip
+    return ASHAScheduler(
+        time_attr=attr,
+        metric="loss_avg",
+        mode="min",
+        max_t=max_t,
+        grace_period=float(a.get("grace", max_t / rf**2)),
+        reduction_factor=rf,
+    )
 
 
 def _tuner(cfg: SweepConfig, plan: dict, path: Path, storage: str):
@@ -169,8 +206,9 @@ def _tuner(cfg: SweepConfig, plan: dict, path: Path, storage: str):
     from ray import tune
 
     mode = cfg.resolved_mode
-    resources, per_worker, k = plan_resources(mode, ray.cluster_resources().get("CPU", 1.0), cfg.max_concurrent,
-                                              cfg.workers_per_trial, cfg.cpus_per_worker)  # fmt: skip
+    resources, per_worker, k = plan_resources(
+        mode, ray.cluster_resources().get("CPU", 1.0), cfg.max_concurrent, cfg.workers_per_trial, cfg.cpus_per_worker
+    )
     for t in plan["trials"]:
         t["run"]["cpus_per_worker"] = per_worker
     fn = inprocess_trial if mode == "inprocess" else nested_trial
@@ -189,7 +227,7 @@ def _tuner(cfg: SweepConfig, plan: dict, path: Path, storage: str):
             stop=stop,
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        ),  # fmt: skip
+        ),
     )
     return tuner, k
 
@@ -228,8 +266,14 @@ def _finish_children(trials: list[R.TrialSeries], rows: list[dict], plan: dict, 
         tr = Tracker(uri=uri, experiment=experiment, run_name=p["run"]["name"], run_id=p["run_id"])
         tr.start()
         r = rank[t.spec.label]
-        tr.log_metrics({f"tune/{k}": r[k] for k in ("rank", "gamma_rank", "gamma_early", "gamma_mid", "loss_at_T")
-                        if isinstance(r[k], int | float) and not math.isnan(r[k])}, step=r["steps"])  # fmt: skip
+        tr.log_metrics(
+            {
+                f"tune/{k}": r[k]
+                for k in ("rank", "gamma_rank", "gamma_early", "gamma_mid", "loss_at_T")
+                if isinstance(r[k], int | float) and not math.isnan(r[k])
+            },
+            step=r["steps"],
+        )
         tr.set_tags({"msg_ray.tune.status": t.status})
         # the loop marks a trial FINISHED when it runs to the end; stopped trials never get there
         tr.finish({"completed": "FINISHED", "budget": "FINISHED", "stopped_early": "KILLED"}.get(t.status, "FAILED"))
@@ -264,16 +308,18 @@ def run_sweep(cfg: SweepConfig, *, ray_address: str | None = None) -> SweepResul
     if interrupted:
         print(f"[msg_ray tune] {cfg.sweep_name} interrupted; run the same command again to resume", flush=True)
         parent.flush()
-        return SweepResult(cfg.sweep_name, path, parent.run_id, uri, [], None, out, True, trials,
-                           time.perf_counter() - t0)  # fmt: skip
+        return SweepResult(
+            cfg.sweep_name, path, parent.run_id, uri, [], None, out, True, trials, time.perf_counter() - t0
+        )
     rows = R.table(trials, cfg.space, data.vocab_size, first.data.seq_len)
     best = _write_results(rows, trials, cfg, out, parent)
     _finish_children(trials, rows, plan, uri, cfg.experiment)
     parent.finish("FINISHED")
     print(R.markdown(rows, f"sweep {cfg.sweep_name} ({cfg.space.kind})"), flush=True)
     print(f"[msg_ray tune] results: {out}; best schedule: {best}", flush=True)
-    return SweepResult(cfg.sweep_name, path, parent.run_id, uri, rows, best, out, False, trials,
-                       time.perf_counter() - t0)  # fmt: skip
+    return SweepResult(
+        cfg.sweep_name, path, parent.run_id, uri, rows, best, out, False, trials, time.perf_counter() - t0
+    )
 
 
 def _write_results(
@@ -291,7 +337,8 @@ def _write_results(
     if curves:
         plots.save(plots.gamma_vs_time(curves), out / "gamma_vs_time.png")
     parent.log_artifact(out)
-    parent.log_metrics({"tune/n_trials": len(rows),
-                        "tune/n_stopped_early": sum(t.status == "stopped_early" for t in trials)}, step=0)  # fmt: skip
+    parent.log_metrics(
+        {"tune/n_trials": len(rows), "tune/n_stopped_early": sum(t.status == "stopped_early" for t in trials)}, step=0
+    )
     parent.set_tags({"msg_ray.tune.best": rows[0]["label"]})
     return best

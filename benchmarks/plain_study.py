@@ -1,5 +1,5 @@
 """Schedule studies for the plain reference loop: which growth schedules and LR policies beat tuned full training
-at equal FLOPs (``pipelines/bench_schedules.py`` runs them; ``report`` prints the table that chose the presets).
+at equal FLOPs (``benchmarks/bench_schedules.py`` runs them; ``report`` prints the table that chose the presets).
 
 Rules every study follows (Kaddour et al., NeurIPS 2023): one LR grid for every schedule and the baseline, each
 chosen LR checked to lie inside the grid, every run's LR decayed at its own end, equal training FLOPs.
@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from benchmarks.plain import PlainJob, flops_to_reach
 from msg_ray.growth import OPERATORS
 from msg_ray.presets import DEFAULT_SCHEDULE
 from msg_ray.schedule import FULL, Schedule, Stage, full, get_schedule
 from msg_ray.train.metrics import decayed_reach
-from msg_ray.train.plain import PlainJob, flops_to_reach
 
 _T = [128, 512, 4, 4]  # the mini target (head_dim 32)
 _FFN_FIRST = [[64, 256, 2, 2], [64, 512, 2, 2], [128, 512, 2, 2], [128, 512, 4, 2], _T]
@@ -58,12 +58,24 @@ def candidates(arch: str, total: int, phi: int = 50) -> dict[str, Schedule]:
 def _grid(
     schedules: dict[str, Schedule], lrs: list[float], seeds: list[int], full_steps: int, **kw: Any
 ) -> list[PlainJob]:
-    return [PlainJob(schedule=s, lr=lr, full_steps=full_steps, seed=seed, label=label, **kw)
-            for label, s in schedules.items() for lr in lrs for seed in seeds]  # fmt: skip
+    return [
+        PlainJob(schedule=s, lr=lr, full_steps=full_steps, seed=seed, label=label, **kw)
+        for label, s in schedules.items()
+        for lr in lrs
+        for seed in seeds
+    ]
 
 
-def _study(arch: str, data: dict, full_steps: int, lrs: list[float], picks: list[str] | None, policies: bool,
-           scale: float, **kw: Any) -> Study:  # fmt: skip
+def _study(
+    arch: str,
+    data: dict,
+    full_steps: int,
+    lrs: list[float],
+    picks: list[str] | None,
+    policies: bool,
+    scale: float,
+    **kw: Any,
+) -> Study:
     n = max(60, int(full_steps * scale))
     cands = candidates(arch, n, phi=max(1, round(50 * min(1.0, scale))))
     if picks is not None:
@@ -76,8 +88,14 @@ def _study(arch: str, data: dict, full_steps: int, lrs: list[float], picks: list
     jobs += [replace(j, budget_of=tuple(_T)) for j in _grid(static, lrs, seeds, n, **kw)]
     if policies:  # the LR policy study on the first candidate: resets at the 1st/2nd growth, muP-style width rule
         first = next(iter(cands))
-        jobs += [replace(j, lr_reset_growths=2, label=f"{first}+reset2") for j in _grid({first: cands[first]}, lrs, seeds, n, **kw)]  # fmt: skip
-        jobs += [replace(j, lr_scale="width", label=f"{first}+width") for j in _grid({first: cands[first]}, lrs, seeds, n, **kw)]  # fmt: skip
+        jobs += [
+            replace(j, lr_reset_growths=2, label=f"{first}+reset2")
+            for j in _grid({first: cands[first]}, lrs, seeds, n, **kw)
+        ]
+        jobs += [
+            replace(j, lr_scale="width", label=f"{first}+width")
+            for j in _grid({first: cands[first]}, lrs, seeds, n, **kw)
+        ]
     # seed 0 of every label first: a sweep cut short still covers every schedule
     return Study(data=data, jobs=sorted(jobs, key=lambda j: j.seed))
 
@@ -99,56 +117,139 @@ _BERT_LRS = [5e-4, 1e-3, 1.4e-3, 2e-3, 2.8e-3]
 
 STUDIES: dict[str, Callable[[float], Study]] = {
     "gpt": lambda scale: _study(
-        "gpt", {"source": "wikitext2", "tokenizer": "bpe8k", "seq_len": 64, "objective": "clm"}, 1500, _GPT_LRS,
-        None, True, scale, batch_size=16, warmup_steps=50),
+        "gpt",
+        {"source": "wikitext2", "tokenizer": "bpe8k", "seq_len": 64, "objective": "clm"},
+        1500,
+        _GPT_LRS,
+        None,
+        True,
+        scale,
+        batch_size=16,
+        warmup_steps=50,
+    ),
     "bert": lambda scale: _study(
-        "bert", {"source": "wikitext2", "tokenizer": "bpe8k", "seq_len": 64, "objective": "mlm"}, 2000, _BERT_LRS,
-        ["ffn-first-48", "ffn-first-32", "width-depth-40", "mini-sch1-b"], False, scale, batch_size=16,
-        warmup_steps=150),
+        "bert",
+        {"source": "wikitext2", "tokenizer": "bpe8k", "seq_len": 64, "objective": "mlm"},
+        2000,
+        _BERT_LRS,
+        ["ffn-first-48", "ffn-first-32", "width-depth-40", "mini-sch1-b"],
+        False,
+        scale,
+        batch_size=16,
+        warmup_steps=150,
+    ),
     # warm-up 150 (the tuned full baseline's warm-up), the LR grid widened to bracket growth's optimum
     "gpt-warmup150": lambda scale: _study(
-        "gpt", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}, 1500,
-        [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48", "ffn-first-32", "ffn-first-60", "ffn-first-72",
-         "ffn-first-84", "hidden-last-48"],
-        False, scale, batch_size=16, warmup_steps=150),
+        "gpt",
+        {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"},
+        1500,
+        [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2],
+        ["ffn-first-48", "ffn-first-32", "ffn-first-60", "ffn-first-72", "ffn-first-84", "hidden-last-48"],
+        False,
+        scale,
+        batch_size=16,
+        warmup_steps=150,
+    ),
     # the same with warm-up 50, 300, 600 and 1000: the warm-up grid widened until each operator's optimum is inside it
-    **{f"gpt-warmup{w}": (lambda scale, w=w: _study(
-        "gpt", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}, 1500,
-        [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48"], False, scale, batch_size=16, warmup_steps=w))
-       for w in (50, 300, 600, 1000)},
+    **{
+        f"gpt-warmup{w}": (
+            lambda scale, w=w: _study(
+                "gpt",
+                {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"},
+                1500,
+                [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2],
+                ["ffn-first-48"],
+                False,
+                scale,
+                batch_size=16,
+                warmup_steps=w,
+            )
+        )
+        for w in (50, 300, 600, 1000)
+    },
     # BERT MLM on the protocol of README's BERT table (4k BPE, seq 64, batch 16, warm-up 150, 2,000 full steps);
     # ffn-first-48 is the mini-bert-fast preset's shape; -72 / -84 end growth later (GPT's best at this budget)
     "bert-warmup150": lambda scale: _study(
-        "bert", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "mlm"}, 2000,
-        [5e-4, 1e-3, 2e-3, 4e-3], ["ffn-first-48", "ffn-first-72", "ffn-first-84"], False, scale, batch_size=16,
-        warmup_steps=150),
+        "bert",
+        {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "mlm"},
+        2000,
+        [5e-4, 1e-3, 2e-3, 4e-3],
+        ["ffn-first-48", "ffn-first-72", "ffn-first-84"],
+        False,
+        scale,
+        batch_size=16,
+        warmup_steps=150,
+    ),
     # the same with warm-up 50: with 150 and 600, a warm-up grid that can bracket each operator's optimum
     "bert-warmup50": lambda scale: _study(
-        "bert", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "mlm"}, 2000,
-        [5e-4, 1e-3, 2e-3, 4e-3], ["ffn-first-48"], False, scale, batch_size=16, warmup_steps=50),
+        "bert",
+        {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "mlm"},
+        2000,
+        [5e-4, 1e-3, 2e-3, 4e-3],
+        ["ffn-first-48"],
+        False,
+        scale,
+        batch_size=16,
+        warmup_steps=50,
+    ),
     # the same with warm-up 600 (the GPT baseline's bracketed optimum), the LR grid shifted up one point
     "bert-warmup600": lambda scale: _study(
-        "bert", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "mlm"}, 2000,
-        [1e-3, 2e-3, 4e-3, 8e-3], ["ffn-first-48"], False, scale, batch_size=16, warmup_steps=600),
+        "bert",
+        {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "mlm"},
+        2000,
+        [1e-3, 2e-3, 4e-3, 8e-3],
+        ["ffn-first-48"],
+        False,
+        scale,
+        batch_size=16,
+        warmup_steps=600,
+    ),
     # the llama architecture on the gpt-warmup150 protocol, the grid widened by one point on each side
     "llama-warmup150": lambda scale: _study(
-        "llama", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}, 1500,
-        [2e-3, 2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48"], False, scale, batch_size=16,
-        warmup_steps=150),
+        "llama",
+        {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"},
+        1500,
+        [2e-3, 2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2],
+        ["ffn-first-48"],
+        False,
+        scale,
+        batch_size=16,
+        warmup_steps=150,
+    ),
     # the operator zoo on one schedule (msg_ray.operators), same LR grid for every operator and full
     "gpt-operators": lambda scale: _operators(scale, [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2]),
     # robustness of the shipped shape (ffn-first-48) on the gpt-warmup150 protocol with another tokenizer size
     # (8k BPE), sequence length (128) and batch (8: the same tokens per step)
     "gpt-robust": lambda scale: _study(
-        "gpt", {"source": "wikitext2", "tokenizer": "bpe8k", "seq_len": 128, "objective": "clm"}, 1500,
-        [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2], ["ffn-first-48"], False, scale, batch_size=8, warmup_steps=150),
+        "gpt",
+        {"source": "wikitext2", "tokenizer": "bpe8k", "seq_len": 128, "objective": "clm"},
+        1500,
+        [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2],
+        ["ffn-first-48"],
+        False,
+        scale,
+        batch_size=8,
+        warmup_steps=150,
+    ),
     # 4x the gpt-warmup150 budget (6,000 full steps, ~2.0 epochs of WikiText-2): does the lead of growth and of the
     # smaller static model over full shrink as the target moves towards compute-optimal? (warm-up 150 / 600)
-    **{f"gpt-4x-warmup{w}": (lambda scale, w=w: _study(
-        "gpt", {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}, 6000,
-        [2.8e-3, 4e-3, 5.6e-3, 8e-3], ["ffn-first-48", "ffn-first-84"], False, scale, batch_size=16,
-        warmup_steps=w)) for w in (150, 600)},
-}  # fmt: skip
+    **{
+        f"gpt-4x-warmup{w}": (
+            lambda scale, w=w: _study(
+                "gpt",
+                {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"},
+                6000,
+                [2.8e-3, 4e-3, 5.6e-3, 8e-3],
+                ["ffn-first-48", "ffn-first-84"],
+                False,
+                scale,
+                batch_size=16,
+                warmup_steps=w,
+            )
+        )
+        for w in (150, 600)
+    },
+}
 
 
 def select(study: Study, only: str = "", lrs: str = "", seeds: str = "", data: list[str] | None = None) -> Study:
@@ -156,8 +257,13 @@ def select(study: Study, only: str = "", lrs: str = "", seeds: str = "", data: l
     keep_labels = {x.strip() for x in only.split(",") if x.strip()}
     keep_lrs = {float(x) for x in lrs.split(",") if x.strip()}
     keep_seeds = {int(x) for x in seeds.split(",") if x.strip()}
-    jobs = [j for j in study.jobs if (not keep_labels or j.label in keep_labels)
-            and (not keep_lrs or j.lr in keep_lrs) and (not keep_seeds or j.seed in keep_seeds)]  # fmt: skip
+    jobs = [
+        j
+        for j in study.jobs
+        if (not keep_labels or j.label in keep_labels)
+        and (not keep_lrs or j.lr in keep_lrs)
+        and (not keep_seeds or j.seed in keep_seeds)
+    ]
     if not jobs:
         raise ValueError(f"no job of the study matches only={only!r} lrs={lrs!r} seeds={seeds!r}")
     overrides = {}
@@ -171,8 +277,15 @@ def select(study: Study, only: str = "", lrs: str = "", seeds: str = "", data: l
 
 def job_key(job: dict[str, Any]) -> tuple:
     """What identifies a job within one study's results (a result's ``job`` field, or ``asdict(PlainJob)``)."""
-    return (job["label"], float(job["lr"]), int(job["seed"]), job.get("lr_scale"), job.get("lr_reset_growths"),
-            job.get("full_steps"), job.get("warmup_steps"))  # fmt: skip
+    return (
+        job["label"],
+        float(job["lr"]),
+        int(job["seed"]),
+        job.get("lr_scale"),
+        job.get("lr_reset_growths"),
+        job.get("full_steps"),
+        job.get("warmup_steps"),
+    )
 
 
 def at_budgets(study: Study, fractions: str) -> Study:
@@ -272,20 +385,26 @@ def summarize(results: list[dict]) -> list[dict[str, Any]]:
         warmups = {w for _, w in per_hp}
         reach = [flops_to_reach(r, target) for r in runs]
         name = (lambda x, w: f"{x:g}") if len(warmups) < 2 else (lambda x, w: f"{x:g}@w{w}")
-        rows.append({
-            "schedule": label, "lr": lr, "warmup": warmup,
-            "lr_inside_grid": bool(_inside({x for x, w in per_hp if w == warmup}, lr)),
-            "warmup_inside_grid": _inside({w for x, w in per_hp if x == lr}, warmup),
-            "warmup_searched": len(warmups) > 1,
-            "steps": runs[0]["total_steps"], "final_val": _ms([r["final_val"] for r in runs]),
-            "vs_full": _ms([r["final_val"] for r in runs])[0] - target,
-            "flops_to_target_speedup": _ms([full_flops / f if f == f else math.nan for f in reach]),
-            "reached": f"{sum(f == f for f in reach)}/{len(reach)}",
-            "runs": len(runs), "flops": statistics.fmean(r["flops"][-1] for r in runs),
-            "val_by_lr": {name(x, w): round(searched(per_hp, (x, w)), 4) for x, w in sorted(per_hp, key=_hp_order)},
-            "downstream": _downstream(runs),
-            "loss_jump": _ms([max(map(abs, r["growth_jumps"])) for r in runs if r.get("growth_jumps")])[0],
-        })  # fmt: skip
+        rows.append(
+            {
+                "schedule": label,
+                "lr": lr,
+                "warmup": warmup,
+                "lr_inside_grid": bool(_inside({x for x, w in per_hp if w == warmup}, lr)),
+                "warmup_inside_grid": _inside({w for x, w in per_hp if x == lr}, warmup),
+                "warmup_searched": len(warmups) > 1,
+                "steps": runs[0]["total_steps"],
+                "final_val": _ms([r["final_val"] for r in runs]),
+                "vs_full": _ms([r["final_val"] for r in runs])[0] - target,
+                "flops_to_target_speedup": _ms([full_flops / f if f == f else math.nan for f in reach]),
+                "reached": f"{sum(f == f for f in reach)}/{len(reach)}",
+                "runs": len(runs),
+                "flops": statistics.fmean(r["flops"][-1] for r in runs),
+                "val_by_lr": {name(x, w): round(searched(per_hp, (x, w)), 4) for x, w in sorted(per_hp, key=_hp_order)},
+                "downstream": _downstream(runs),
+                "loss_jump": _ms([max(map(abs, r["growth_jumps"])) for r in runs if r.get("growth_jumps")])[0],
+            }
+        )
     rows.sort(key=lambda r: r["final_val"][0])
     return rows
 
@@ -318,12 +437,17 @@ def budget_curve(results: list[dict]) -> list[dict[str, Any]]:
             seeds.setdefault(r["job"]["seed"], []).append((r["flops"][-1], r["final_val"]))
         reach = [decayed_reach(pts, target) for pts in seeds.values() if len(pts) > 1]
         at = {b: [r["final_val"] for r in mine if r["job"].get("full_steps") == b] for b in budgets}
-        out.append({
-            "schedule": label, "lr": row["lr"], "target": target,
-            "val_by_budget": {round(b / main, 3): (*_ms(v), len(v)) for b, v in at.items()},
-            "flops_to_target_speedup": _ms([full_flops / f for f, _ in reach]), "seeds": len(reach),
-            "bound": any(not exact and f == f for f, exact in reach),
-        })  # fmt: skip
+        out.append(
+            {
+                "schedule": label,
+                "lr": row["lr"],
+                "target": target,
+                "val_by_budget": {round(b / main, 3): (*_ms(v), len(v)) for b, v in at.items()},
+                "flops_to_target_speedup": _ms([full_flops / f for f, _ in reach]),
+                "seeds": len(reach),
+                "bound": any(not exact and f == f for f, exact in reach),
+            }
+        )
     return out
 
 
@@ -334,8 +458,12 @@ def _budget_report(results: list[dict]) -> str:
     fracs = sorted({f for r in rows for f in r["val_by_budget"]})
     vals = [f"val at {f:g}x full's FLOPs" for f in fracs]
     head = ["schedule", "LR", *vals, "FLOPs-to-target (decayed runs)", "seeds"]
-    lines = [f"\nDecayed budget curve (every run solved to its budget and decayed at its own end; target = tuned "
-             f"full's final val {rows[0]['target']:.4f}):", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    lines = [
+        f"\nDecayed budget curve (every run solved to its budget and decayed at its own end; target = tuned "
+        f"full's final val {rows[0]['target']:.4f}):",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for r in rows:
         cells = [r["schedule"], f"{r['lr']:g}"]
         for f in fracs:
@@ -358,17 +486,36 @@ def report(results: list[dict]) -> str:
     probes = any(r["downstream"] for r in rows)  # downstream columns only when some run was scored
     extra = [f"{name} (probe)" for name in DOWNSTREAM.values()] if probes else []
     warm = any(r["warmup_searched"] for r in rows)  # a warm-up column only when some label searched warm-ups
-    head = ["schedule", "LR", "inside grid", *(["warm-up", "inside grid"] if warm else []), "steps",
-            "final val at equal FLOPs", "Δ vs full", "FLOPs-to-target", "reached", "max loss jump at a growth", *extra,
-            "val by LR (search seeds)"]  # fmt: skip
+    head = [
+        "schedule",
+        "LR",
+        "inside grid",
+        *(["warm-up", "inside grid"] if warm else []),
+        "steps",
+        "final val at equal FLOPs",
+        "Δ vs full",
+        "FLOPs-to-target",
+        "reached",
+        "max loss jump at a growth",
+        *extra,
+        "val by LR (search seeds)",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         (m, s), (sm, ss) = r["final_val"], r["flops_to_target_speedup"]
         inside = {True: "yes", False: "NO", None: "one value"}[r["warmup_inside_grid"]]
-        cells = [r["schedule"], f"{r['lr']:g}", "yes" if r["lr_inside_grid"] else "NO",
-                 *([str(r["warmup"]), inside] if warm else []), str(r["steps"]),
-                 f"{m:.4f} ({s:.4f})", f"{r['vs_full']:+.4f}", f"{sm:.2f}x ({ss:.2f})", r["reached"],
-                 "–" if math.isnan(r["loss_jump"]) else f"{r['loss_jump']:.2g}"]  # fmt: skip
+        cells = [
+            r["schedule"],
+            f"{r['lr']:g}",
+            "yes" if r["lr_inside_grid"] else "NO",
+            *([str(r["warmup"]), inside] if warm else []),
+            str(r["steps"]),
+            f"{m:.4f} ({s:.4f})",
+            f"{r['vs_full']:+.4f}",
+            f"{sm:.2f}x ({ss:.2f})",
+            r["reached"],
+            "–" if math.isnan(r["loss_jump"]) else f"{r['loss_jump']:.2g}",
+        ]
         for k in DOWNSTREAM if probes else ():
             dm, ds, n = r["downstream"].get(k, (math.nan, math.nan, 0))
             cells.append("–" if n == 0 else f"{dm:.3f} ({ds:.3f})" + ("" if n == r["runs"] else f" [{n}/{r['runs']}]"))

@@ -4,13 +4,13 @@ Every schedule and the full baseline get the same LR grid; each schedule is solv
 ``--full-steps`` full steps and its LR decays fully at its own end. Prints, per (schedule, LR policy): the
 chosen LR (and whether it is inside the grid), final val loss at equal FLOPs (mean/std over seeds), and the
 FLOPs-to-target speed-up, target = the tuned full run's final val loss. Runs many jobs side by side on one GPU
-(``--procs``) or on CPU cores. Studies are defined in ``msg_ray.train.plain_study``.
+(``--procs``) or on CPU cores. Studies are defined in ``benchmarks.plain_study``.
 
-    python pipelines/bench_schedules.py --study gpt --device cuda --procs 12 --out results.jsonl
-    python pipelines/bench_schedules.py --report full.jsonl growth.jsonl   # one table from several result files
-    python pipelines/bench_schedules.py --study gpt-operators --resume --out ops.jsonl   # finish a cut-short sweep
-    python pipelines/bench_schedules.py --study gpt-operators --downstream --out ops.jsonl   # + linear-probe scores
-    python pipelines/bench_schedules.py --study gpt-warmup150 --only ffn-first-48 --lrs 8e-3 --budgets 0.5,0.6 \
+    python -m benchmarks.bench_schedules.py --study gpt --device cuda --procs 12 --out results.jsonl
+    python -m benchmarks.bench_schedules.py --report full.jsonl growth.jsonl   # one table from several result files
+    python -m benchmarks.bench_schedules.py --study gpt-operators --resume --out ops.jsonl   # finish a cut-short sweep
+    python -m benchmarks.bench_schedules.py --study gpt-operators --downstream --out ops.jsonl   # + linear-probe scores
+    python -m benchmarks.bench_schedules.py --study gpt-warmup150 --only ffn-first-48 --lrs 8e-3 --budgets 0.5,0.6 \
         --out budgets.jsonl   # growth at half and 0.6x full's FLOPs, each decayed at its own end
 """
 
@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
-from msg_ray.train import plain_study as S
+from benchmarks import plain_study as S
 
 _STATE: dict = {}
 
@@ -30,9 +30,9 @@ _STATE: dict = {}
 def _init(data_cfg: dict, device: str, threads: int, downstream: bool) -> None:
     import torch
 
+    from benchmarks.plain import valid_batches
     from msg_ray.data import DataConfig, prepare
     from msg_ray.train.hostmem import keep_freed_memory
-    from msg_ray.train.plain import valid_batches
 
     torch.set_num_threads(threads)
     keep_freed_memory()
@@ -53,7 +53,7 @@ def _probe_scorer(data_cfg):
 
 
 def _run(job):
-    from msg_ray.train.plain import run_plain
+    from benchmarks.plain import run_plain
 
     return run_plain(job, _STATE["data"], _STATE["valid"], _STATE["device"], _STATE["downstream"])
 
@@ -77,16 +77,33 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="", help="comma list of labels to run (default: all)")
     p.add_argument("--lrs", default="", help="comma list: run only these LRs of the study's grid")
     p.add_argument("--seeds", default="", help="comma list: run only these seeds")
-    p.add_argument("--budgets", default="",
-                   help="comma list of fractions of full's FLOPs: run the selected jobs at these budgets, each "
-                        "decayed at its own end (the decayed budget curve; full at the study's budget is the target)")  # fmt: skip
+    p.add_argument(
+        "--budgets",
+        default="",
+        help="comma list of fractions of full's FLOPs: run the selected jobs at these budgets, each "
+        "decayed at its own end (the decayed budget curve; full at the study's budget is the target)",
+    )
     p.add_argument("--resume", action="store_true", help="keep --out's results and run only the jobs it lacks")
-    p.add_argument("--downstream", action="store_true",
-                   help="score every final model with linear probes (movie sentiment, BBC topics)")  # fmt: skip
-    p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
-                   help="--report: read label OLD as NEW (the same schedule saved by two studies under two labels)")  # fmt: skip
-    p.add_argument("--data", dest="data_overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="DataConfig override for every run (tokenizer=bpe:4096, seq_len=128)")  # fmt: skip
+    p.add_argument(
+        "--downstream",
+        action="store_true",
+        help="score every final model with linear probes (movie sentiment, BBC topics)",
+    )
+    p.add_argument(
+        "--rename",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="--report: read label OLD as NEW (the same schedule saved by two studies under two labels)",
+    )
+    p.add_argument(
+        "--data",
+        dest="data_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="DataConfig override for every run (tokenizer=bpe:4096, seq_len=128)",
+    )
     args = p.parse_args(argv)
     if args.report:
         if missing := [f for f in args.report if not Path(f).exists()]:
@@ -121,8 +138,11 @@ def main(argv=None) -> int:
             results.append(r)
             f.write(json.dumps(r) + "\n")
             f.flush()
-            print(f"[{i}/{len(futures)} {time.perf_counter() - t0:.0f}s] {r['job']['label']} lr={r['job']['lr']:g} "
-                  f"s{r['job']['seed']}: steps {r['total_steps']} val {r['final_val']:.4f}", flush=True)  # fmt: skip
+            print(
+                f"[{i}/{len(futures)} {time.perf_counter() - t0:.0f}s] {r['job']['label']} lr={r['job']['lr']:g} "
+                f"s{r['job']['seed']}: steps {r['total_steps']} val {r['final_val']:.4f}",
+                flush=True,
+            )
     if not any(r["job"]["label"] == S.FULL for r in results):  # e.g. the baseline was run into another file
         print(f"no full baseline among these results: combine files with --report {args.out} <full results>")
         return 0

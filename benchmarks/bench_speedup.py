@@ -6,19 +6,17 @@ against the full run's average step rate, next to the FLOPs-per-step ratio (the 
 small stages trail it most, because the LM head and per-step overheads do not shrink with the model).
 ``--from-mlflow EXPERIMENT`` prints the same tables for an existing comparison without training.
 
-    python pipelines/bench_speedup.py --schedule mini-sch1-g --lrs 1e-3,2e-3,3e-3 --set data.seq_len=64
-    python pipelines/bench_speedup.py --from-mlflow msg_ray --tracking-uri sqlite:////abs/mlruns.db
+    python -m benchmarks.bench_speedup.py --schedule mini-sch1-g --lrs 1e-3,2e-3,3e-3 --set data.seq_len=64
+    python -m benchmarks.bench_speedup.py --from-mlflow msg_ray --tracking-uri sqlite:////abs/mlruns.db
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from msg_ray.compare.cli import compare_config, register_cli  # noqa: E402
-from msg_ray.compare.report import FULL, RunRecord, representative, to_markdown  # noqa: E402
+from msg_ray.compare.cli import compare_config, register_cli
+from msg_ray.compare.report import FULL, RunRecord, representative, to_markdown
 
 
 def _at(history: dict, key: str, step: int) -> float:
@@ -39,11 +37,19 @@ def stage_rows(run: RunRecord, full: RunRecord) -> list[dict]:
         fps = (_at(h, "flops", b) - _at(h, "flops", a)) / (b - a)
         events = h.get("growth_events") or []
         structure = events[k - 1]["structure"] if k and len(events) >= k else "first stage"
-        rows.append({
-            "operator": run.operator, "stage": k, "structure": structure, "steps": f"{a}-{b}",
-            "steps_per_s": rate, "full_steps_per_s": full_rate, "realised_ratio": rate / full_rate,
-            "flops_ratio": full_fps / fps, "realised/limit": (rate / full_rate) / (full_fps / fps),
-        })  # fmt: skip
+        rows.append(
+            {
+                "operator": run.operator,
+                "stage": k,
+                "structure": structure,
+                "steps": f"{a}-{b}",
+                "steps_per_s": rate,
+                "full_steps_per_s": full_rate,
+                "realised_ratio": rate / full_rate,
+                "flops_ratio": full_fps / fps,
+                "realised/limit": (rate / full_rate) / (full_fps / fps),
+            }
+        )
     return rows
 
 

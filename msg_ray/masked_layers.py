@@ -68,11 +68,14 @@ class GrowableModel(nn.Module):
         """A clear error for ids the embedding cannot take: not a 2-d integer tensor, longer than max_seq_len, or
         (checked where it costs no device sync: CPU tensors) outside [0, vocab_size)."""
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"input_ids: expected an int64/int32 tensor [batch, seq], got {input_ids.dtype} "
-                             f"{tuple(input_ids.shape)}")  # fmt: skip
+            raise ValueError(
+                f"input_ids: expected an int64/int32 tensor [batch, seq], got {input_ids.dtype} "
+                f"{tuple(input_ids.shape)}"
+            )
         if input_ids.size(1) > self.config.max_seq_len:
-            raise ValueError(f"input_ids: sequence length {input_ids.size(1)} exceeds max_seq_len "
-                             f"{self.config.max_seq_len}")  # fmt: skip
+            raise ValueError(
+                f"input_ids: sequence length {input_ids.size(1)} exceeds max_seq_len {self.config.max_seq_len}"
+            )
         if input_ids.device.type == "cpu" and input_ids.numel():
             lo, hi = int(input_ids.min()), int(input_ids.max())
             if lo < 0 or hi >= self.config.vocab_size:
@@ -198,9 +201,12 @@ class Attention(nn.Module):
         self.head_num, self.head_dim, self.causal, self.dropout = head_num, head_dim, causal, dropout
 
     def forward(
-        self, x: torch.Tensor, head_mask: GrowthMask | None, attn_mask: torch.Tensor | None,
+        self,
+        x: torch.Tensor,
+        head_mask: GrowthMask | None,
+        attn_mask: torch.Tensor | None,
         out_mask: GrowthMask | None = None,
-    ) -> torch.Tensor:  # fmt: skip
+    ) -> torch.Tensor:
         """[B, T, H] -> [B, T, H]; ``out_mask`` [H] masks the output projection's neurons (the hidden mask)."""
         B, T, _ = x.shape
         n, d = self.head_num, self.head_dim
@@ -241,9 +247,17 @@ class Block(nn.Module):
     """
 
     def __init__(
-        self, hidden_dim: int, ffn_dim: int, head_num: int, head_dim: int, *, pre_ln: bool, causal: bool,
-        dropout: float, ln_eps: float,
-    ) -> None:  # fmt: skip
+        self,
+        hidden_dim: int,
+        ffn_dim: int,
+        head_num: int,
+        head_dim: int,
+        *,
+        pre_ln: bool,
+        causal: bool,
+        dropout: float,
+        ln_eps: float,
+    ) -> None:
         super().__init__()
         self.pre_ln = pre_ln
         self.ln1 = MaskedLayerNorm(hidden_dim, ln_eps)

@@ -32,8 +32,14 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="rescale the schedule to this many optimizer steps")
     p.add_argument("--name", default=None, help="run name (re-using a name resumes that run)")
     p.add_argument("--config", default=None, help="YAML/JSON RunConfig file; flags and --set override it")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, dotted (engine.zero_stage=3, data.seq_len=128)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, dotted (engine.zero_stage=3, data.seq_len=128)",
+    )
     p.add_argument("--address", default=None, help="Ray cluster address (default: local or $RAY_ADDRESS)")
 
 
@@ -45,8 +51,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"--config {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: "
-                         f"{first}") from None  # fmt: skip
+        raise ValueError(
+            f"--config {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {first}"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

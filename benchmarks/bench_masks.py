@@ -12,8 +12,8 @@ Each variant's rate is its best round (other processes only ever slow a round do
 least disturbed one); the median/best spread is printed as a noise gauge. It also reports the worst function-preservation error of MSG per grown dimension
 (float64, random weights and inputs, GPT and BERT): max |logits_after - logits_before| / max |logits_before|.
 
-    python pipelines/bench_masks.py            # mini target + a larger one (~1 min on 1 thread)
-    python pipelines/bench_masks.py --quick    # mini target only, fewer rounds (~20 s)
+    python -m benchmarks.bench_masks.py            # mini target + a larger one (~1 min on 1 thread)
+    python -m benchmarks.bench_masks.py --quick    # mini target only, fewer rounds (~20 s)
 """
 
 from __future__ import annotations
@@ -25,16 +25,14 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from msg_ray.components import GrowthMask, MaskedLayerNorm  # noqa: E402
-from msg_ray.growth import grow, set_mask_value  # noqa: E402
-from msg_ray.model import ARCHS, GrowableModel, build_model  # noqa: E402
-from msg_ray.structure import DIMENSIONS, Structure  # noqa: E402
-from msg_ray.train.hostmem import keep_freed_memory  # noqa: E402
+from msg_ray.growth import grow, set_mask_value
+from msg_ray.masked_layers import GrowthMask, MaskedLayerNorm
+from msg_ray.model import ARCHS, GrowableModel, build_model
+from msg_ray.structure import DIMENSIONS, Structure
+from msg_ray.train.hostmem import keep_freed_memory
 
 GROWTHS = (*DIMENSIONS, "all")
 
@@ -120,8 +118,10 @@ def throughput_rows(
             f"| {ramp / plain:.3f} | {folded / plain:.3f} |"
         )
     control = tps[("-", "control")]
-    rows.append(f"| {name} {s.structure} | none (2nd plain copy: noise control) | - | - | {plain:,.0f} | {control:,.0f} "
-                f"| - | {control / plain:.3f} |")  # fmt: skip
+    rows.append(
+        f"| {name} {s.structure} | none (2nd plain copy: noise control) | - | - | {plain:,.0f} | {control:,.0f} "
+        f"| - | {control / plain:.3f} |"
+    )
     rows.append(f"| {name} noise | median/best per variant {min(spread):.2f}-{max(spread):.2f} | | | | | | |")
     return rows, plain
 
@@ -162,8 +162,10 @@ def layernorm_rows(arch: str, name: str, s: Setting, plain_tps: float, rounds: i
     step_s = s.batch * s.seq / plain_tps
     share = {k: (best[k] - best["plain"]) * n_ln / step_s for k in ("masked", "autograd")}
     us = {k: v * 1e6 for k, v in best.items()}
-    return [f"| {name} {s.structure} | {us['plain']:.0f} | {us['masked']:.0f} | {us['autograd']:.0f} | {n_ln} "
-            f"| {share['masked']:.1%} | {share['autograd']:.1%} |"]  # fmt: skip
+    return [
+        f"| {name} {s.structure} | {us['plain']:.0f} | {us['masked']:.0f} | {us['autograd']:.0f} | {n_ln} "
+        f"| {share['masked']:.1%} | {share['autograd']:.1%} |"
+    ]
 
 
 def preservation_error(arch: str, s: Setting, growth: str, seed: int) -> float:
@@ -203,20 +205,28 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (4 if args.quick else 8)
     names = ("mini",) if args.quick else ("mini", "large")
     t0 = time.perf_counter()
-    print(f"## Mask overhead: {args.arch}, fp32 CPU, {args.threads} thread(s), forward+backward, "
-          f"best of {rounds} interleaved rounds x {args.steps} step(s), torch {torch.__version__}\n")  # fmt: skip
+    print(
+        f"## Mask overhead: {args.arch}, fp32 CPU, {args.threads} thread(s), forward+backward, "
+        f"best of {rounds} interleaved rounds x {args.steps} step(s), torch {torch.__version__}\n"
+    )
     print("| structure S | growth | from | ramp c=0.5 tok/s | plain tok/s | folded tok/s | ramp/plain | folded/plain |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     plain = {}
     for name in names:
         rows, plain[name] = throughput_rows(args.arch, name, SETTINGS[name], GROWTHS, rounds, args.steps)
         print("\n".join(rows), flush=True)
-    print(f"\n(batch {SETTINGS['mini'].batch} x seq {SETTINGS['mini'].seq}, vocab {SETTINGS['mini'].vocab}; "
-          "head_dim: mini 32, large 64)\n")  # fmt: skip
-    print("## Masked LayerNorm mid-ramp (c = 0.5 on half the features): µs per forward+backward, and what the "
-          "model's LayerNorms add to a plain training step\n")  # fmt: skip
-    print("| structure S | plain µs | masked µs | masked via autograd (before) µs | LayerNorms | masked adds "
-          "| via autograd added |")  # fmt: skip
+    print(
+        f"\n(batch {SETTINGS['mini'].batch} x seq {SETTINGS['mini'].seq}, vocab {SETTINGS['mini'].vocab}; "
+        "head_dim: mini 32, large 64)\n"
+    )
+    print(
+        "## Masked LayerNorm mid-ramp (c = 0.5 on half the features): µs per forward+backward, and what the "
+        "model's LayerNorms add to a plain training step\n"
+    )
+    print(
+        "| structure S | plain µs | masked µs | masked via autograd (before) µs | LayerNorms | masked adds "
+        "| via autograd added |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in names:
         print("\n".join(layernorm_rows(args.arch, name, SETTINGS[name], plain[name], rounds)), flush=True)

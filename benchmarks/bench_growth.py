@@ -13,8 +13,8 @@ After the schedule's growths it keeps doing growth-like rebuilds at the final si
 until 10 rebuilds have run, recording process RSS (psutil) before and after each so a leak shows as a trend.
 Each growth is checked like the loop does: the loss on a fixed batch before and after must agree (MSG).
 
-    python pipelines/bench_growth.py                 # ZeRO-2, fp32, 1 thread (~30 s)
-    python pipelines/bench_growth.py --zero 3 --precision bf16
+    python -m benchmarks.bench_growth.py                 # ZeRO-2, fp32, 1 thread (~30 s)
+    python -m benchmarks.bench_growth.py --zero 3 --precision bf16
 """
 
 from __future__ import annotations
@@ -25,20 +25,18 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # set before DeepSpeed is imported (by engine.build_engine)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import psutil  # noqa: E402
-import torch  # noqa: E402
+import psutil
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from msg_ray import growth as G  # noqa: E402
-from msg_ray.model import ModelConfig, build_from_config, with_structure  # noqa: E402
-from msg_ray.schedule import Schedule, get_schedule  # noqa: E402
-from msg_ray.train.engine import EngineConfig, build_engine, freeze_import_heap, release  # noqa: E402
-from msg_ray.train.growth_event import PARTS, grow_engine  # noqa: E402
+from msg_ray import growth as G
+from msg_ray.model import ModelConfig, build_from_config, with_structure
+from msg_ray.schedule import Schedule, get_schedule
+from msg_ray.train.engine import EngineConfig, build_engine, freeze_import_heap, release
+from msg_ray.train.growth_event import PARTS, grow_engine
 
 
 def rss_mb() -> float:
@@ -87,8 +85,13 @@ def stage_rates(engine, args, n_tokens: int, ramping: bool, seed: int) -> tuple[
 
 def run(args: argparse.Namespace, sched: Schedule) -> tuple[list[str], list[str], float]:
     cfg = EngineConfig(zero_stage=args.zero, precision=args.precision, micro_batch_size=args.batch, lr=1e-3)
-    config = ModelConfig(arch=sched.arch, structure=sched.stages[0].structure, vocab_size=args.vocab,
-                         max_seq_len=args.seq, head_dim=sched.head_dim)  # fmt: skip
+    config = ModelConfig(
+        arch=sched.arch,
+        structure=sched.stages[0].structure,
+        vocab_size=args.vocab,
+        max_seq_len=args.seq,
+        head_dim=sched.head_dim,
+    )
     targets = [s.structure for s in sched.stages[1:]]
     targets += [targets[-1]] * (args.rebuilds - len(targets))
     probe_ids, n_tok = tokens(args.vocab, args.batch, args.seq, seed=12345), args.batch * args.seq
@@ -99,14 +102,17 @@ def run(args: argparse.Namespace, sched: Schedule) -> tuple[list[str], list[str]
     for i, target in enumerate([None, *targets]):
         if target is not None:
             before, rss0 = probe(engine, probe_ids), rss_mb()
-            grown = grow_engine(engine, with_structure(config, current), target, cfg, step=0,
-                                phi=max(2, args.steps // 2), seed=1000 + i)  # fmt: skip
+            grown = grow_engine(
+                engine, with_structure(config, current), target, cfg, step=0, phi=max(2, args.steps // 2), seed=1000 + i
+            )
             engine, t = grown.engine, grown.seconds
             rss1, after = rss_mb(), probe(engine, probe_ids)
             kind = "grow" if target != current else "rebuild"
             cells = " | ".join(f"{t[p]:.3f}" for p in PARTS)
-            event_rows.append(f"| {i} | {kind} {current} -> {target} | {cells} | {sum(t.values()):.2f} "
-                              f"| {rss0:,.0f} | {rss1:,.0f} | {abs(after - before):.1e} |")  # fmt: skip
+            event_rows.append(
+                f"| {i} | {kind} {current} -> {target} | {cells} | {sum(t.values()):.2f} "
+                f"| {rss0:,.0f} | {rss1:,.0f} | {abs(after - before):.1e} |"
+            )
             print(event_rows[-1], file=sys.stderr, flush=True)
             grew, current = target != current, target
         else:
@@ -144,17 +150,24 @@ def main(argv: list[str] | None = None) -> int:
     stage_rows, event_rows, first_build = run(args, sched)
     import deepspeed
 
-    print(f"## Growth events on DeepSpeed {deepspeed.__version__} (ZeRO-{args.zero}, {args.precision}, world size 1, "
-          f"CPU, {args.threads} thread(s)), schedule {sched.name}, batch {args.batch} x seq {args.seq}, "
-          f"vocab {args.vocab}\n")  # fmt: skip
-    print("| # | event | " + " | ".join(f"{p} s" for p in PARTS) + " | total s | RSS before MB | RSS after MB "
-          "| |Δloss| |")  # fmt: skip
+    print(
+        f"## Growth events on DeepSpeed {deepspeed.__version__} (ZeRO-{args.zero}, {args.precision}, world size 1, "
+        f"CPU, {args.threads} thread(s)), schedule {sched.name}, batch {args.batch} x seq {args.seq}, "
+        f"vocab {args.vocab}\n"
+    )
+    print(
+        "| # | event | " + " | ".join(f"{p} s" for p in PARTS) + " | total s | RSS before MB | RSS after MB | |Δloss| |"
+    )
     print("|---|---|" + "---:|" * (len(PARTS) + 4))
     print("\n".join(event_rows))
-    print(f"\n(first engine build, with DeepSpeed import and process group: {first_build:.2f} s; release = "
-          "engine.destroy + a full gc.collect)")  # fmt: skip
-    print(f"\n## Training rate per stage ({args.steps} steps, median step: first half masks ramp 0 -> 1, "
-          "second half folded)\n")  # fmt: skip
+    print(
+        f"\n(first engine build, with DeepSpeed import and process group: {first_build:.2f} s; release = "
+        "engine.destroy + a full gc.collect)"
+    )
+    print(
+        f"\n## Training rate per stage ({args.steps} steps, median step: first half masks ramp 0 -> 1, "
+        "second half folded)\n"
+    )
     print("| stage | structure | tokens/s ramping | tokens/s folded |")
     print("|---|---|---:|---:|")
     print("\n".join(stage_rows))

@@ -3,7 +3,7 @@
 Two jobs: (1) the "any correct training loop" check of a growth schedule - the same schedule, LR rule and
 equal-FLOPs budget as the platform, in ~100 lines of plain torch (AdamW, moments carried by name at a growth,
 the MSG mask ramp); (2) fast schedule/LR sweeps on one GPU, many small runs side by side
-(``pipelines/bench_schedules.py``). Everything is a function of a `PlainJob`, so results are reproducible.
+(``benchmarks/bench_schedules.py``). Everything is a function of a `PlainJob`, so results are reproducible.
 """
 
 from __future__ import annotations
@@ -81,13 +81,24 @@ def run_plain(
     elif sched.total_steps != job.full_steps:  # full training at another budget (e.g. the decayed budget curve)
         sched = sched.scaled(total_steps=job.full_steps)
     total = sched.total_steps
-    lr = LRSchedule(lr=job.lr, total_steps=total, warmup_steps=job.warmup_steps, min_ratio=job.min_lr_ratio,
-                    reset_steps=tuple(sched.growth_steps()[: job.lr_reset_growths]))  # fmt: skip
+    lr = LRSchedule(
+        lr=job.lr,
+        total_steps=total,
+        warmup_steps=job.warmup_steps,
+        min_ratio=job.min_lr_ratio,
+        reset_steps=tuple(sched.growth_steps()[: job.lr_reset_growths]),
+    )
     torch.manual_seed(job.seed)
 
     def config(structure):
-        return ModelConfig(arch=sched.arch, structure=structure, vocab_size=vocab, max_seq_len=seq_len,
-                           head_dim=sched.head_dim, kv_group_size=sched.kv_group_size)  # fmt: skip
+        return ModelConfig(
+            arch=sched.arch,
+            structure=structure,
+            vocab_size=vocab,
+            max_seq_len=seq_len,
+            head_dim=sched.head_dim,
+            kv_group_size=sched.kv_group_size,
+        )
 
     model = build_from_config(config(sched.stages[0].structure), seed=job.seed).to(device)
     opt = _adamw(model, job, None, 0)
@@ -102,8 +113,13 @@ def run_plain(
             stage += 1
             moms = moments(model, opt)
             before = _evaluate(model, valid_batches[:1], device)
-            grown = G.expand(model.cpu(), sched.stages[stage].structure, sched.operator, depth_init=sched.depth_init,
-                             seed=job.seed * 1000 + stage)  # fmt: skip
+            grown = G.expand(
+                model.cpu(),
+                sched.stages[stage].structure,
+                sched.operator,
+                depth_init=sched.depth_init,
+                seed=job.seed * 1000 + stage,
+            )
             model = grown.model.to(device)
             jumps.append(_evaluate(model, valid_batches[:1], device) - before)  # 0 for a preserving operator
             opt = _adamw(model, job, moms, step, grown.layout)
@@ -127,8 +143,13 @@ def run_plain(
             for k, v in (("step", step + 1), ("flops", flops), ("wall_s", wall), ("val_loss", val)):
                 curve[k].append(v)
             t0 = time.perf_counter()
-    out = {"job": {**asdict(job), "schedule": sched.to_dict()}, "total_steps": total, **curve,
-           "final_val": curve["val_loss"][-1] if curve["val_loss"] else math.nan, "growth_jumps": jumps}  # fmt: skip
+    out = {
+        "job": {**asdict(job), "schedule": sched.to_dict()},
+        "total_steps": total,
+        **curve,
+        "final_val": curve["val_loss"][-1] if curve["val_loss"] else math.nan,
+        "growth_jumps": jumps,
+    }
     if downstream is not None:  # a run stopped by a non-finite loss has nothing to score
         finished = bool(curve["step"]) and curve["step"][-1] == total
         out["downstream"] = downstream(model.cpu()) if finished else None
