@@ -39,7 +39,6 @@ CORE = {
     "growth",
     "optim_carry",
     "schedule",
-    "splits",
     "flops",
     "presets",
     "validate",

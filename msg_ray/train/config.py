@@ -16,7 +16,8 @@ from typing import Any
 from msg_ray.architecture import get_arch
 from msg_ray.data import DataConfig
 from msg_ray.model import ModelConfig
-from msg_ray.schedule import Schedule, get_schedule
+from msg_ray.presets import get_schedule
+from msg_ray.schedule import Schedule
 from msg_ray.structure import Structure
 from msg_ray.train.engine import EngineConfig
 from msg_ray.train.lr import LR_SCALES
