@@ -37,6 +37,15 @@ def test_every_cluster_preset_states_its_settings():
         assert PRESETS[name].total_steps == solve_total_steps(PRESETS[name], FAST[name]["full_steps"], vocab, seq)
 
 
+def test_every_cluster_preset_resolves_to_its_budget_on_one_worker():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BudgetWarning)
+        for name, settings in SETTINGS.items():
+            cfg = RunConfig.from_dict({"schedule": name, "data": {"source": "wikitext2"}})
+            assert cfg.tokens_per_step == cfg.budget_tokens_per_step == settings.tokens_per_step, name
+            assert cfg.engine.micro_batch_size <= settings.micro_batch and cfg.engine.precision == settings.precision
+
+
 @pytest.mark.parametrize(("workers", "micro", "accum"), [(1, 10, 14), (4, 7, 5), (14, 10, 1)])
 def test_preset_run_resolves_its_settings(workers, micro, accum):
     with warnings.catch_warnings():
