@@ -34,7 +34,8 @@ import torch
 
 from msg_ray import growth as G
 from msg_ray.model import ModelConfig, build_from_config, with_structure
-from msg_ray.schedule import Schedule, get_schedule
+from msg_ray.presets import get_schedule
+from msg_ray.schedule import Schedule
 from msg_ray.train.engine import EngineConfig, build_engine, freeze_import_heap, release
 from msg_ray.train.growth_event import PARTS, grow_engine
 

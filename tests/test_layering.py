@@ -41,7 +41,6 @@ CORE = {
     "growth",
     "optim_carry",
     "schedule",
-    "splits",
     "flops",
     "presets",
     "validate",
