@@ -4,7 +4,8 @@ Pure torch. Parameters are paired by *name* (never by position), so a growth tha
 still finds each old parameter's moments. By default an old parameter's moments go to the *leading* slice of the
 grown tensor (MSG and No-Mask keep old values there); an operator that replicates, splits or rescales (Net2Net,
 HyperCloning, LEMON) passes a layout (``msg_ray.operators.base.ParamLayout`` per parameter: source name, and per
-axis the old coordinate of every new one and the factor s on exp_avg, s² on exp_avg_sq).
+axis the old coordinate of every new one and the factor s on exp_avg, s² on exp_avg_sq; its patches give some
+coordinates of one axis another source).
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ def carry_adam_state(
         if entry is not None and entry.source is not None and entry.source in old_state:
             moved = gather_moments(old_state[entry.source], entry.index, entry.scale)
             out[name] = {k: embed_leading(v, shape) for k, v in moved.items()}
+            for patch in entry.patches:  # [.., m, ..] sub-tensors written over coordinates patch.at of patch.axis
+                sub_shape = list(shape)
+                sub_shape[patch.axis] = len(patch.at)
+                sub = gather_moments(old_state[patch.layout.source], patch.layout.index, patch.layout.scale)
+                for k, v in sub.items():
+                    out[name][k].index_copy_(patch.axis, patch.at.to(v.device), embed_leading(v, sub_shape))
             continue
         src = None if entry is not None else old_state.get(renames.get(name, name))
         if src is None:

@@ -30,11 +30,10 @@ ALL = Structure(64, 96, 4, 4)
 ARCH_OF = {"gpt": 1, "bert": 1, "llama": 2}  # arch -> kv_group_size used here (llama: grouped-query)
 
 
-def make(arch: str, seed: int = 0, s: Structure = BASE):
+def make(arch: str, seed: int = 0, s: Structure = BASE, kv: int | None = None):
     # ε = 1e-14 in the norms: LEMON is exact up to the ε it does not rescale (its module docstring)
-    model = build_model(
-        arch, s, vocab_size=V, max_seq_len=S, head_dim=D, seed=seed, ln_eps=1e-14, kv_group_size=ARCH_OF[arch]
-    )
+    kv = ARCH_OF[arch] if kv is None else kv
+    model = build_model(arch, s, vocab_size=V, max_seq_len=S, head_dim=D, seed=seed, ln_eps=1e-14, kv_group_size=kv)
     model = model.double().eval()
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # non-default values everywhere (norm gains, biases)
@@ -174,31 +173,97 @@ def test_carry_puts_moments_where_the_layout_says(op):
         )
 
 
+def _grads(model, x) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    model.loss(model(x), x).backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def _carried_grads(model, growth, x) -> dict[str, torch.Tensor]:
+    """The old model's gradients carried as exp_avg through the growth's layout."""
+    old_g = {n: {"exp_avg": g, "exp_avg_sq": g * g} for n, g in _grads(model, x).items()}
+    shapes = {n: p.shape for n, p in growth.model.named_parameters()}
+    return {n: m["exp_avg"] for n, m in carry_adam_state(old_g, shapes, layout=growth.layout).items()}
+
+
 @pytest.mark.parametrize(
-    "op,target",
+    "op,arch,kv,target",
     [
-        ("net2net", Structure(32, 80, 5, 2)),
-        ("hypercloning", Structure(32, 96, 4, 2)),
-        ("lemon", Structure(32, 96, 4, 2)),
+        ("net2net", "gpt", 1, Structure(32, 80, 5, 2)),
+        ("hypercloning", "gpt", 1, Structure(32, 96, 4, 2)),
+        ("lemon", "gpt", 1, Structure(32, 96, 4, 2)),
+        ("net2net", "llama", 2, Structure(32, 80, 6, 2)),
+        ("lemon", "llama", 1, Structure(32, 96, 6, 2)),
+        ("lemon", "llama", 2, Structure(32, 96, 6, 2)),  # groups: one share per key/value head and its query heads
     ],
 )
-def test_declared_moment_scales_are_the_gradient_ratios(op, target):
+def test_declared_moment_scales_are_the_gradient_ratios(op, arch, kv, target):
     """Right after a function-preserving FFN/head growth, each carried block parameter's gradient equals its
     source's gradient gathered and scaled by the layout (so moments carried that way are the ones the grown model
     would have accumulated)."""
-    model, x = make("gpt"), inputs()
+    model, x = make(arch, kv=kv), inputs()
     growth = G.expand(model, target, op, seed=4)
-    grads = {}
-    for m in (model, growth.model):
-        m.zero_grad()
-        m.loss(m(x), x).backward()
-        grads[m] = {n: p.grad.detach().clone() for n, p in m.named_parameters()}
-    old_g = {n: {"exp_avg": g, "exp_avg_sq": g * g} for n, g in grads[model].items()}
-    shapes = {n: p.shape for n, p in growth.model.named_parameters()}
-    carried = carry_adam_state(old_g, shapes, layout=growth.layout)
-    for name, g in grads[growth.model].items():
+    carried, grads = _carried_grads(model, growth, x), _grads(growth.model, x)
+    for name, g in grads.items():
         if name.startswith("blocks.") and ".ln" not in name:
-            torch.testing.assert_close(carried[name]["exp_avg"], g, rtol=1e-9, atol=1e-12, msg=name)
+            torch.testing.assert_close(carried[name], g, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def _aki_rows(name: str, arch: str) -> int | None:
+    """Axis along which ``name``'s new units are AKI copies of the layer above (producers of FFN neurons/heads)."""
+    producers = ("q", "k", "v", "fc1") if arch == "gpt" else ("q", "k", "v", "gate", "up")
+    return 0 if name.rsplit(".", 2)[-2] in producers else None
+
+
+@pytest.mark.parametrize("arch,kv", [("gpt", 1), ("llama", 1), ("llama", 2)])
+def test_aki_new_units_carry_the_moments_of_the_weights_they_copy(arch, kv):
+    """With every old layer equal, AKI's copies from the layer above equal FPI's, so the growth is exact and the
+    gradients are checkable: each coordinate carries its declared source gradient x scale, and a new unit of
+    layer l (its producer weights copied from layer l + 1's copy of the same unit) carries exactly what that
+    copy in layer l + 1 carries, the gradient of the layer above, not of its own layer."""
+    model, x = make(arch, s=Structure(32, 48, 2, 3), kv=kv), inputs()
+    with torch.no_grad():  # blocks 1, 2 := block 0 (their inputs still differ, so their gradients do)
+        for name, p in model.named_parameters():
+            if name.startswith("blocks.0."):
+                for i in (1, 2):
+                    model.get_parameter(name.replace("blocks.0.", f"blocks.{i}.")).copy_(p)
+    growth = G.expand(model, Structure(32, 80, 6, 3), "bert2bert-aki", seed=4)
+    assert rel(growth.model(x), model(x)) <= TOL
+    carried, grads = _carried_grads(model, growth, x), _grads(growth.model, x)
+    n_old = {"F": 48, "heads": 16, "kv_heads": 16 // kv}
+    checked = 0
+    for name, g in grads.items():
+        if not name.startswith("blocks.") or _aki_rows(name, arch) is None:
+            torch.testing.assert_close(carried[name], g, rtol=1e-9, atol=1e-12, msg=name)
+            continue
+        layer, kind = int(name.split(".")[1]), name.rsplit(".", 2)[-2]
+        first_new = n_old["kv_heads" if kind in ("k", "v") and arch == "llama" else "heads" if kind in "qkv" else "F"]
+        torch.testing.assert_close(carried[name][:first_new], g[:first_new], rtol=1e-9, atol=1e-12, msg=name)
+        upper = name.replace(f"blocks.{layer}.", f"blocks.{layer + 1}.") if layer < 2 else name
+        torch.testing.assert_close(carried[name][first_new:], grads[upper][first_new:], rtol=1e-9, atol=1e-12)
+        if layer < 2:  # the layer above's gradient differs from this layer's, so the source is what is tested
+            assert rel(grads[upper][first_new:], g[first_new:]) > 1e-3, name
+            checked += 1
+    assert checked >= (6 if arch == "gpt" else 5) * 2
+
+
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_aki_stacks_the_widened_model(arch):
+    """Width and depth in one AKI event equal widening, then stacking (bert2BERT's order): the same function in
+    float64, and every new layer is a copy of its widened source layer, AKI units included."""
+    model, x = make(arch), inputs()
+    both = G.expand(model, ALL, "bert2bert-aki", seed=5).model
+    widened = G.expand(model, Structure(64, 96, 4, 2), "bert2bert-aki", seed=5).model
+    stacked = G.expand(widened, ALL, "bert2bert-aki", seed=5).model
+    assert rel(both(x), stacked(x)) <= TOL
+    new = dict(both.named_parameters())
+    for name, p in widened.named_parameters():
+        if name.startswith("blocks."):
+            _, layer, rest = name.split(".", 2)
+            torch.testing.assert_close(new[name], p, rtol=0, atol=0)
+            torch.testing.assert_close(new[f"blocks.{int(layer) + 2}.{rest}"], p, rtol=0, atol=0)  # stacked copy
+    q = new["blocks.2.attn.q.weight"]  # [4 heads x 8, 64]: heads 2, 3 copied from layer 1, not FPI copies of 0, 1
+    assert not torch.equal(q[16:], q[:16])
 
 
 def test_the_training_code_names_no_operator():

@@ -6,7 +6,9 @@ new coordinate's Adam moments come from and how they are scaled (``exp_avg`` by 
 rule every operator here follows: moments follow the gradient. A coordinate whose gradient, right after the growth,
 equals its source's gradient times s carries the source's moments times s (s = 1: copied; 1/k: a neuron replicated
 k times whose consumers split its output, eq. 6; 0 / index -1: new, moments zero). Parameters missing from a
-layout keep the default: same name, old values in the leading slice (``msg_ray.optim_carry``).
+layout keep the default: same name, old values in the leading slice (``msg_ray.optim_carry``). A
+:class:`Patch` gives some coordinates of one axis another source (bert2BERT-AKI's new units copy the layer
+above, and carry that layer's moments).
 
 Shared here: the target model builder, the leading-slice fill (MSG, No-Mask) and the replication fill (Net2Net,
 bert2BERT-AKI, HyperCloning) driven by each architecture's Net2Net roles. Pure torch.
@@ -29,11 +31,24 @@ from msg_ray.structure import DIMENSIONS, Structure
 class ParamLayout:
     """Where a new parameter's optimizer state comes from: ``source`` (an old parameter name; None: a new
     parameter, zero moments) and, per axis, ``index`` [new size] (old coordinate, -1 for none) and ``scale``
-    [new size] (factor on exp_avg; exp_avg_sq gets its square). Axes not listed: leading slice, scale 1."""
+    [new size] (factor on exp_avg; exp_avg_sq gets its square). Axes not listed: leading slice, scale 1.
+    ``patches``: coordinates whose moments come from elsewhere, written over the result in order."""
 
     source: str | None
     index: dict[int, Tensor] = field(default_factory=dict)
     scale: dict[int, Tensor] = field(default_factory=dict)
+    patches: tuple[Patch, ...] = ()
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Coordinates ``at`` [m] along ``axis`` of a new parameter whose moments come from ``layout`` (another
+    source): ``layout`` describes the sub-tensor of those coordinates, so its index/scale along ``axis`` have
+    length m."""
+
+    axis: int
+    at: Tensor
+    layout: ParamLayout
 
 
 Layout = dict[str, ParamLayout]
@@ -197,7 +212,10 @@ def resolve(entry: ParamLayout | None, name: str, shape: torch.Size, old_shapes:
 
 
 def compose(first: Layout, second: Layout, old_shapes: dict, mid_shapes: dict, new_shapes: dict) -> Layout:
-    """Layout of two growths in a row (old -> mid by ``first``, mid -> new by ``second``)."""
+    """Layout of two growths in a row (old -> mid by ``first``, mid -> new by ``second``). Patched layouts are
+    not composed (only bert2BERT-AKI patches, and it grows every dimension itself: it is never staged)."""
+    if any(e.patches for e in (*first.values(), *second.values())):
+        raise ValueError("compose: layouts with patches (bert2BERT-AKI's) cannot be composed")
     out = {}
     for name, shape in new_shapes.items():
         b = resolve(second.get(name), name, shape, mid_shapes)

@@ -3,6 +3,8 @@ Transformers with symmetry breaking. Pure torch.
 
 - FFN neurons and heads are replicated, and each old unit's consumers are split *unequally* among its copies
   (random shares summing to 1, LEMON's symmetry breaking: the copies get different gradients from the start);
+  with grouped-query attention a share is drawn per key/value head and shared by the query heads of its group, so
+  the key/value copies' gradients are exactly their share times the source's (their moments are scaled so);
 - hidden features: LayerNorm models get LEMON's *average expansion* - every producer onto the residual stream
   (embeddings, output projections) writes the mean of the old features into each new one, so the mean is unchanged
   and the variance shrinks by H_old/H_new, which the norm gains undo (x sqrt(H_old/H_new)); new features normalise
@@ -44,9 +46,20 @@ def _shares(g: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def _width_units(old: GrowableModel, new: GrowableModel, opts: GrowOptions) -> Layout:
     cfg = new.config
-    maps = unit_maps(old.structure, new.structure, cfg.head_dim, cfg.kv_group_size)
-    heads = _shares(maps["heads"][:: cfg.head_dim] // cfg.head_dim, opts.gen).repeat_interleave(cfg.head_dim)
-    return replicate(old, new, {"F": _shares(maps["F"], opts.gen), "heads": heads})
+    d, group = cfg.head_dim, cfg.kv_group_size
+    maps = unit_maps(old.structure, new.structure, d, group)
+    # one share per new key/value head, inherited by the `group` query heads that read it: new kv head j's
+    # gradient is the sum of its query heads' (each scaled by its share), so equal shares within a group make it
+    # exactly share x the source's (kv_group_size 1: one share per head; the query heads of one group copy
+    # different old heads, so the copies of any old head still get different shares)
+    kv = _shares(maps["kv_heads"][::d] // d, opts.gen)  # [new kv heads]
+    heads = kv.repeat_interleave(group)  # [new query heads]
+    factors = {
+        "F": _shares(maps["F"], opts.gen),
+        "heads": heads.repeat_interleave(d),
+        "kv_heads": kv.repeat_interleave(d),
+    }
+    return replicate(old, new, factors)
 
 
 def _is_norm(module: torch.nn.Module) -> bool:
