@@ -5,7 +5,9 @@ loss; a run that has not reached it by the end of its budget is continued, like 
 training at full size. The continuation restores the final checkpoint exactly (weights, AdamW moments and step,
 data-loader position) and trains one process with torch AdamW (what the DeepSpeed engine wraps for one worker)
 at the schedule's last learning rate (its decayed floor), evaluating on the same validation batches every
-``eval_every`` steps. Its wall clock continues the run's own; run it side by side with comparable load.
+``eval_every`` steps. Its wall clock continues the run's own and counts training steps only (each step's loss is
+read back, a device sync, so no evaluation work is queued into it); run it side by side with comparable load.
+A run trained on GPUs continues on the GPU of its Ray task (``msg_ray.compare.resources``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from msg_ray.compare.resources import task_device
 from msg_ray.data import prepare
 from msg_ray.model import build_from_config
 from msg_ray.structure import Structure
@@ -43,6 +46,8 @@ def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threa
     e = cfg.engine
     model = build_from_config(cfg.model_config(data.vocab_size, Structure.parse(meta["structure"])))
     model.load_state_dict({**loaded.params, **loaded.buffers})
+    dev = task_device(cfg.use_gpu)  # a GPU run continues on the GPU its Ray task was given
+    model.to(dev)
     opt = adamw(model, e.lr, e.weight_decay, betas=e.betas, eps=e.eps)
     mom = loaded.moments
     by_name = {n: {"exp_avg": mom["exp_avg"][n], "exp_avg_sq": mom["exp_avg_sq"][n]} for n in mom["exp_avg"]}
@@ -77,7 +82,7 @@ def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threa
         model,
         opt,
         loader,
-        lambda b: model.loss(model(b["input_ids"]), b["labels"]),
+        lambda b: model.loss(model(b["input_ids"].to(dev)), b["labels"].to(dev)),
         steps=max_steps,
         lr_at=lambda _step: lr,
         grad_clip=e.grad_clip,
@@ -91,10 +96,10 @@ def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threa
 def _validate(model: torch.nn.Module, data, cfg) -> float:
     """The training loop's validation: the same ``eval_batches`` batches (seed 1234) every time."""
     model.eval()
+    dev = next(model.parameters()).device
     loader = data.loader("valid", batch_size=cfg.engine.micro_batch_size, seed=1234)
-    losses = [
-        model.loss(model(b["input_ids"]), b["labels"]).item() for b in (next(loader) for _ in range(cfg.eval_batches))
-    ]
+    batches = [next(loader) for _ in range(cfg.eval_batches)]
+    losses = [model.loss(model(b["input_ids"].to(dev)), b["labels"].to(dev)).item() for b in batches]
     return sum(losses) / len(losses)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from msg_ray.train.collectives import ray_backend
 from msg_ray.train.config import RunConfig
 from msg_ray.train.engine import freeze_import_heap
 from msg_ray.train.hostmem import keep_freed_memory
@@ -34,9 +35,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run_worker(config["run"], config.get("run_id"), config.get("session", "train"))
 
 
+def worker_resources(cfg: RunConfig) -> dict[str, float]:
+    """Ray resources of one training worker: ``cpus_per_worker`` CPUs and, with ``use_gpu``, one GPU (its rank's)."""
+    return {"CPU": cfg.cpus_per_worker, **({"GPU": 1.0} if cfg.use_gpu else {})}
+
+
 def torch_trainer(cfg: RunConfig, run_id: str | None, callbacks: list | None = None):
-    """The Ray Train ``TorchTrainer`` of one run: ``cfg.workers`` workers, gloo on CPU / NCCL on GPUs, resumable
-    under its name in ``cfg.storage_path`` (a re-used name continues from the last checkpoint)."""
+    """The Ray Train ``TorchTrainer`` of one run: ``cfg.workers`` workers (``worker_resources`` each), gloo on CPU /
+    NCCL on GPUs (``collectives.ray_backend``), resumable under its name in ``cfg.storage_path`` (a re-used name
+    continues from the last checkpoint)."""
     import ray.train  # heavy: only where a run is launched
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -44,7 +51,7 @@ def torch_trainer(cfg: RunConfig, run_id: str | None, callbacks: list | None = N
         train_loop_per_worker,
         train_loop_config={"run": cfg.to_dict(), "run_id": run_id},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+            num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker=worker_resources(cfg)
         ),
         run_config=ray.train.RunConfig(
             name=cfg.name,
@@ -52,5 +59,5 @@ def torch_trainer(cfg: RunConfig, run_id: str | None, callbacks: list | None = N
             callbacks=callbacks or [],
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         ),
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend=ray_backend(cfg.use_gpu)),
     )
