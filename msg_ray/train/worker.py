@@ -3,6 +3,7 @@
 - ``run_worker(run, run_id, kind)``: set the worker environment, open the reporting session (Ray Train, or Ray Tune
   for a 1-worker trial in the trial's own process) and train. Every path that trains calls it.
 - ``train_loop_per_worker``: the Ray Train worker function (``run_worker`` with a Train session).
+- ``run_local(cfg, root)``: the same worker path in this process as one rank, without Ray (``benchmarks/gpu_check``).
 - ``torch_trainer(cfg, run_id, callbacks)``: the ``TorchTrainer`` of a run, used by ``train.run`` (one run) and by
   nested Tune trials (``tune.trial``).
 """
@@ -10,6 +11,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from msg_ray.train.collectives import ray_backend
@@ -17,7 +20,7 @@ from msg_ray.train.config import RunConfig
 from msg_ray.train.engine import freeze_import_heap
 from msg_ray.train.hostmem import keep_freed_memory
 from msg_ray.train.loop import WorkerRun
-from msg_ray.train.reporting import Session, worker_env
+from msg_ray.train.reporting import LocalSession, Session, worker_env
 
 
 def run_worker(run: dict[str, Any], run_id: str | None, kind: str = "train") -> None:
@@ -28,6 +31,27 @@ def run_worker(run: dict[str, Any], run_id: str | None, kind: str = "train") -> 
     if not cfg.use_gpu:
         keep_freed_memory()  # CPU training: no per-step page faults on the logits (msg_ray.train.hostmem)
     WorkerRun(cfg, run_id=run_id, session=Session(kind)).train()
+
+
+def run_local(
+    run: RunConfig,
+    root: str | Path,
+    resume_from: str | Path | None = None,
+    loop: Callable[..., WorkerRun] = WorkerRun,
+    keep_checkpoints: bool = True,
+) -> tuple[WorkerRun, LocalSession]:
+    """Train ``run`` in this process as one rank without Ray (the environment ``run_worker`` sets, a
+    ``LocalSession`` collecting reports and, with ``keep_checkpoints``, checkpoint folders under ``root``); returns
+    the finished loop (its engine still alive, for checks) and the session. ``loop``: ``WorkerRun`` or a subclass
+    that observes it."""
+    os.environ.update(worker_env(run.use_gpu))
+    freeze_import_heap()
+    if not run.use_gpu:
+        keep_freed_memory()
+    session = LocalSession(root, resume_from, keep_checkpoints)
+    worker = loop(run, run_id=None, session=session)
+    worker.train()
+    return worker, session
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
