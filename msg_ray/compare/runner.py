@@ -9,8 +9,9 @@ training (stage starts and LR decay as fractions of that time; side by side runs
 in two phases: every LR on the first k seeds, then the other seeds at each operator's chosen LR only (the same
 tuning effort for every operator, fewer runs). Execution modes:
 - ``parallel``: one Ray Tune trial per run, each training in-process with DeepSpeed world size 1 (the loop's
-  "tune" session), ``max_concurrent`` at a time. Runs side by side see the same machine load, which is what a
-  wall-time ratio needs on a shared CPU (platform notes: a lone run is faster than two side by side);
+  "tune" session), ``max_concurrent`` at a time; with ``use_gpu`` each trial holds one GPU and no more trials run
+  at once than the cluster has GPUs (``msg_ray.compare.resources``). Runs side by side see the same machine load,
+  which is what a wall-time ratio needs on a shared CPU (platform notes: a lone run is faster than two side by side);
 - ``sequential``: ``msg_ray.train.run.run`` one after another, any number of Ray Train workers per run.
 ``auto`` picks parallel for 1-worker runs, sequential otherwise.
 
