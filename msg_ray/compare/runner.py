@@ -37,7 +37,7 @@ from msg_ray.flops import equal_flops, flops_ratio
 from msg_ray.schedule import OPERATORS
 from msg_ray.tracking import resolve_tracking_uri
 from msg_ray.train.config import RunConfig
-from msg_ray.train.run import run
+from msg_ray.train.run import check_resources, run
 from msg_ray.train.worker import run_worker
 
 MODES = ("auto", "parallel", "sequential")
@@ -409,7 +409,9 @@ def _run_parallel(runs: list[PlannedRun], cfg: CompareConfig, tag: str) -> list[
     def trainable(config: dict[str, Any]) -> None:
         _tune_trainable(configs[config["i"]])
 
-    concurrent = trial_concurrency(cfg.max_concurrent, cfg.base, ray.cluster_resources())
+    cluster = ray.cluster_resources()
+    check_resources(replace(cfg.base, workers=1), cluster)  # a GPU trial on a cluster without GPUs would wait forever
+    concurrent = trial_concurrency(cfg.max_concurrent, cfg.base, cluster)
     tuner = tune.Tuner(
         tune.with_resources(trainable, trial_resources(cfg.base)),
         param_space=space,
