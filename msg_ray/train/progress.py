@@ -20,7 +20,7 @@ import torch
 from msg_ray import plots
 from msg_ray.flops import device_peak_flops, mfu
 from msg_ray.structure import Structure
-from msg_ray.tracking import Tracker, load_run_metrics
+from msg_ray.tracking import load_run_metrics, make_tracker
 
 _LOGGED = ("train/loss", "val/loss", "growth/stage")  # one key per kind of point the loop logs
 
@@ -37,7 +37,8 @@ def spool_dir(cfg, run_id: str | None) -> Path | None:
 class WorkerTracker:
     def __init__(self, cfg, run_id: str | None, enabled: bool) -> None:
         self.cfg, self.enabled = cfg, enabled
-        self.t = Tracker(
+        self.t = make_tracker(
+            cfg.tracking,
             uri=cfg.tracking_uri,
             experiment=cfg.experiment,
             run_name=cfg.name,
