@@ -288,6 +288,8 @@ def check_perf(size: str, work: Path, corpus: Path, use_gpu: bool) -> dict[str, 
             },
             "engine": {"zero_stage": 2, "precision": "bf16", "micro_batch_size": mb, "lr": 3e-4},
             "use_gpu": use_gpu,
+            # threads for the CPU side of the growth event and for writing the two ~12 GB checkpoints (boundary, end)
+            "cpus_per_worker": float(min(8, os.cpu_count() or 1)) if size == "1b" else 1.0,
             "storage_path": str(work / "ray"),
             "tracking_uri": f"sqlite:///{work / 'mlruns.db'}",
             "experiment": "gpu-check",
