@@ -17,21 +17,38 @@ because that is what dense attention kernels compute. This makes MFU comparable 
 from __future__ import annotations
 
 import math
+import warnings
 
 from msg_ray.architecture import get_arch
 from msg_ray.schedule import Schedule
 from msg_ray.structure import Structure
 
-# Dense (non-sparse) bf16 tensor-core peaks per GPU, from NVIDIA datasheets; V100 has no bf16, fp16 listed.
+# Dense (no 2:4 sparsity) bf16 tensor peaks per GPU in FLOP/s, from the vendors' datasheets (NVIDIA publishes the
+# sparse figure first; dense is half of it). V100 has no bf16: its fp16 peak is listed. The A10G (AWS) is left
+# out on purpose: NVIDIA publishes no tensor figure for it, so it reads as unknown (MFU NaN, or RunConfig.peak_flops).
 PEAK_FLOPS: dict[str, float] = {
-    "a100": 312e12,
+    "gb200": 2500e12,  # per Blackwell GPU of a GB200 superchip
+    "b200": 2250e12,
+    "b100": 1750e12,
     "h100-sxm": 989e12,
     "h100-pcie": 756e12,
-    "h200": 989e12,
-    "l40s": 362e12,
-    "l4": 121e12,
+    "h100-nvl": 835e12,
+    "h200-sxm": 989e12,  # the GH200 superchip's GPU too
+    "h200-nvl": 836e12,
+    "h800-sxm": 989e12,  # the export H100: same tensor throughput, cut NVLink/FP64
+    "h800-pcie": 756e12,
+    "h20": 148e12,
+    "a100": 312e12,
+    "a800": 312e12,
+    "a30": 165e12,
+    "a40": 149.7e12,
     "a10": 125e12,
+    "l40s": 362e12,
+    "l40": 181e12,
+    "l4": 121e12,
     "v100": 125e12,
+    "mi300x": 1307.4e12,  # AMD Instinct (ROCm builds of torch report it through torch.cuda)
+    "mi250x": 383e12,
 }
 
 
@@ -100,7 +117,10 @@ def flops_ratio(schedule: Schedule, vocab_size: int, seq_len: int) -> float:
 
 
 def mfu(flops_per_s: float, peak_flops: float) -> float:
-    """Model FLOPs utilisation: achieved training FLOP/s over the hardware peak (same dtype)."""
+    """Model FLOPs utilisation: achieved training FLOP/s over the hardware peak (same dtype). A NaN peak (an
+    unknown GPU, see ``device_peak_flops``) gives a NaN MFU: unknown, not an error."""
+    if math.isnan(peak_flops):
+        return math.nan
     if not peak_flops > 0:
         raise ValueError(f"peak_flops must be > 0, got {peak_flops!r}")
     return flops_per_s / peak_flops
@@ -109,20 +129,35 @@ def mfu(flops_per_s: float, peak_flops: float) -> float:
 def peak_flops_per_gpu(name: str) -> float:
     """Dense bf16 peak FLOP/s of one GPU, from a short name ("h100") or ``torch.cuda.get_device_name()``.
 
-    A plain H100 is taken as the SXM part unless the name says PCIe; raises ValueError for unknown GPUs.
-    """
+    A plain H100/H800 is taken as the SXM part unless the name says PCIe or NVL; raises ValueError for unknown GPUs
+    (``device_peak_flops`` is the forgiving form a training run uses)."""
     key = name.lower().replace("nvidia", "").replace("tesla", "").replace("_", "-").strip()
     if key in PEAK_FLOPS:
         return PEAK_FLOPS[key]
     tokens = key.replace("-", " ").split()  # "a100-sxm4-80gb" -> ["a100", "sxm4", "80gb"]
-    if "h200" in tokens or "gh200" in tokens:
-        return PEAK_FLOPS["h200"]
-    if "h100" in tokens:
-        return PEAK_FLOPS["h100-pcie" if "pcie" in tokens else "h100-sxm"]
+    variant = "pcie" if "pcie" in tokens else "nvl" if "nvl" in tokens else "sxm"
+    for hopper in ("h100", "h200", "h800"):  # GH100/GH200 superchips carry the SXM part
+        if hopper in tokens or f"g{hopper}" in tokens:
+            return PEAK_FLOPS.get(f"{hopper}-{variant}", PEAK_FLOPS[f"{hopper}-sxm"])
     for short in PEAK_FLOPS:
         if short in tokens:
             return PEAK_FLOPS[short]
     raise ValueError(f"unknown GPU {name!r}; known: {', '.join(sorted(PEAK_FLOPS))} (pass peak_flops explicitly)")
+
+
+def device_peak_flops(name: str, override: float | None = None) -> float:
+    """The peak a run divides by: ``override`` (``RunConfig.peak_flops``) when given, else the table's entry for
+    ``name``, else NaN with a warning (MFU unknown; training goes on)."""
+    if override is not None:
+        return float(override)
+    try:
+        return peak_flops_per_gpu(name)
+    except ValueError:
+        warnings.warn(
+            f"no bf16 peak known for GPU {name!r}: MFU is reported as NaN (set peak_flops to its FLOP/s per GPU)",
+            stacklevel=2,
+        )
+        return math.nan
 
 
 def full_flops(schedule: Schedule, steps: int, vocab_size: int, seq_len: int, tokens_per_step: int = 1) -> float:

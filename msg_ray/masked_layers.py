@@ -32,13 +32,21 @@ class GrowthMask(nn.Module):
         value[n_old:] = c
         self.register_buffer("value", value)
         self.register_buffer("n_old", torch.tensor(n_old, dtype=torch.long))
+        # host copies, so the per-step ramp (set) and reading c touch no device tensor: no host sync per step
+        self._n_old, self._c = n_old, float(c)
 
     def set(self, c: float) -> None:
-        self.value[int(self.n_old) :].fill_(c)
+        self.value[self._n_old :].fill_(c)
+        self._c = float(c)
 
     @property
     def c(self) -> float:
-        return float(self.value[int(self.n_old)])
+        return self._c
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._n_old = int(self.n_old)  # read back once per load (a restore), not per step
+        self._c = float(self.value[self._n_old])
 
 
 class GrowableModel(nn.Module):

@@ -255,6 +255,34 @@ def job_memory(rank: int, stage: int) -> dict:
     return {"rss": rss, "seconds": secs, "leaked_engines": _live_engines() - live_before}
 
 
+def job_collectives(rank: int, world: int) -> dict:
+    """msg_ray.train.collectives in this group, on a ZeRO-2 engine's device (tests/test_gpu_path.py asserts)."""
+    from msg_ray.train import collectives
+    from msg_ray.train.budget import Budget
+    from msg_ray.train.divergence import Diverged, agree
+
+    torch.manual_seed(0)
+    eng = build_engine(Net(), EngineConfig(zero_stage=2))
+    train(eng, 0, 2, rank)
+    dev = eng.device
+    found = Diverged(7, math.nan, "not finite") if rank == 1 else None
+    out = {
+        "backend": torch.distributed.get_backend(),
+        "accelerator_backend": collectives.backend_name(),
+        "device": str(dev),
+        "agree_one": agree(found, dev),
+        "agree_none": agree(None, dev),
+        "max": collectives.max_over_ranks(10.0 + rank, dev),
+        # rank 0 alone (10 s) has not spent 10.5 s; the slowest rank (11 s) has, so every rank stops
+        "spent": Budget(total_steps=100, wall_budget_s=10.5, world=world).spent(3, 10.0 + rank, dev),
+        "mean": collectives.mean_over_ranks(torch.tensor([float(rank)], device=dev)).item(),
+        "full": {k: v.tolist() for k, v in gather_state(eng).params.items()},
+        "kept": sorted(gather_state(eng, keep=rank == 0).params),
+    }
+    release(eng)
+    return out
+
+
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -279,6 +307,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         res["memory"][stage] = job_memory(rank, stage)
     for stage in (0, 3):
         res["ramp"][stage] = job_ramp(rank, stage)
+    res["collectives"] = job_collectives(rank, world)
     torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
@@ -381,3 +410,20 @@ def test_param_groups_exclude_biases_and_norms_from_decay():
     assert by_decay[0.1] == {"embed.weight", "up.weight", "down.weight", "head.weight"}
     assert {"norm.weight", "norm.bias", "embed.bias"} <= by_decay[0.0]
     assert all(len(g["names"]) == len(g["params"]) for g in groups)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_collectives_run_on_the_engines_device_in_the_accelerators_backend(runs, world):
+    for rank, r in enumerate(x["collectives"] for x in runs[world]):
+        assert r["backend"] == r["accelerator_backend"] == "gloo"  # the group follows DeepSpeed's CPU accelerator
+        assert r["device"] == "cpu"
+        assert r["agree_one"] is (world == 2) and r["agree_none"] is False  # rank 1 diverged -> every rank acts
+        assert r["max"] == 10.0 + world - 1 and r["mean"] == (0.5 if world == 2 else float(rank))
+        assert r["spent"] is (world == 2)  # Budget.spent agrees on the slowest rank's wall clock
+
+
+def test_a_checkpoint_gather_keeps_the_state_on_rank_0_only(runs):
+    r0, r1 = (x["collectives"] for x in runs[2])
+    assert r0["kept"] == sorted(r0["full"]) and len(r0["kept"]) == 10
+    assert r1["kept"] == []  # took part in every collective, copied nothing
+    assert r0["full"] == r1["full"]  # the full gather is the same on both ranks

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -9,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from msg_ray.flops import (
     PEAK_FLOPS,
+    device_peak_flops,
     equal_flops,
     flops_per_token,
     flops_ratio,
@@ -128,6 +131,53 @@ def test_mfu_and_peaks():
         mfu(1.0, 0.0)
     with pytest.raises(ValueError, match="arch"):
         param_count("t5", SMALL, V, S)
+
+
+@pytest.mark.parametrize(
+    ("name", "tflops"),
+    [
+        ("NVIDIA H800", 989),
+        ("NVIDIA H800 PCIe", 756),
+        ("NVIDIA H100 NVL", 835),
+        ("NVIDIA H200 NVL", 836),
+        ("NVIDIA GH200 480GB", 989),
+        ("NVIDIA B200", 2250),
+        ("NVIDIA GB200", 2500),
+        ("NVIDIA A800-SXM4-80GB", 312),
+        ("NVIDIA L40", 181),
+        ("NVIDIA A10", 125),
+        ("AMD Instinct MI300X", 1307.4),
+    ],
+)
+def test_peaks_of_more_gpus(name, tflops):
+    assert peak_flops_per_gpu(name) == pytest.approx(tflops * 1e12)
+
+
+def test_an_unknown_gpu_gives_nan_mfu_with_a_warning_not_an_error():
+    with pytest.warns(UserWarning, match="'NVIDIA A10G'.*MFU is reported as NaN"):
+        peak = device_peak_flops("NVIDIA A10G")
+    assert math.isnan(peak) and math.isnan(mfu(1e12, peak))
+    assert device_peak_flops("NVIDIA A10G", 70e12) == 70e12  # RunConfig.peak_flops overrides the table
+    assert device_peak_flops("NVIDIA H100 80GB HBM3", 500e12) == 500e12
+
+
+def test_peak_flops_config_field_is_validated_and_feeds_mfu(tmp_path):
+    from msg_ray.train.config import RunConfig
+    from msg_ray.train.progress import WorkerTracker
+
+    base = {
+        "schedule": "mini-sch1-b",
+        "data": {"source": "wikitext2", "tokenizer": "bpe:1024", "seq_len": 32},
+        "storage_path": str(tmp_path),
+        "tracking_uri": f"sqlite:///{tmp_path}/m.db",
+    }
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="RunConfig.peak_flops"):
+            RunConfig.from_dict({**base, "peak_flops": bad})
+    cfg = RunConfig.from_dict({**base, "peak_flops": 2e12, "workers": 2})
+    assert RunConfig.from_dict(cfg.to_dict()).peak_flops == 2e12
+    assert WorkerTracker(cfg, None, enabled=False).peak == 4e12  # on CPU too, once a peak is given
+    assert WorkerTracker(RunConfig.from_dict(base), None, enabled=False).peak == 0.0  # CPU, no peak: no MFU
 
 
 @pytest.mark.parametrize("name", ["mini-gpt-fast", "mini-bert-fast", "mini-sch1-g", "mini-sch1-b", "mini-rapid-l"])

@@ -8,7 +8,9 @@
 Results are ``{metric: [value per seed]}``. Text is tokenised with the producing run's tokenizer (its resolved
 config travels in the checkpoint's ``meta.json``); a bare export folder needs ``EvalConfig.data``.
 
-Ray is imported only where evaluations run in parallel (importing it costs seconds).
+Each evaluation is one Ray task (``msg_ray.compare.resources``): a model trained on GPUs gets a GPU and is evaluated
+there (``EvalConfig.use_gpu`` overrides). Ray is imported only where evaluations run in parallel (importing it costs
+seconds).
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from msg_ray.compare.finetune import (
     classification_metrics,
     encode,
     finetune_lm,
+    model_device,
     perplexity,
     predict,
     train_classifier,
 )
 from msg_ray.compare.mlflow_io import append_metrics
 from msg_ray.compare.probe import probe
+from msg_ray.compare.resources import task_device, task_options, used_gpu
 from msg_ray.data import DataConfig, prepare
 from msg_ray.data.downstream import load_classification, num_labels
 from msg_ray.data.tokenizer import tokenizer_digest
@@ -64,6 +68,8 @@ class EvalConfig:
     split_seed: int | None = None  # None: the run's data.split_seed (keeps eval texts out of pretraining)
     data: dict[str, Any] | None = None  # DataConfig fields, for export folders that carry no run config
     threads: int = 1
+    # evaluate on a GPU (one per Ray task): None: where the producing run trained (its config's use_gpu)
+    use_gpu: bool | None = None
 
     def __post_init__(self) -> None:
         known = GPT_TASKS + BERT_TASKS
@@ -146,9 +152,10 @@ def _data_config(loaded: LoadedModel, cfg: EvalConfig):
     return DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-def evaluate_model(loaded: LoadedModel, cfg: EvalConfig) -> dict[str, list[float]]:
-    """Run every task of ``cfg`` for the loaded model; ``{metric: [value per fine-tuning seed]}``."""
+def evaluate_model(loaded: LoadedModel, cfg: EvalConfig, device: torch.device | str = "cpu") -> dict[str, list[float]]:
+    """Run every task of ``cfg`` for the loaded model on ``device``; ``{metric: [value per fine-tuning seed]}``."""
     torch.set_num_threads(cfg.threads)
+    loaded.model.to(device)
     tasks = cfg.tasks or (GPT_TASKS if loaded.model.causal else BERT_TASKS)
     data_cfg = _data_config(loaded, cfg)
     out: dict[str, list[float]] = {}
@@ -206,7 +213,7 @@ def evaluate_classification(model: GrowableModel, task: str, data_cfg, cfg: Eval
     out: dict[str, list[float]] = {}
     for seed in cfg.seeds:
         torch.manual_seed(seed)
-        clf = SequenceClassifier(copy.deepcopy(model), num_labels(task))
+        clf = SequenceClassifier(copy.deepcopy(model), num_labels(task)).to(model_device(model))
         train_classifier(clf, train, replace(cfg.cls, seed=seed))
         for k, v in classification_metrics(predict(clf, test), test.labels, num_labels(task)).items():
             out.setdefault(f"{task}/{k}", []).append(v)
@@ -214,10 +221,11 @@ def evaluate_classification(model: GrowableModel, task: str, data_cfg, cfg: Eval
 
 
 def evaluate_checkpoint(path: str | os.PathLike, cfg: EvalConfig | None = None, log: bool = True) -> dict[str, Any]:
-    """Load, evaluate and (``log``) record the scores in the producing MLflow run; returns a summary dict."""
+    """Load, evaluate (on the GPU ``wants_gpu`` asks for, when this process has one) and (``log``) record the scores
+    in the producing MLflow run; returns a summary dict."""
     cfg = cfg or EvalConfig()
     loaded = load_model(path)
-    scores = evaluate_model(loaded, cfg)
+    scores = evaluate_model(loaded, cfg, task_device(wants_gpu(path, cfg)))
     logged = log_scores(loaded, scores) if log else False
     return {
         "path": str(path),
@@ -256,6 +264,23 @@ def evaluate_many(
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"))
     cfg = cfg or EvalConfig()
-    env = {"OMP_NUM_THREADS": str(cfg.threads), "TOKENIZERS_PARALLELISM": "false"}
-    task = ray.remote(num_cpus=num_cpus, runtime_env={"env_vars": env})(evaluate_checkpoint)
-    return ray.get([task.remote(str(p), cfg, log) for p in paths])
+    task = ray.remote(evaluate_checkpoint)
+    opts = [eval_task_options(p, cfg, num_cpus) for p in paths]
+    return ray.get([task.options(**o).remote(str(p), cfg, log) for p, o in zip(paths, opts, strict=True)])
+
+
+def wants_gpu(path: str | os.PathLike, cfg: EvalConfig) -> bool:
+    """``cfg.use_gpu``, or when None whether the run that wrote ``path`` trained on GPUs."""
+    if cfg.use_gpu is not None:
+        return cfg.use_gpu
+    meta_file = _locate(Path(path))[1]
+    try:
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    except json.JSONDecodeError:
+        return False
+    return used_gpu(meta.get("config"))
+
+
+def eval_task_options(path: str | os.PathLike, cfg: EvalConfig, num_cpus: float = 1.0) -> dict[str, Any]:
+    """Ray options of the task evaluating ``path``: ``num_cpus`` CPUs, and a GPU when ``wants_gpu``."""
+    return task_options(wants_gpu(path, cfg), num_cpus=num_cpus, threads=cfg.threads)

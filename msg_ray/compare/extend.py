@@ -5,7 +5,9 @@ loss; a run that has not reached it by the end of its budget is continued, like 
 training at full size. The continuation restores the final checkpoint exactly (weights, AdamW moments and step,
 data-loader position) and trains one process with torch AdamW (what the DeepSpeed engine wraps for one worker)
 at the schedule's last learning rate (its decayed floor), evaluating on the same validation batches every
-``eval_every`` steps. Its wall clock continues the run's own; run it side by side with comparable load.
+``eval_every`` steps. Its wall clock continues the run's own and counts training steps only (each step's loss is
+read back, a device sync, so no evaluation work is queued into it); run it side by side with comparable load.
+A run trained on GPUs continues on the GPU of its Ray task (``msg_ray.compare.resources``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from msg_ray.compare.resources import task_device
 from msg_ray.data import prepare
 from msg_ray.model import build_from_config
 from msg_ray.structure import Structure
@@ -44,6 +47,8 @@ def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threa
     e = cfg.engine
     model = build_from_config(cfg.model_config(data.vocab_size, Structure.parse(meta["structure"])))
     model.load_state_dict({**loaded.params, **loaded.buffers})
+    dev = task_device(cfg.use_gpu)  # a GPU run continues on the GPU its Ray task was given
+    model.to(dev)
     opt = adamw(model, e.lr, e.weight_decay, betas=e.betas, eps=e.eps)
     mom = loaded.moments
     by_name = {n: {"exp_avg": mom["exp_avg"][n], "exp_avg_sq": mom["exp_avg_sq"][n]} for n in mom["exp_avg"]}
@@ -70,7 +75,7 @@ def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threa
         reached = False
         if step % cfg.eval_every == 0:
             out["val_step"].append(step)
-            out["val_loss"].append(evaluate(model, valid, "cpu"))
+            out["val_loss"].append(evaluate(model, valid, dev))
             reached = out["val_loss"][-1] <= target_loss
         clock["t0"] = time.perf_counter()
         return reached
@@ -79,7 +84,7 @@ def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threa
         model,
         opt,
         loader,
-        lambda b: model.loss(model(b["input_ids"]), b["labels"]),
+        lambda b: model.loss(model(b["input_ids"].to(dev)), b["labels"].to(dev)),
         steps=max_steps,
         lr_at=lambda _step: lr,
         grad_clip=e.grad_clip,

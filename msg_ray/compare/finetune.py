@@ -4,6 +4,7 @@ No Ray, DeepSpeed or MLflow here (``msg_ray.compare.evaluate`` adds loading, tas
 reads the model's final hidden states (``hidden_states``: the model's own modules run up to, not including, the
 tied output projection), pools them (BERT: the first, ``[CLS]``, position; GPT: the mean over real tokens, since
 a causal model's first position sees nothing) and puts a linear head on top; the whole model is fine-tuned.
+Everything runs on the model's device (``model_device``): data stays on the CPU and batches are moved there.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ class FinetuneConfig:
             raise ValueError(f"FinetuneConfig.lr must be > 0, got {self.lr!r}")
         if self.warmup_steps < 0 or self.weight_decay < 0:
             raise ValueError("FinetuneConfig.warmup_steps and weight_decay must be >= 0")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` computes (its first parameter's device); batches are moved there, results come back."""
+    return next(model.parameters()).device
 
 
 def hidden_states(
@@ -93,7 +99,7 @@ def perplexity(model: GrowableModel, blocks: torch.Tensor, batch_size: int = 32)
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(blocks), batch_size):
-        ids = blocks[i : i + batch_size].long()
+        ids = blocks[i : i + batch_size].long().to(model_device(model))
         logits = model(ids)
         n = ids[:, 1:].numel()
         total += model.loss(logits, ids).item() * n
@@ -105,7 +111,10 @@ def finetune_lm(model: GrowableModel, blocks: torch.Tensor, cfg: FinetuneConfig)
     """Continue causal-LM training on ``blocks`` for ``cfg.steps`` steps (in place); returns the losses."""
     gen = torch.Generator().manual_seed(cfg.seed)
     opt, lr = _optimizer(model, cfg)
-    batches = (blocks[torch.randint(len(blocks), (cfg.batch_size,), generator=gen)].long() for _ in iter(int, 1))
+    dev = model_device(model)
+    batches = (
+        blocks[torch.randint(len(blocks), (cfg.batch_size,), generator=gen)].long().to(dev) for _ in iter(int, 1)
+    )
     return run_steps(
         model, opt, batches, lambda ids: model.loss(model(ids), ids), steps=cfg.steps, lr_at=lr, grad_clip=1.0
     )
@@ -143,9 +152,11 @@ def train_classifier(clf: SequenceClassifier, train: Encoded, cfg: FinetuneConfi
     opt, lr = _optimizer(clf, cfg)
     batches = (torch.randint(len(train), (cfg.batch_size,), generator=gen) for _ in iter(int, 1))
 
+    dev = model_device(clf)
+
     def loss_fn(idx: torch.Tensor) -> torch.Tensor:
-        logits = clf(train.input_ids[idx], train.attention_mask[idx])
-        return F.cross_entropy(logits.float(), train.labels[idx])
+        logits = clf(train.input_ids[idx].to(dev), train.attention_mask[idx].to(dev))
+        return F.cross_entropy(logits.float(), train.labels[idx].to(dev))
 
     return run_steps(clf, opt, batches, loss_fn, steps=cfg.steps, lr_at=lr, grad_clip=1.0)
 
@@ -153,11 +164,12 @@ def train_classifier(clf: SequenceClassifier, train: Encoded, cfg: FinetuneConfi
 @torch.no_grad()
 def predict(clf: SequenceClassifier, data: Encoded, batch_size: int = 64) -> torch.Tensor:
     clf.eval()
+    dev = model_device(clf)
     out = [
-        clf(data.input_ids[i : i + batch_size], data.attention_mask[i : i + batch_size]).argmax(-1)
+        clf(data.input_ids[i : i + batch_size].to(dev), data.attention_mask[i : i + batch_size].to(dev)).argmax(-1)
         for i in range(0, len(data), batch_size)
     ]
-    return torch.cat(out)
+    return torch.cat(out).cpu()
 
 
 def classification_metrics(pred: torch.Tensor, gold: torch.Tensor, num_labels: int) -> dict[str, float]:

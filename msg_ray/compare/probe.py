@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from msg_ray.compare.finetune import Encoded, classification_metrics, pooled_states
+from msg_ray.compare.finetune import Encoded, classification_metrics, model_device, pooled_states
 from msg_ray.model import GrowableModel
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # weight on ||W||^2 next to the mean cross-entropy
@@ -22,11 +22,14 @@ L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # weight on ||W||^2 next to the mean cross-e
 def features(model: GrowableModel, data: Encoded, batch_size: int = 128) -> torch.Tensor:  # -> [N, H] float64
     """Pooled final hidden states of every example (eval mode, no dropout)."""
     model.eval()
+    dev = model_device(model)
     out = [
-        pooled_states(model, data.input_ids[i : i + batch_size], data.attention_mask[i : i + batch_size])
+        pooled_states(
+            model, data.input_ids[i : i + batch_size].to(dev), data.attention_mask[i : i + batch_size].to(dev)
+        ).cpu()
         for i in range(0, len(data), batch_size)
     ]
-    return torch.cat(out).double()
+    return torch.cat(out).double()  # the fit below runs on the CPU in float64, whatever the model's device
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_labels: int, l2: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,8 +9,9 @@ training (stage starts and LR decay as fractions of that time; side by side runs
 in two phases: every LR on the first k seeds, then the other seeds at each operator's chosen LR only (the same
 tuning effort for every operator, fewer runs). Execution modes:
 - ``parallel``: one Ray Tune trial per run, each training in-process with DeepSpeed world size 1 (the loop's
-  "tune" session), ``max_concurrent`` at a time. Runs side by side see the same machine load, which is what a
-  wall-time ratio needs on a shared CPU (platform notes: a lone run is faster than two side by side);
+  "tune" session), ``max_concurrent`` at a time; with ``use_gpu`` each trial holds one GPU and no more trials run
+  at once than the cluster has GPUs (``msg_ray.compare.resources``). Runs side by side see the same machine load,
+  which is what a wall-time ratio needs on a shared CPU (platform notes: a lone run is faster than two side by side);
 - ``sequential``: ``msg_ray.train.run.run`` one after another, any number of Ray Train workers per run.
 ``auto`` picks parallel for 1-worker runs, sequential otherwise.
 
@@ -30,12 +31,13 @@ from msg_ray.compare import mlflow_io
 from msg_ray.compare.evaluate import EvalConfig, evaluate_many
 from msg_ray.compare.extend import compact, extend_run
 from msg_ray.compare.report import FULL, Report, RunRecord, best_lrs, reach_target, write_report
+from msg_ray.compare.resources import task_options, trial_concurrency, trial_resources, used_gpu
 from msg_ray.data import prepare
 from msg_ray.flops import equal_flops, flops_ratio
 from msg_ray.schedule import OPERATORS
 from msg_ray.tracking import resolve_tracking_uri
 from msg_ray.train.config import RunConfig
-from msg_ray.train.run import run
+from msg_ray.train.run import check_resources, run
 from msg_ray.train.worker import run_worker
 
 MODES = ("auto", "parallel", "sequential")
@@ -55,7 +57,7 @@ class CompareConfig:
     lr_of: dict[str, float] | None = None
     name: str = "compare"
     mode: str = "auto"
-    max_concurrent: int | None = None  # parallel mode: trials at once (None: as many as Ray's CPUs allow)
+    max_concurrent: int | None = None  # parallel mode: trials at once (None: as many as Ray's CPUs/GPUs allow)
     evaluate: bool = False
     eval: EvalConfig = field(default_factory=EvalConfig)
     out_dir: str = ""  # "" -> <storage_path>/../compare/<name>-<parent id>
@@ -335,9 +337,11 @@ def extend_unreached(records: list[RunRecord], paths: list[str | None], max_step
         and r.seed in full_by_seed
         and reach_target(r, full_by_seed[r.seed]) is None
     ]
-    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    task = ray.remote(num_cpus=1, runtime_env={"env_vars": env})(extend_run)
-    refs = [task.remote(paths[i], full_by_seed[records[i].seed].final_val, max_steps) for i in todo]
+    task = ray.remote(extend_run)
+    refs = [
+        task.options(**extend_options(paths[i])).remote(paths[i], full_by_seed[records[i].seed].final_val, max_steps)
+        for i in todo
+    ]
     for i, ext in zip(todo, ray.get(refs), strict=True):
         e = records[i].extension = compact(ext)
         series = {
@@ -348,6 +352,12 @@ def extend_unreached(records: list[RunRecord], paths: list[str | None], max_step
         if records[i].run_id:
             mlflow_io.append_metrics(meta["config"], records[i].run_id, series)
     return len(todo)
+
+
+def extend_options(checkpoint: str) -> dict[str, Any]:
+    """Ray options of the task extending ``checkpoint``: a GPU when its run trained on GPUs."""
+    meta = json.loads((Path(checkpoint) / "meta.json").read_text())
+    return task_options(used_gpu(meta.get("config")))
 
 
 def final_checkpoints(storage_path: str, names: list[str]) -> list[str | None]:
@@ -390,19 +400,22 @@ def _tune_trainable(config: dict[str, Any]) -> None:
 
 
 def _run_parallel(runs: list[PlannedRun], cfg: CompareConfig, tag: str) -> list[str]:
+    import ray
     from ray import tune
 
-    cpus = cfg.base.cpus_per_worker
     space = {"i": tune.grid_search(list(range(len(runs))))}
     configs = [{"run": r.config.to_dict(), "run_id": r.run_id} for r in runs]
 
     def trainable(config: dict[str, Any]) -> None:
         _tune_trainable(configs[config["i"]])
 
+    cluster = ray.cluster_resources()
+    check_resources(replace(cfg.base, workers=1), cluster)  # a GPU trial on a cluster without GPUs would wait forever
+    concurrent = trial_concurrency(cfg.max_concurrent, cfg.base, cluster)
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"CPU": cpus}),
+        tune.with_resources(trainable, trial_resources(cfg.base)),
         param_space=space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent),
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(
             name="-".join(x for x in (cfg.name, tag) if x), storage_path=cfg.base.storage_path, verbose=0
         ),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from msg_ray.growth import MaskRamp
+from msg_ray.train import collectives
 
 
 class Budget:
@@ -20,15 +21,13 @@ class Budget:
         self.total_steps, self.wall_budget_s, self.world = total_steps, wall_budget_s, world
         self.agreed_wall = 0.0  # the wall time of the last ``spent`` check, as every rank sees it
 
-    def spent(self, step: int, wall: float) -> bool:
+    def spent(self, step: int, wall: float, device: torch.device | str) -> bool:
         """Whether the budget is spent after ``step`` steps and ``wall`` seconds on this rank. Under a wall budget
-        with several ranks this is a collective (every rank calls it at the same step)."""
+        with several ranks this is a collective on ``device`` (the engine's; every rank calls it at the same step)."""
         if not self.wall_budget_s:
             return step >= self.total_steps
-        t = torch.tensor([wall], dtype=torch.float64)
-        if self.world > 1:  # the slowest rank's clock: ranks must agree on every growth and on the end
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        self.agreed_wall = float(t)
+        # the slowest rank's clock: ranks must agree on every growth and on the end
+        self.agreed_wall = collectives.max_over_ranks(wall, device) if self.world > 1 else float(wall)
         return self.agreed_wall >= self.wall_budget_s
 
     def lr_step(self, step: int) -> float:

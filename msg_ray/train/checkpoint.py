@@ -6,7 +6,7 @@ A checkpoint folder (named ``stage{k}-step{N:07d}``, the stage and optimizer ste
   on a different number of workers or ZeRO stage);
 - ``meta.json`` (rank 0): structure, stage and schedule position, mask c and ramp start, wall time and FLOPs so
   far, MLflow run id, metric history for plots, and the resolved config;
-- ``rank{r}.pt`` (every rank): its data-loader position and RNG states;
+- ``rank{r}.pt`` (every rank): its data-loader position and RNG states (Python, torch CPU, its CUDA device's);
 - ``manifest-rank{r}.json`` (every rank): size and SHA-256 of each file that rank wrote. Loading verifies them,
   so a truncated or altered file is found before it is unpickled, and resume falls back to the previous checkpoint.
 Files are written to a temporary name and renamed, so a crash mid-write never leaves a half file under the real
@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,19 @@ def folder_name(stage: int, step: int, final: bool = False) -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "torch": torch.get_rng_state()}
+    """This process's RNG states: Python's, torch's CPU generator and, once CUDA is initialised, the generator of
+    the current CUDA device (this rank's: dropout and any random op on the GPU draw from it)."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():  # a CPU resume of a GPU run ignores it
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def save(
@@ -50,18 +58,27 @@ def save(
     params: dict[str, torch.Tensor] | None = None,
     buffers: dict[str, torch.Tensor] | None = None,
     moments: dict[str, Any] | None = None,
+    threads: int = 1,
 ) -> Path:
-    """Write this rank's part of a checkpoint into ``directory`` (rank 0 also writes model/optim/meta)."""
+    """Write this rank's part of a checkpoint into ``directory`` (rank 0 also writes model/optim/meta). Files are
+    written and hashed by up to ``threads`` threads (the worker's CPUs): serialising, fsync and SHA-256 of the
+    model and optimizer files overlap instead of running one after the other."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     if rank == 0 and (meta is None or params is None or moments is None):
         raise ValueError("checkpoint.save: rank 0 must provide meta, params and moments")
-    written = [_atomic(d / f"rank{rank}.pt", lambda f: torch.save(rank_state, f))]
+    jobs = [(d / f"rank{rank}.pt", lambda f: torch.save(rank_state, f))]
     if rank == 0:
-        written.append(_atomic(d / MODEL, lambda f: torch.save({"params": params, "buffers": buffers or {}}, f)))
-        written.append(_atomic(d / OPTIM, lambda f: torch.save(moments, f)))
-        written.append(_atomic(d / META, lambda f: f.write(json.dumps(meta, indent=1, default=str).encode())))
-    manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in written}
+        jobs.append((d / MODEL, lambda f: torch.save({"params": params, "buffers": buffers or {}}, f)))
+        jobs.append((d / OPTIM, lambda f: torch.save(moments, f)))
+        jobs.append((d / META, lambda f: f.write(json.dumps(meta, indent=1, default=str).encode())))
+
+    def write(job: tuple[Path, Any]) -> tuple[str, dict[str, Any]]:
+        path = _atomic(*job)
+        return path.name, {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(jobs)))) as pool:
+        manifest = dict(pool.map(write, jobs))
     _atomic(d / f"manifest-rank{rank}.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
     return d
 

@@ -75,6 +75,9 @@ class RunConfig:
     growth_check_tol: float = 1e-4  # |loss after - loss before| allowed for msg growth (fp32)
     max_failures: int = 0  # Ray FailureConfig retries (resume from the last checkpoint)
     export_hf: bool = True
+    # bf16 dense peak FLOP/s of one GPU for perf/mfu; None: looked up from the device name (msg_ray.flops), an
+    # unknown GPU then reports MFU as NaN. Set it for GPUs the table lacks (or to compute MFU on CPU).
+    peak_flops: float | None = None
     adaptive: dict[str, Any] | None = None  # online growth times, see msg_ray.train.adaptive and _check_adaptive
     # divergence: a NaN/inf loss always counts; > divergence_factor x the running median of the last
     # divergence_window losses counts too when the factor is > 0. stop: fail the run (FAILED in MLflow, last good
@@ -134,6 +137,10 @@ class RunConfig:
             raise bad("dropout", f"must be in [0, 1), got {self.dropout!r}")
         if not 0.0 < self.ln_eps < 1e-2:
             raise bad("ln_eps", f"must be in (0, 1e-2), got {self.ln_eps!r}")
+        if self.peak_flops is not None and not (self.peak_flops > 0 and math.isfinite(self.peak_flops)):
+            raise bad(
+                "peak_flops", f"must be a number of FLOP/s > 0 (or None: from the GPU's name), got {self.peak_flops!r}"
+            )
         if self.budget_tokens_per_step is not None and self.budget_tokens_per_step < 1:
             raise bad("budget_tokens_per_step", f"must be None or an int >= 1, got {self.budget_tokens_per_step!r}")
         if self.cpus_per_worker <= 0:

@@ -2,8 +2,8 @@
 the rollback target when a run is configured to recover (``on_divergence: rollback``).
 
 Every rank runs the check on its own losses and the ranks then agree (any rank diverged -> all act), so a
-rollback never leaves one rank waiting in a collective the others skipped. ``torch.distributed`` is used only
-when it is initialised with more than one rank.
+rollback never leaves one rank waiting in a collective the others skipped. The agreement is one all-reduce on the
+engine's device (``msg_ray.train.collectives``), run only when a process group has more than one rank.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import statistics
 from dataclasses import dataclass
 
 import torch
+
+from msg_ray.train import collectives
 
 MIN_HISTORY = 10  # losses the running median needs before the k x median rule applies
 
@@ -44,12 +46,6 @@ def find(previous: list[float], pending: list[tuple[int, float]], factor: float,
     return None
 
 
-def agree(found: Diverged | None) -> bool:
-    """Whether any rank found a divergence (an all-reduce when several ranks train)."""
-    flag = found is not None
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        if torch.distributed.get_world_size() > 1:
-            t = torch.tensor([1.0 if flag else 0.0])
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-            flag = bool(t.item() > 0)
-    return flag
+def agree(found: Diverged | None, device: torch.device | str) -> bool:
+    """Whether any rank found a divergence (an all-reduce on ``device``, the engine's, when several ranks train)."""
+    return collectives.any_rank(found is not None, device)

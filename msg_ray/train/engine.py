@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from msg_ray.optim_carry import AdamState, carry_adam_state
+from msg_ray.train.collectives import backend_name
 from msg_ray.train.optim import apply_lr, param_groups
 from msg_ray.validate import check_types
 
@@ -137,7 +138,7 @@ def ensure_distributed() -> None:
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    deepspeed.init_distributed(dist_backend=backend_name())  # the accelerator's backend, not cuda.is_available()
 
 
 def _skip_shm_comm_op() -> None:
@@ -273,22 +274,42 @@ def _full_shape(p: torch.nn.Parameter) -> tuple[int, ...]:
     return tuple(p.ds_shape) if hasattr(p, "ds_shape") else tuple(p.shape)
 
 
-def gather_state(engine) -> TrainState:
-    """Full fp32 masters, moments and step by name. A collective: call on every rank, same order everywhere."""
+def _to_host(v: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A full fp32 CPU copy of ``v``: from a CUDA tensor into pinned memory with a non-blocking copy (the caller
+    synchronizes once for all of them), from a CPU tensor a plain clone."""
+    out = torch.empty(shape, dtype=torch.float32, pin_memory=v.is_cuda)
+    return out.copy_(v.detach().reshape(shape), non_blocking=v.is_cuda)
+
+
+def gather_state(engine, keep: bool = True) -> TrainState:
+    """Full fp32 masters, moments and step by name. A collective under ZeRO 1-3 (DeepSpeed's ``safe_get_full_*``
+    all-reduce or all-gather every parameter over the data-parallel group): call on every rank, same order.
+
+    ``keep=False`` (a checkpoint on ranks other than 0): take part in the collectives, then drop each gathered
+    tensor at once, so only the rank that writes copies the state to the host; without ZeRO partitions (stage 0)
+    there is no collective and such a rank does nothing."""
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
     _ensure_optimizer_state(engine)  # a never-stepped engine has no state yet; zeros are what it would use
     mode, state = _mode(engine), engine.basic_optimizer.state
     masters = _masters_by_param(engine) if mode in ("plain", "unfused") else {}
     out = TrainState(params={}, exp_avg={}, exp_avg_sq={}, step=_optimizer_step(engine))
+    if masters and not keep:
+        return out
+    on_cuda = False
     for name, p in _named_params(engine):
         if masters:
             m = masters[p]
             vals = [m, state[m]["exp_avg"], state[m]["exp_avg_sq"]]
         else:
             vals = [safe_get_full_fp32_param(p)] + [safe_get_full_optimizer_state(p, k) for k in MOMENT_KEYS]
-        full = [v.detach().float().cpu().clone().reshape(_full_shape(p)) for v in vals]
+        if not keep:
+            continue
+        on_cuda = on_cuda or vals[0].is_cuda
+        full = [_to_host(v, _full_shape(p)) for v in vals]
         out.params[name], out.exp_avg[name], out.exp_avg_sq[name] = full
+    if on_cuda:
+        torch.cuda.synchronize()  # one wait for every non-blocking copy above, not one per tensor
     return out
 
 

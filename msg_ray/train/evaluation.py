@@ -2,7 +2,7 @@
 
 The DeepSpeed worker loop (``msg_ray.train.loop``) and the plain reference loop (``benchmarks/plain.py``) both
 draw their validation batches with ``valid_batches`` and score them with ``evaluate``, so a validation loss means
-the same in both. Pure torch (``torch.distributed`` only to average over ranks).
+the same in both. Pure torch (``msg_ray.train.collectives`` only to average over ranks).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from msg_ray.train import collectives
 
 EVAL_SEED = 1234  # the validation loader's seed: same blocks (and MLM masks) for every run and every evaluation
 
@@ -49,8 +51,8 @@ def evaluate(
     for batch in batches:
         loss = batch_loss(model, batch, device, forward).detach().float().reshape(1)
         if world > 1:
-            torch.distributed.all_reduce(loss)
-            loss /= world
-        losses.append(loss.item())
+            collectives.mean_over_ranks(loss)  # on the loss's device: the engine's
+        losses.append(loss)
     model.train()
-    return sum(losses) / len(losses)
+    values = torch.cat(losses).tolist()  # one host read for all batches
+    return sum(values) / len(values)

@@ -38,6 +38,7 @@ from msg_ray.train.evaluation import batch_loss, evaluate, valid_batches
 from msg_ray.train.growth_event import grow_engine
 from msg_ray.train.lr import LRSchedule, stage_lr_multiplier
 from msg_ray.train.metrics import RateMeter
+from msg_ray.train.prefetch import DevicePrefetcher
 from msg_ray.train.progress import StepLog, WorkerTracker
 from msg_ray.train.recovery import Recovery
 from msg_ray.train.reporting import Session
@@ -68,6 +69,7 @@ class WorkerRun:
         self.cfg, self.sched = cfg, cfg.schedule
         self.data = prepare(cfg.data)
         self.loader = self._loader("train", cfg.seed)
+        self.batches: DevicePrefetcher  # the loader's batches on the engine's device, one ahead (set with the engine)
         self.valid = valid_batches(
             self.data, cfg.eval_batches, cfg.engine.micro_batch_size, rank=self.rank, world_size=self.world
         )
@@ -114,6 +116,7 @@ class WorkerRun:
         if ckpt is None:
             model = build_from_config(self.cfg.model_config(self.data.vocab_size), seed=self.cfg.seed)
             self.engine = self._engine_for(model, None)
+            self.batches = DevicePrefetcher(self.loader, self.engine.device)
             return
         with ckpt.as_directory() as d:
             loaded, warning = C.load_or_previous(d, self.rank, self.attempt_dir)
@@ -130,7 +133,8 @@ class WorkerRun:
         if self.policy is not None and r.adaptive:
             self.policy.load_state_dict(r.adaptive)
         self.engine = self._engine_for(model, r.state)
-        self.loader.load_state_dict(r.loader_state)
+        self.batches = DevicePrefetcher(self.loader, self.engine.device)  # a rollback drops the batch held ahead
+        self.batches.load_state_dict(r.loader_state)
         if r.rng:  # absent when this rank did not exist when the checkpoint was taken
             C.set_rng_state(r.rng)
         self.log.line(f"resumed from {r.folder} (stage {self.pos.stage}, step {self.pos.step})")
@@ -141,7 +145,7 @@ class WorkerRun:
         set_lr(self.engine, self.lr(self.budget.lr_step(self.pos.step)) * rule * self.recovery.lr_factor)
         total = None
         for _ in range(self.cfg.engine.grad_accum):
-            loss = batch_loss(self.engine.module, next(self.loader), self.engine.device, self.engine)
+            loss = batch_loss(self.engine.module, next(self.batches), self.engine.device, self.engine)
             self.engine.backward(loss)
             self.engine.step()
             total = loss.detach().float() if total is None else total + loss.detach().float()
@@ -225,7 +229,8 @@ class WorkerRun:
     def _checkpoint(self, final: bool = False, state: TrainState | None = None) -> None:
         """``state``: the engine's state when the caller already holds it (right after a growth), else gathered."""
         self._flush()
-        state = state if state is not None else gather_state(self.engine)  # collective: every rank takes part
+        if state is None:  # a collective: every rank takes part, only rank 0 (which writes) copies it to the host
+            state = gather_state(self.engine, keep=self.rank == 0)
         module = self.engine.module
         with tempfile.TemporaryDirectory() as tmp:
             folder = snapshot.write(
@@ -238,7 +243,7 @@ class WorkerRun:
                 state=state,
                 module=module,
                 ramp=self.ramp,
-                loader_state=self.loader.state_dict(),
+                loader_state=self.batches.state_dict(),  # the first batch not trained on (one is held ahead)
                 run_id=self.tracker.run_id,
                 adaptive=self.policy.state_dict() if self.policy else None,
                 rollbacks=self.recovery.rollbacks,
@@ -267,7 +272,7 @@ class WorkerRun:
             raise
 
     def _run_steps(self) -> None:
-        self._finished = self.budget.spent(self.pos.step, self.pos.wall)
+        self._finished = self.budget.spent(self.pos.step, self.pos.wall, self.engine.device)
         while not self._finished:
             step = self.pos.step
             faults.maybe_kill(self.cfg.kill_rank_at_step, self.rank, step, self.attempt_dir)
@@ -281,6 +286,8 @@ class WorkerRun:
                 self._checkpoint(state=state)
                 t0 = time.perf_counter()
             loss = self._train_step()
+            if self._host_work_after(step + 1):
+                self._sync()  # the device finishes the queued steps now, on the training clock (below)
             self.pos.wall += time.perf_counter() - t0
             self._after_step(loss)
         self._checkpoint(final=True)
@@ -300,6 +307,28 @@ class WorkerRun:
             f"(step {self.pos.step}), LR x{self.recovery.lr_factor:g} from now on"
         )
 
+    def _host_work_after(self, step: int) -> bool:
+        """Whether step ``step`` is followed by work that reads the device: a log flush, an evaluation, a checkpoint,
+        a report, the adaptive policy's per-step decision, or the end of a step budget."""
+        c = self.cfg
+        return (
+            step % c.log_every == 0
+            or step % c.eval_every == 0
+            or self.policy is not None
+            or bool(c.ckpt_every and step % c.ckpt_every == 0)
+            or bool(c.report_every and step % c.report_every == 0)
+            or (not c.wall_budget_s and step >= c.total_steps)
+        )
+
+    def _sync(self) -> None:
+        """Wait for the device's queued work. The steps between two log points run without a host sync, so the
+        device may lag the host by several steps; waiting here, inside the timed region, puts that lag on the
+        training clock (tokens/s and MFU include the log flush) and keeps it off the evaluation or checkpoint that
+        follows (their time is not training time)."""
+        device = torch.device(self.engine.device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     def _flush(self) -> None:
         """Move the pending per-step losses to the host in one transfer (one sync per log interval, not per step)
         and feed them to the history, the γ meter and the adaptive policy, in step order."""
@@ -316,7 +345,7 @@ class WorkerRun:
             self.cfg.divergence_factor,
             self.cfg.divergence_window,
         )
-        if divergence.agree(found):  # before any checkpoint of the diverged weights is written
+        if divergence.agree(found, self.engine.device):  # before any checkpoint of the diverged weights is written
             raise found or divergence.Diverged(self._pending[-1][0], math.nan, "on another rank")
         for (step, wall, flops, _), loss in zip(self._pending, losses, strict=True):
             self.meter.update(step, wall, loss)
@@ -334,7 +363,7 @@ class WorkerRun:
         pos.step += 1
         self._pending.append((pos.step, pos.wall, pos.flops, loss))
         h = pos.history
-        self._finished = last = self.budget.spent(pos.step, pos.wall)
+        self._finished = last = self.budget.spent(pos.step, pos.wall, self.engine.device)
         log_due = pos.step % self.cfg.log_every == 0 or last
         # On an accelerator, losses reach the host once per log interval (a per-step .item() is a device sync);
         # on CPU there is no sync to save, so the history is kept current every step.

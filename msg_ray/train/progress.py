@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from msg_ray import plots
-from msg_ray.flops import peak_flops_per_gpu
+from msg_ray.flops import device_peak_flops, mfu
 from msg_ray.structure import Structure
 from msg_ray.tracking import load_run_metrics, make_tracker
 
@@ -51,9 +51,10 @@ class WorkerTracker:
         self._logged: dict[str, int] = {}  # metric key -> last step the run already holds (after a resume)
         self.c: float | None = None
         self._last: tuple[int, float] | None = None
-        self.peak = 0.0
-        if cfg.use_gpu and torch.cuda.is_available():
-            self.peak = peak_flops_per_gpu(torch.cuda.get_device_name()) * cfg.workers
+        self.peak = 0.0  # all workers' peak FLOP/s (NaN: unknown GPU, MFU logged as NaN); 0: no MFU (CPU)
+        if cfg.peak_flops is not None or (cfg.use_gpu and torch.cuda.is_available()):
+            name = torch.cuda.get_device_name() if cfg.use_gpu and torch.cuda.is_available() else "cpu"
+            self.peak = device_peak_flops(name, cfg.peak_flops) * cfg.workers
 
     def start(self, n_params: int, structure: Structure, resumed: bool = False) -> None:
         """Open (or reopen) the run. ``resumed``: the loop restarted from a checkpoint, so steps after it that the
@@ -89,7 +90,7 @@ class WorkerTracker:
             dsteps, dt = step - self._last[0], wall - self._last[1]
             m["perf/tokens_per_s"] = dsteps * self.cfg.tokens_per_step / dt
             if self.peak:
-                m["perf/mfu"] = (flops - self._last_flops) / dt / self.peak
+                m["perf/mfu"] = mfu((flops - self._last_flops) / dt, self.peak)
         self._last, self._last_flops = (step, wall), flops
         self.t.log_metrics(m, step)
 

@@ -6,6 +6,10 @@ driver import without starting (or importing) Ray.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 DIVERGED = "training diverged"
@@ -63,3 +67,38 @@ class Session:
             self.api.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
         else:
             self.api.report(metrics, checkpoint=ckpt)
+
+
+class LocalSession:
+    """Where a run reports when it trains in this process without Ray, as one rank (``worker.run_local``; the GPU
+    check ``benchmarks/gpu_check.py`` drives the real loop this way): every report is kept in ``reports``, every
+    checkpoint folder is copied to ``root/<name>`` (unless ``keep`` is False), and ``resume_from`` (a checkpoint folder) is where it starts."""
+
+    kind = "local"
+    rank, world, node_id = 0, 1, "local"
+
+    def __init__(self, root: str | Path, resume_from: str | Path | None = None, keep: bool = True) -> None:
+        self.root, self.resume_from, self.keep = Path(root), resume_from, keep
+        self.reports: list[dict[str, Any]] = []
+        self.checkpoints: list[Path] = []
+
+    def get_checkpoint(self) -> _Folder | None:
+        return None if self.resume_from is None else _Folder(Path(self.resume_from))
+
+    def report(self, metrics: dict[str, Any], directory: str | None = None, name: str | None = None) -> None:
+        self.reports.append(dict(metrics))
+        if directory is not None and self.keep:
+            dest = self.root / (name or f"checkpoint-{len(self.checkpoints)}")
+            shutil.copytree(directory, dest, dirs_exist_ok=True)
+            self.checkpoints.append(dest)
+
+
+class _Folder:
+    """A checkpoint folder as the loop reads one (``as_directory``, like ``ray.train.Checkpoint``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextlib.contextmanager
+    def as_directory(self) -> Iterator[str]:
+        yield str(self.path)

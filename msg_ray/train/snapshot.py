@@ -88,6 +88,7 @@ def write(
         params=state.params,
         buffers=G.mask_state(module),
         moments={"exp_avg": state.exp_avg, "exp_avg_sq": state.exp_avg_sq, "step": state.step},
+        threads=max(1, int(cfg.cpus_per_worker)),  # the worker's CPUs write and hash the files side by side
     )
     return folder
 
