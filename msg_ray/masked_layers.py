@@ -21,7 +21,10 @@ from torch import nn
 class GrowthMask(nn.Module):
     """External mask of one growth: ``value`` [N], entries ``>= n_old`` are the new ones that ramp to 1.
 
-    Both tensors are buffers, so a checkpoint taken mid-ramp restores the exact mask.
+    Both tensors are buffers, so a checkpoint taken mid-ramp restores the exact mask. ``value`` never drops below
+    fp32: casting the model to bf16/fp16 (``model.bfloat16()``, or DeepSpeed with a ``buffer_dtype``) leaves it fp32,
+    so a ramp's c (k/φ) stays exact and the norms' mask-weighted statistics see the exact weights; the layers cast
+    it where they apply it. fp64 (the function-preservation checks) is kept.
     """
 
     def __init__(self, size: int, n_old: int, c: float = 0.0) -> None:
@@ -32,6 +35,13 @@ class GrowthMask(nn.Module):
         value[n_old:] = c
         self.register_buffer("value", value)
         self.register_buffer("n_old", torch.tensor(n_old, dtype=torch.long))
+
+    def _apply(self, fn, recurse=True):
+        value = self.value  # the exact c, before a cast to bf16 would round it
+        super()._apply(fn, recurse)
+        if self.value.dtype in (torch.bfloat16, torch.float16):
+            self.value = value.to(self.value.device, torch.promote_types(value.dtype, torch.float32))
+        return self
 
     def set(self, c: float) -> None:
         self.value[int(self.n_old) :].fill_(c)
@@ -146,29 +156,41 @@ class _MaskedLayerNormFn(torch.autograd.Function):
 
     The backward is written out because autograd's version of the weighted statistics keeps four activations and
     runs about twice the elementwise passes; this one keeps x̂ and rstd and costs ~2/3 of it (the hidden ramp's
-    main cost, ``pipelines/bench_masks.py``). With w = c / Σc, g = dy·ω·c:
+    main cost, ``benchmarks/bench_masks.py``). With w = c / Σc, g = dy·ω·c:
     dx = rstd · (g - w · (Σg + x̂ · Σ(g·x̂))) (LayerNorm's gradient, the uniform 1/H replaced by w).
-    The mask is a constant (no gradient); double backward is not supported.
+    Statistics, output and gradients are computed in fp32 (fp64 stays fp64) and cast back to each tensor's
+    dtype, as ``F.layer_norm`` does for bf16: bf16 statistics make a hidden growth move the loss. A
+    reduced-precision input is saved as it is, with mu, and x̂ recomputed in the backward (an fp32 x̂ would take
+    twice the bf16 activation's memory). The mask is a constant (no gradient); double backward is not supported.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, c, eps):  # x [..., H]; weight, bias, c [H]
+        ct = torch.promote_types(x.dtype, torch.float32)  # compute dtype: fp32, or fp64 for fp64 inputs
+        xf, c = x.to(ct), c.to(ct)
         w = c / c.sum()  # [H]: eq. 17's mask-weighted average as a mat-vec
-        xc = x - (x @ w).unsqueeze(-1)  # x - mu, [..., H]
+        mu = (xf @ w).unsqueeze(-1)  # [..., 1]
+        xc = xf - mu  # x - mu, [..., H]
         rstd = torch.rsqrt((xc * xc) @ w + eps).unsqueeze(-1)  # [..., 1]
         xhat = xc.mul_(rstd)  # [..., H]
-        wc = weight * c  # eq. 19's re-masking folded into the affine vectors: (x̂·ω + β)·c = x̂·(ω·c) + β·c
-        ctx.save_for_backward(xhat, rstd, wc, w, c)
-        return torch.addcmul(bias * c, xhat, wc)
+        wc = weight.to(ct) * c  # eq. 19's re-masking folded into the affine vectors: (x̂·ω + β)·c = x̂·(ω·c) + β·c
+        low = x.dtype != ct
+        ctx.save_for_backward(x if low else xhat, mu if low else None, rstd, wc, w, c)
+        ctx.dtypes = x.dtype, weight.dtype, bias.dtype
+        return torch.addcmul(bias.to(ct) * c, xhat, wc).to(x.dtype)
 
     @staticmethod
     def backward(ctx, gy):  # gy [..., H]
-        xhat, rstd, wc, w, c = ctx.saved_tensors
+        saved, mu, rstd, wc, w, c = ctx.saved_tensors
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        xhat = saved if mu is None else (saved.to(rstd.dtype) - mu).mul_(rstd)  # [..., H] in the compute dtype
+        gy = gy.to(rstd.dtype)
         g = gy * wc  # d loss / d x̂
         stats = torch.addcmul(g.sum(-1, keepdim=True), xhat, (g * xhat).sum(-1, keepdim=True))  # Σg + x̂·Σ(g·x̂)
         gx = torch.addcmul(g, stats, w, value=-1).mul_(rstd)
         gy2, xhat2 = gy.reshape(-1, gy.shape[-1]), xhat.reshape(-1, gy.shape[-1])  # [N, H]
-        return gx, (gy2 * xhat2).sum(0) * c, gy2.sum(0) * c, None, None
+        gw, gb = (gy2 * xhat2).sum(0) * c, gy2.sum(0) * c
+        return gx.to(x_dtype), gw.to(w_dtype), gb.to(b_dtype), None, None
 
 
 class MaskedLayerNorm(nn.Module):
@@ -184,7 +206,7 @@ class MaskedLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor, mask: GrowthMask | None = None) -> torch.Tensor:  # [..., H]
         if mask is None:
             return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-        return _MaskedLayerNormFn.apply(x, self.weight, self.bias, mask.value.to(x.dtype), self.eps)
+        return _MaskedLayerNormFn.apply(x, self.weight, self.bias, mask.value, self.eps)  # fp32 inside
 
 
 class Attention(nn.Module):

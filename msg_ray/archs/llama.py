@@ -42,9 +42,11 @@ class MaskedRMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, mask: GrowthMask | None = None) -> torch.Tensor:  # [..., H]
         if mask is None:
             return F.rms_norm(x, x.shape[-1:], self.weight, self.eps)
-        c = mask.value.to(x.dtype)  # [H]
-        rstd = torch.rsqrt((x * x) @ (c / c.sum()) + self.eps).unsqueeze(-1)  # [..., 1]: eq. 17's weighted mean
-        return x * rstd * (self.weight * c)  # re-masked output (eq. 19) folded into the gain
+        # in fp32 (fp64 stays fp64) whatever x's dtype, as F.rms_norm does for bf16; autograd's backward follows
+        ct = torch.promote_types(x.dtype, torch.float32)
+        xf, c = x.to(ct), mask.value.to(ct)  # [..., H], [H]
+        rstd = torch.rsqrt((xf * xf) @ (c / c.sum()) + self.eps).unsqueeze(-1)  # [..., 1]: eq. 17's weighted mean
+        return (xf * rstd * (self.weight.to(ct) * c)).to(x.dtype)  # re-masked output (eq. 19) folded into the gain
 
 
 def rotary_tables(

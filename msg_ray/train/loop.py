@@ -270,10 +270,10 @@ class WorkerRun:
                 moments=moments,
             )
             if final and self.rank == 0:
-                self._export(tmp, module)
+                self._export(tmp, module, state.params)
             self.session.report(self._metrics(), tmp, folder)
 
-    def _export(self, directory: str, module: torch.nn.Module) -> None:
+    def _export(self, directory: str, module: torch.nn.Module, params: dict[str, torch.Tensor]) -> None:
         d, h = self.cfg.data, self.history
         card = {
             "schedule": self.sched.to_dict(),
@@ -284,7 +284,7 @@ class WorkerRun:
             "run_id": self.tracker.run_id,
         }
         config = self.cfg.model_config(self.data.vocab_size, self.sched.target)
-        self.tracker.export(directory, module, config, self.cfg.export_hf, self.data.tokenizer, card)
+        self.tracker.export(directory, module, config, self.cfg.export_hf, self.data.tokenizer, card, params)
 
     def _last_loss(self) -> float:
         return self.history["train_loss"][-1] if self.history["train_loss"] else float("nan")
