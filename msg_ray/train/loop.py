@@ -135,8 +135,8 @@ class WorkerRun:
     # -- one optimizer step ----------------------------------------------------------------------------------
     def _forward_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         device = self.engine.device
-        logits = self.engine(batch["input_ids"].to(device))
-        return self.engine.module.loss(logits, batch["labels"].to(device))
+        labels = batch["labels"].to(device)  # also to the forward: BERT's MLM head runs on labelled positions only
+        return self.engine.module.loss(self.engine(batch["input_ids"].to(device), labels=labels), labels)
 
     def _train_step(self) -> torch.Tensor:
         rule = stage_lr_multiplier(self.cfg.lr_scale, self.structure, self.sched.target)
