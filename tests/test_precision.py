@@ -203,3 +203,28 @@ def test_bf16_export_writes_the_fp32_masters(bf16_runs, arch):
     r = bf16_runs[arch]
     assert r["export_vs_masters"] == 0.0
     assert r["module_vs_masters"] > 0.0  # the bf16 module weights are the masters rounded: exporting them differs
+
+
+def _cuda_worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    from msg_ray.train.engine import build_engine, gather_state
+
+    config = ModelConfig(arch="llama", structure=Structure(*STAGES[0]), vocab_size=V, max_seq_len=T, head_dim=16)
+    engine = build_engine(build_from_config(config, seed=0), EngineConfig(zero_stage=2, micro_batch_size=B))
+    x = torch.randint(0, V, (B, T), device=engine.device)
+    engine.backward(engine.module.loss(engine(x), x))
+    engine.step()
+    res = {
+        "matmul": torch.get_float32_matmul_precision(),
+        "dtypes": {p.dtype for p in engine.module.parameters()},
+        "masters": {t.dtype for t in gather_state(engine).params.values()},
+    }
+    torch.save(res, os.path.join(out_dir, "cuda.pt"))
+
+
+@pytest.mark.gpu
+def test_a_cuda_engine_defaults_to_bf16_and_tf32(tmp_path):
+    mp.spawn(_cuda_worker, args=(free_port(), str(tmp_path)), nprocs=1, join=True)
+    res = torch.load(tmp_path / "cuda.pt", weights_only=False)
+    assert res["matmul"] == "high"  # TF32 for fp32 matmuls
+    assert res["dtypes"] == {torch.bfloat16} and res["masters"] == {torch.float32}
