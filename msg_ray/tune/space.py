@@ -30,8 +30,8 @@ from typing import Any
 import yaml
 
 from msg_ray.flops import equal_flops
-from msg_ray.schedule import FULL, OPERATORS, Schedule, Stage, full, get_schedule
-from msg_ray.splits import paper_stage_starts
+from msg_ray.presets import get_schedule
+from msg_ray.schedule import FULL, OPERATORS, Schedule, Stage, full, paper_stage_starts
 from msg_ray.structure import DIMENSIONS, Structure
 from msg_ray.train.config import RunConfig, apply_overrides, merge_dicts
 
