@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -166,10 +167,24 @@ def model_card(config: ModelConfig, info: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_plain(model: GrowableModel, out_dir: str | Path) -> Path:
-    """Write ``model.pt`` (fp32 state_dict without mask buffers) and ``config.json`` (``ModelConfig.to_dict``)."""
+def model_state(model: torch.nn.Module, params: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """``model``'s state_dict as fp32 CPU tensors, its parameters taken from ``params`` when given: the fp32 master
+    weights by name (``msg_ray.train.engine.gather_state``'s ``TrainState.params``), which a DeepSpeed module's own
+    parameters are not (bf16: the masters rounded; ZeRO-3: empty partitions)."""
+    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    if params is not None:
+        missing = sorted({n for n, _ in model.named_parameters()} - set(params))
+        if missing:
+            raise ValueError(f"model_state: params lack the model's parameters {missing}")
+        sd.update({n: p.detach().float().cpu() for n, p in params.items()})
+    return sd
+
+
+def export_plain(model: GrowableModel, out_dir: str | Path, params: Mapping[str, Tensor] | None = None) -> Path:
+    """Write ``model.pt`` (fp32 state_dict without mask buffers) and ``config.json`` (``ModelConfig.to_dict``);
+    ``params``: fp32 masters to write instead of the module's parameters (see :func:`model_state`)."""
     out = Path(out_dir)
-    sd = strip_masks({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
+    sd = strip_masks(model_state(model, params))
     out.mkdir(parents=True, exist_ok=True)
     torch.save(sd, out / PLAIN_WEIGHTS)
     (out / PLAIN_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=1) + "\n")

@@ -21,7 +21,10 @@ from torch import nn
 class GrowthMask(nn.Module):
     """External mask of one growth: ``value`` [N], entries ``>= n_old`` are the new ones that ramp to 1.
 
-    Both tensors are buffers, so a checkpoint taken mid-ramp restores the exact mask.
+    Both tensors are buffers, so a checkpoint taken mid-ramp restores the exact mask. ``value`` never drops below
+    fp32: casting the model to bf16/fp16 (``model.bfloat16()``, or DeepSpeed with a ``buffer_dtype``) leaves it fp32,
+    so a ramp's c (k/φ) stays exact and the norms' mask-weighted statistics see the exact weights; the layers cast
+    it where they apply it. fp64 (the function-preservation checks) is kept.
     """
 
     def __init__(self, size: int, n_old: int, c: float = 0.0) -> None:
@@ -34,6 +37,13 @@ class GrowthMask(nn.Module):
         self.register_buffer("n_old", torch.tensor(n_old, dtype=torch.long))
         # host copies, so the per-step ramp (set) and reading c touch no device tensor: no host sync per step
         self._n_old, self._c = n_old, float(c)
+
+    def _apply(self, fn, recurse=True):
+        value = self.value  # the exact c, before a cast to bf16 would round it
+        super()._apply(fn, recurse)
+        if self.value.dtype in (torch.bfloat16, torch.float16):
+            self.value = value.to(self.value.device, torch.promote_types(value.dtype, torch.float32))
+        return self
 
     def set(self, c: float) -> None:
         self.value[self._n_old :].fill_(c)
@@ -91,18 +101,29 @@ class GrowableModel(nn.Module):
                 raise ValueError(f"input_ids: token id {bad} outside the vocabulary [0, {self.config.vocab_size})")
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean token cross-entropy. Causal LM: next-token (labels = input_ids, shifted here); MLM: -100 ignored."""
+        """Mean token cross-entropy. Causal LM: next-token (labels = input_ids, shifted here); MLM: -100 ignored.
+
+        ``logits`` [B, T, V], or [M, V] for the M positions whose label is not -100 (what an MLM ``forward`` given
+        ``labels`` returns); ``labels`` [B, T]. bf16/fp16 logits are reduced in fp32 without an fp32 copy of them
+        (:func:`cross_entropy`); fp32 and fp64 logits go to ``F.cross_entropy`` as they are.
+        """
+        if logits.dim() == 2:  # already the labelled positions, in labels' row-major order
+            return cross_entropy(logits, labels[labels != -100])
         if self.causal:  # shift the labels, not the logits: slicing [B, T, V] logits costs a zero-filled [B, T, V]
             # gradient and two copies per step (~20 % of a mini step on CPU, none of it shrinking with the model)
             labels = F.pad(labels[:, 1:], (0, 1), value=-100)  # [B, T]: the last position predicts nothing
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 -> fp32; fp64 stays
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+        return cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1))
 
     # -- masks in state_dict: a checkpoint taken mid-ramp carries its masks; loading recreates them ------------
     def mask_modules(self) -> dict[str, GrowthMask]:
         return {n: m for n, m in self.named_modules() if isinstance(m, GrowthMask)}
 
     def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        rows = padded_vocab(self.config.vocab_size)
+        state_dict = {  # unpadded vocabulary tables (checkpoints from before the padding) get zero rows
+            k: F.pad(v, (0, 0) * (v.dim() - 1) + (0, rows - v.shape[0])) if k in VOCAB_KEYS and v.shape[0] < rows else v
+            for k, v in state_dict.items()
+        }
         for key, value in state_dict.items():
             if not key.endswith(".value") or key.split(".")[-2] not in MASK_NAMES:
                 continue
@@ -117,6 +138,65 @@ class GrowableModel(nn.Module):
 
 
 MASK_NAMES = ("hidden_mask", "ffn_mask", "head_mask", "layer_mask")
+VOCAB_MULTIPLE = 64  # vocabulary tables padded to this many rows: GEMM tiles of the [V, H] head on accelerators
+VOCAB_KEYS = ("tok_emb.weight", "lm_head.weight", "mlm_bias")  # parameters whose dim 0 is the (padded) vocabulary
+
+
+def padded_vocab(vocab_size: int) -> int:
+    """Rows of the vocabulary tables: ``vocab_size`` rounded up to a multiple of ``VOCAB_MULTIPLE``. The extra rows
+    are never read (ids < vocab_size; their logits are sliced off before any loss) and are not counted as
+    parameters (``msg_ray.flops``), nor exported to Hugging Face."""
+    return -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+def unpad_logits(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[..., padded V] -> [..., vocab_size], a view (strides stay aligned). No slice when nothing is padded: a slice
+    costs its backward a zero-filled gradient of the whole logits tensor."""
+    return logits if logits.size(-1) == vocab_size else logits[..., :vocab_size]
+
+
+CE_CHUNK_ELEMENTS = 1 << 22  # logits upcast to fp32 at a time by the bf16 cross-entropy: 16 MiB per chunk
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits`` [N, V] against ``labels`` [N] over the rows whose label is not -100.
+
+    fp32/fp64 logits: ``F.cross_entropy``. bf16/fp16 logits: the same loss reduced in fp32 by
+    :class:`_ChunkedCrossEntropy`, which never holds an fp32 copy of the whole [N, V] tensor (upcasting it would
+    double the largest activation of a bf16 step and add an fp32 log-softmax and gradient of the same size).
+    """
+    if logits.dtype in (torch.float32, torch.float64):
+        return F.cross_entropy(logits, labels, ignore_index=-100)
+    return _ChunkedCrossEntropy.apply(logits, labels, max(1, CE_CHUNK_ELEMENTS // logits.size(-1)))
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean over valid rows of logsumexp(z) - z[label], in fp32 over chunks of rows; keeps the low-precision logits
+    and an fp32 logsumexp per row [N], and recomputes softmax(z) - onehot(label) chunk by chunk in the backward."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, chunk):  # logits [N, V] bf16/fp16, labels [N] int64 with -100 = ignore
+        valid = labels != -100  # [N]
+        target = labels.masked_fill(~valid, 0)
+        lse = torch.empty(logits.size(0), dtype=torch.float32, device=logits.device)  # [N]
+        for i in range(0, logits.size(0), chunk):
+            lse[i : i + chunk] = torch.logsumexp(logits[i : i + chunk].float(), dim=-1)
+        picked = logits.gather(1, target[:, None]).squeeze(1).float()  # [N]
+        count = valid.sum()
+        ctx.save_for_backward(logits, lse, target, valid, count)
+        ctx.chunk = chunk
+        return ((lse - picked) * valid).sum() / count  # nan for no valid row, as F.cross_entropy
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, lse, target, valid, count = ctx.saved_tensors
+        scale = valid * (grad.float() / count)  # [N]: d loss / d row
+        out = torch.empty_like(logits)
+        for i in range(0, logits.size(0), ctx.chunk):
+            p = torch.exp(logits[i : i + ctx.chunk].float() - lse[i : i + ctx.chunk, None])  # softmax, [n, V]
+            p.scatter_add_(1, target[i : i + ctx.chunk, None], torch.full_like(p[:, :1], -1.0))  # - onehot
+            out[i : i + ctx.chunk] = p.mul_(scale[i : i + ctx.chunk, None])
+        return out, None, None
 
 
 def _mask(x: torch.Tensor, mask: GrowthMask | None) -> torch.Tensor:
@@ -154,29 +234,41 @@ class _MaskedLayerNormFn(torch.autograd.Function):
 
     The backward is written out because autograd's version of the weighted statistics keeps four activations and
     runs about twice the elementwise passes; this one keeps x̂ and rstd and costs ~2/3 of it (the hidden ramp's
-    main cost, ``pipelines/bench_masks.py``). With w = c / Σc, g = dy·ω·c:
+    main cost, ``benchmarks/bench_masks.py``). With w = c / Σc, g = dy·ω·c:
     dx = rstd · (g - w · (Σg + x̂ · Σ(g·x̂))) (LayerNorm's gradient, the uniform 1/H replaced by w).
-    The mask is a constant (no gradient); double backward is not supported.
+    Statistics, output and gradients are computed in fp32 (fp64 stays fp64) and cast back to each tensor's
+    dtype, as ``F.layer_norm`` does for bf16: bf16 statistics make a hidden growth move the loss. A
+    reduced-precision input is saved as it is, with mu, and x̂ recomputed in the backward (an fp32 x̂ would take
+    twice the bf16 activation's memory). The mask is a constant (no gradient); double backward is not supported.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, c, eps):  # x [..., H]; weight, bias, c [H]
+        ct = torch.promote_types(x.dtype, torch.float32)  # compute dtype: fp32, or fp64 for fp64 inputs
+        xf, c = x.to(ct), c.to(ct)
         w = c / c.sum()  # [H]: eq. 17's mask-weighted average as a mat-vec
-        xc = x - (x @ w).unsqueeze(-1)  # x - mu, [..., H]
+        mu = (xf @ w).unsqueeze(-1)  # [..., 1]
+        xc = xf - mu  # x - mu, [..., H]
         rstd = torch.rsqrt((xc * xc) @ w + eps).unsqueeze(-1)  # [..., 1]
         xhat = xc.mul_(rstd)  # [..., H]
-        wc = weight * c  # eq. 19's re-masking folded into the affine vectors: (x̂·ω + β)·c = x̂·(ω·c) + β·c
-        ctx.save_for_backward(xhat, rstd, wc, w, c)
-        return torch.addcmul(bias * c, xhat, wc)
+        wc = weight.to(ct) * c  # eq. 19's re-masking folded into the affine vectors: (x̂·ω + β)·c = x̂·(ω·c) + β·c
+        low = x.dtype != ct
+        ctx.save_for_backward(x if low else xhat, mu if low else None, rstd, wc, w, c)
+        ctx.dtypes = x.dtype, weight.dtype, bias.dtype
+        return torch.addcmul(bias.to(ct) * c, xhat, wc).to(x.dtype)
 
     @staticmethod
     def backward(ctx, gy):  # gy [..., H]
-        xhat, rstd, wc, w, c = ctx.saved_tensors
+        saved, mu, rstd, wc, w, c = ctx.saved_tensors
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        xhat = saved if mu is None else (saved.to(rstd.dtype) - mu).mul_(rstd)  # [..., H] in the compute dtype
+        gy = gy.to(rstd.dtype)
         g = gy * wc  # d loss / d x̂
         stats = torch.addcmul(g.sum(-1, keepdim=True), xhat, (g * xhat).sum(-1, keepdim=True))  # Σg + x̂·Σ(g·x̂)
         gx = torch.addcmul(g, stats, w, value=-1).mul_(rstd)
         gy2, xhat2 = gy.reshape(-1, gy.shape[-1]), xhat.reshape(-1, gy.shape[-1])  # [N, H]
-        return gx, (gy2 * xhat2).sum(0) * c, gy2.sum(0) * c, None, None
+        gw, gb = (gy2 * xhat2).sum(0) * c, gy2.sum(0) * c
+        return gx.to(x_dtype), gw.to(w_dtype), gb.to(b_dtype), None, None
 
 
 class MaskedLayerNorm(nn.Module):
@@ -192,7 +284,7 @@ class MaskedLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor, mask: GrowthMask | None = None) -> torch.Tensor:  # [..., H]
         if mask is None:
             return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
-        return _MaskedLayerNormFn.apply(x, self.weight, self.bias, mask.value.to(x.dtype), self.eps)
+        return _MaskedLayerNormFn.apply(x, self.weight, self.bias, mask.value, self.eps)  # fp32 inside
 
 
 class Attention(nn.Module):

@@ -272,7 +272,7 @@ def test_hidden_states_reproduce_logits(arch):
         h = hidden_states(model, ids)
         if arch == "bert":
             h = model.mlm_ln(torch.nn.functional.gelu(model.mlm_dense(h)), None)
-        logits = h @ model.tok_emb.weight.t() + (model.mlm_bias if arch == "bert" else 0)
+        logits = (h @ model.tok_emb.weight.t() + (model.mlm_bias if arch == "bert" else 0))[..., :50]  # unpadded
         assert torch.allclose(logits, model(ids), atol=1e-5)
 
 

@@ -106,7 +106,8 @@ def _gpt2_config(config: ModelConfig) -> Any:
 
 
 def _gpt2_state(sd: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
-    out = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["pos_emb.weight"]}
+    tok = sd["tok_emb.weight"][: config.vocab_size]  # [V, H]: our padded rows stay out
+    out = {"transformer.wte.weight": tok, "transformer.wpe.weight": sd["pos_emb.weight"]}
     for i in range(config.structure.layer_num):
         b, h = f"blocks.{i}.", f"transformer.h.{i}."
         for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
@@ -120,7 +121,7 @@ def _gpt2_state(sd: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]
             out[h + theirs + ".weight"] = sd[b + ours + ".weight"].t()
             out[h + theirs + ".bias"] = sd[b + ours + ".bias"]
     out["transformer.ln_f.weight"], out["transformer.ln_f.bias"] = sd["ln_f.weight"], sd["ln_f.bias"]
-    out["lm_head.weight"] = sd["tok_emb.weight"]  # tied
+    out["lm_head.weight"] = tok  # tied
     return out
 
 
@@ -160,7 +161,7 @@ _BERT_LAYER = (
 
 def _bert_state(sd: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
     e = "bert.embeddings."
-    tok = sd["tok_emb.weight"]
+    tok = sd["tok_emb.weight"][: config.vocab_size]  # [V, H]: our padded rows stay out
     out = {
         e + "word_embeddings.weight": tok,
         e + "position_embeddings.weight": sd["pos_emb.weight"],
@@ -175,7 +176,7 @@ def _bert_state(sd: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]
     p = "cls.predictions."
     for ours, theirs in (("mlm_dense", "transform.dense"), ("mlm_ln", "transform.LayerNorm")):
         out[f"{p}{theirs}.weight"], out[f"{p}{theirs}.bias"] = sd[f"{ours}.weight"], sd[f"{ours}.bias"]
-    out[p + "bias"] = out[p + "decoder.bias"] = sd["mlm_bias"]
+    out[p + "bias"] = out[p + "decoder.bias"] = sd["mlm_bias"][: config.vocab_size]
     out[p + "decoder.weight"] = tok  # tied
     return out
 

@@ -25,9 +25,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.backends.cuda import SDPAParams, can_use_flash_attention
 
 from msg_ray.architecture import ModelConfig
-from msg_ray.masked_layers import GrowableModel, GrowthMask, MaskedLinear, _c, _mask
+from msg_ray.masked_layers import GrowableModel, GrowthMask, MaskedLinear, _c, _mask, padded_vocab, unpad_logits
 
 
 class MaskedRMSNorm(nn.Module):
@@ -42,9 +43,11 @@ class MaskedRMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, mask: GrowthMask | None = None) -> torch.Tensor:  # [..., H]
         if mask is None:
             return F.rms_norm(x, x.shape[-1:], self.weight, self.eps)
-        c = mask.value.to(x.dtype)  # [H]
-        rstd = torch.rsqrt((x * x) @ (c / c.sum()) + self.eps).unsqueeze(-1)  # [..., 1]: eq. 17's weighted mean
-        return x * rstd * (self.weight * c)  # re-masked output (eq. 19) folded into the gain
+        # in fp32 (fp64 stays fp64) whatever x's dtype, as F.rms_norm does for bf16; autograd's backward follows
+        ct = torch.promote_types(x.dtype, torch.float32)
+        xf, c = x.to(ct), mask.value.to(ct)  # [..., H], [H]
+        rstd = torch.rsqrt((xf * xf) @ (c / c.sum()) + self.eps).unsqueeze(-1)  # [..., 1]: eq. 17's weighted mean
+        return (xf * rstd * (self.weight.to(ct) * c)).to(x.dtype)  # re-masked output (eq. 19) folded into the gain
 
 
 def rotary_tables(
@@ -61,6 +64,16 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)  # rotate_half
     return x * cos + rotated * sin
+
+
+def _sdpa_takes_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> bool:
+    """Whether SDPA's kernel broadcasts key/value heads itself (``enable_gqa``) for these inputs: on the CPU, and
+    on CUDA when the flash kernel takes them (bf16/fp16, sm80+, head_dim <= 256). The other CUDA kernels do not
+    support it, and SDPA would silently fall back to its math kernel (a [T, T] score matrix per head)."""
+    if q.device.type != "cuda":
+        return True
+    params = SDPAParams(q, k, v, None, dropout, True, True)
+    return torch.backends.cuda.flash_sdp_enabled() and can_use_flash_attention(params)
 
 
 class LlamaAttention(nn.Module):
@@ -88,9 +101,13 @@ class LlamaAttention(nn.Module):
         q = apply_rotary(self.q(x).view(B, T, n, d).transpose(1, 2), *rope)  # [B, n, T, d]
         k = apply_rotary(self.k(x).view(B, T, n // g, d).transpose(1, 2), *rope)  # [B, n/g, T, d]
         v = self.v(x).view(B, T, n // g, d).transpose(1, 2)
-        if g > 1:  # query head i reads key/value head i // g (Hugging Face's repeat_kv)
+        # query head i reads key/value head i // g (Hugging Face's repeat_kv): inside SDPA (no [B, n, T, d] copies of k
+        # and v) where its kernel takes it, else by repeating them
+        p = self.dropout if self.training else 0.0
+        gqa = g > 1 and _sdpa_takes_gqa(q, k, v, p)
+        if g > 1 and not gqa:
             k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)  # [B, n, T, d]
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, enable_gqa=gqa)  # [B, n, T, d]
         # eq. 23-24 per query head: c_i * softmax(.) v = softmax(.) (c_i v); folded into o's input columns [n*d]
         c_heads = None if head_mask is None else head_mask.value.repeat_interleave(d)
         return self.o(y.transpose(1, 2).reshape(B, T, n * d), _c(out_mask), c_heads)
@@ -147,16 +164,30 @@ class LlamaTransformer(GrowableModel):
             )
         self.config = config
         s = config.structure
-        self.tok_emb = nn.Embedding(config.vocab_size, s.hidden_dim)  # [V, H]
+        V = padded_vocab(config.vocab_size)  # rows beyond vocab_size: alignment only, sliced off the logits
+        self.tok_emb = nn.Embedding(V, s.hidden_dim)  # [V, H]
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(LlamaBlock(config) for _ in range(s.layer_num))
         self.norm_f = MaskedRMSNorm(s.hidden_dim, config.ln_eps)
-        self.lm_head = nn.Linear(s.hidden_dim, config.vocab_size, bias=False)  # [V, H], untied
+        self.lm_head = nn.Linear(s.hidden_dim, V, bias=False)  # [V, H], untied
         self.hidden_mask: GrowthMask | None = None
+        self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # see _rope
         for m in self.modules():  # N(0, init_std) for every matrix; RMSNorm gains stay 1
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 with torch.no_grad():
                     m.weight.normal_(0.0, config.init_std, generator=generator)
+
+    def _rope(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, d], sliced from tables for max_seq_len made once per (device, dtype). A plain attribute, not
+        a buffer: not in the state_dict, never cast by DeepSpeed, and a grown model (a new module) makes its own;
+        the key carries head_dim and theta so a config that changed them could not read stale tables."""
+        cfg = self.config
+        key = (cfg.head_dim, cfg.rope_theta, device, dtype)
+        if key not in self._rope_cache:
+            with torch.inference_mode(False):  # made in an inference_mode forward, they could not serve training
+                self._rope_cache[key] = rotary_tables(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta, device, dtype)
+        cos, sin = self._rope_cache[key]
+        return cos[:seq_len], sin[:seq_len]
 
     def hidden(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -167,10 +198,12 @@ class LlamaTransformer(GrowableModel):
             raise ValueError("attention_mask is not supported for arch='llama' (causal)")
         hm = self.hidden_mask
         x = self.drop(_mask(self.tok_emb(input_ids), hm))  # eq. 12: new hidden features start at 0, [B, T, H]
-        rope = rotary_tables(T, self.config.head_dim, self.config.rope_theta, x.device, x.dtype)
+        rope = self._rope(T, x.device, x.dtype)
         for block in self.blocks:
             x = block(x, hm, rope)
         return self.norm_f(x, hm)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.lm_head(self.hidden(input_ids, attention_mask))  # [B, T, V]
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:  # [B, T] -> logits [B, T, V]; ``labels`` is accepted and ignored (every position predicts)
+        return unpad_logits(self.lm_head(self.hidden(input_ids, attention_mask)), self.config.vocab_size)

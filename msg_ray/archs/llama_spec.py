@@ -100,9 +100,9 @@ _LAYER = (
 
 def hf_state(sd: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
     out = {
-        "model.embed_tokens.weight": sd["tok_emb.weight"],
+        "model.embed_tokens.weight": sd["tok_emb.weight"][: config.vocab_size],  # our padded rows stay out
         "model.norm.weight": sd["norm_f.weight"],
-        "lm_head.weight": sd["lm_head.weight"],
+        "lm_head.weight": sd["lm_head.weight"][: config.vocab_size],
     }
     for i in range(config.structure.layer_num):
         for ours, theirs in _LAYER:

@@ -20,6 +20,8 @@ from msg_ray.masked_layers import (
     _mask,
     attention_bias,
     init_weights,
+    padded_vocab,
+    unpad_logits,
 )
 
 
@@ -31,7 +33,8 @@ class GrowableTransformer(GrowableModel):
         self.config = config
         s, gpt = config.structure, config.spec.objective == "clm"  # causal: GPT's pre-LN decoder; else BERT
         H = s.hidden_dim
-        self.tok_emb = nn.Embedding(config.vocab_size, H)  # [V, H], also the (tied) output projection
+        V = padded_vocab(config.vocab_size)  # rows beyond vocab_size: alignment only, sliced off the logits
+        self.tok_emb = nn.Embedding(V, H)  # [V, H], also the (tied) output projection
         self.pos_emb = nn.Embedding(config.max_seq_len, H)  # [S, H]
         self.emb_ln = None if gpt else MaskedLayerNorm(H, config.ln_eps)
         self.drop = nn.Dropout(config.dropout)
@@ -53,7 +56,7 @@ class GrowableTransformer(GrowableModel):
         else:  # BERT MLM head: transform (dense, GELU, LN) then tied decoder + bias
             self.mlm_dense = nn.Linear(H, H)
             self.mlm_ln = MaskedLayerNorm(H, config.ln_eps)
-            self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size))
+            self.mlm_bias = nn.Parameter(torch.zeros(V))
         self.hidden_mask: GrowthMask | None = None
         init_weights(self, config.init_std, generator)
 
@@ -80,10 +83,16 @@ class GrowableTransformer(GrowableModel):
         return self.ln_f(x, hm) if self.causal else x
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:  # [B, T] -> logits [B, T, V]
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[B, T] -> logits [B, T, V]. BERT given MLM ``labels`` [B, T]: logits [M, V] of the M positions whose label
+        is not -100 only, in row-major order (what ``loss`` takes): the MLM head and the [V]-wide decoder are most
+        of a small BERT's step and ~85 % of their rows would be thrown away. GPT ignores ``labels``."""
         x = self.hidden(input_ids, attention_mask)
+        V = self.config.vocab_size
         if self.causal:
-            return x @ self.tok_emb.weight.t()  # tied output embedding
+            return unpad_logits(x @ self.tok_emb.weight.t(), V)  # tied output embedding
+        if labels is not None:
+            x = x[labels != -100]  # [M, H]
         x = self.mlm_ln(F.gelu(self.mlm_dense(x)), self.hidden_mask)  # new features re-masked by the LN (eq. 19)
-        return x @ self.tok_emb.weight.t() + self.mlm_bias
+        return unpad_logits(x @ self.tok_emb.weight.t() + self.mlm_bias, V)

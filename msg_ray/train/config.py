@@ -24,7 +24,7 @@ from msg_ray.presets import PRESETS, RunSettings, get_schedule, preset_settings
 from msg_ray.schedule import Schedule
 from msg_ray.structure import Structure
 from msg_ray.tracking import TrackingConfig
-from msg_ray.train.engine import EngineConfig
+from msg_ray.train.engine import EngineConfig, growth_check_tol
 from msg_ray.train.lr import LR_SCALES
 from msg_ray.validate import check_types
 
@@ -72,7 +72,8 @@ class RunConfig:
     ckpt_every: int = 0  # 0: only at stage boundaries and the end
     report_every: int = 0  # >0: also report metrics (no checkpoint) to Ray every N steps (Tune/ASHA); 0: never
     gamma_window: int = 50  # optimizer steps in the γ/α/τ window (eq. 21)
-    growth_check_tol: float = 1e-4  # |loss after - loss before| allowed for msg growth (fp32)
+    # |loss after - loss before| allowed for a preserving growth; None: by precision (engine.GROWTH_CHECK_TOL)
+    growth_check_tol: float | None = None
     max_failures: int = 0  # Ray FailureConfig retries (resume from the last checkpoint)
     export_hf: bool = True
     # bf16 dense peak FLOP/s of one GPU for perf/mfu; None: looked up from the device name (msg_ray.flops), an
@@ -98,6 +99,9 @@ class RunConfig:
             return ValueError(f"RunConfig.{name}: {why}")
 
         check_types(self, "RunConfig.")
+        object.__setattr__(self, "engine", self.engine.resolved(self.use_gpu))  # precision "auto": bf16 on GPUs
+        if self.growth_check_tol is None:
+            object.__setattr__(self, "growth_check_tol", growth_check_tol(self.engine.precision))
         if not self.name or any(c in self.name for c in "/\\ "):
             raise bad("name", f"must be non-empty without '/', '\\' or spaces, got {self.name!r}")
         for name in ("workers", "log_every", "eval_every", "eval_batches", "gamma_window"):

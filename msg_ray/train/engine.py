@@ -23,7 +23,7 @@ import gc
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -34,13 +34,25 @@ from msg_ray.train.optim import apply_lr, param_groups
 from msg_ray.validate import check_types
 
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
+# |loss after - loss before| a function-preserving growth may show on the probe batch before the run warns. fp32:
+# far above fp32 rounding of a mean loss, far below what a broken operator does. bf16: logits round to 2^-8
+# relative, so a growth that changes any rounding path (the hidden growth's masked norms) may flip roundings; 1e-3
+# is still a fraction of one bf16 ulp of a loss of ~5.
+GROWTH_CHECK_TOL = {"fp32": 1e-4, "bf16": 1e-3}
+
+
+def growth_check_tol(precision: str) -> float:
+    """The growth loss check's default tolerance for a resolved ``precision`` ("fp32" or "bf16")."""
+    return GROWTH_CHECK_TOL[precision]
 
 
 @dataclass(frozen=True, kw_only=True)
 class EngineConfig:
     zero_stage: int = 2
-    precision: str = "fp32"  # "fp32" | "bf16" (fp16 is refused on CPU, and bf16 needs no loss scaling)
+    # "auto" | "fp32" | "bf16": auto is bf16 on GPUs (RunConfig.use_gpu; CUDA present for an EngineConfig used on
+    # its own) and fp32 on CPU. fp16 is refused on CPU, and bf16 needs no loss scaling.
+    precision: str = "auto"
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
@@ -69,6 +81,14 @@ class EngineConfig:
             raise ValueError(f"micro_batch_size must be >= 1, got {self.micro_batch_size!r}")
         if self.grad_accum < 1:
             raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum!r}")
+
+    def resolved(self, use_gpu: bool | None = None) -> EngineConfig:
+        """This config with ``precision`` "auto" made concrete: bf16 when ``use_gpu`` (None: when CUDA is
+        available here), else fp32."""
+        if self.precision != "auto":
+            return self
+        gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
+        return replace(self, precision="bf16" if gpu else "fp32")
 
 
 @dataclass
@@ -111,6 +131,7 @@ def ds_config(cfg: EngineConfig, world_size: int) -> dict[str, Any]:
     """DeepSpeed JSON config. The optimizer is a client torch AdamW (no op compile), so none is named here."""
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size!r}")
+    cfg = cfg.resolved()
     return {
         "train_batch_size": cfg.micro_batch_size * cfg.grad_accum * world_size,
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
@@ -186,6 +207,7 @@ def build_engine(model: torch.nn.Module, cfg: EngineConfig):
     ensure_distributed()
     import deepspeed
 
+    cfg = cfg.resolved()
     originals = model_params(model)  # exact fp32 init: bf16 engines would otherwise start from rounded masters
     groups = param_groups(model, cfg.weight_decay)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
@@ -197,6 +219,8 @@ def build_engine(model: torch.nn.Module, cfg: EngineConfig):
         # Stage 0 + bf16 (FP16_UnfusedOptimizer) takes a dummy zero-grad step at creation, which applies
         # weight decay and sets step=1; undo it so a fresh engine starts like torch AdamW would.
         engine.basic_optimizer.state.clear()
+    if torch.device(engine.device).type == "cuda":  # TF32 for fp32 matmuls (fp32 runs, fp32 parts of bf16 ones)
+        torch.set_float32_matmul_precision("high")
     if cfg.precision != "fp32":
         _write_params(engine, originals)
     return engine

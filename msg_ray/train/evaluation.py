@@ -32,8 +32,8 @@ def batch_loss(
 ) -> torch.Tensor:
     """``model.loss`` of ``batch`` (moved to ``device``); ``forward`` runs the model when it is wrapped (a
     DeepSpeed engine), else ``model`` itself does."""
-    logits = (forward or model)(batch["input_ids"].to(device))
-    return model.loss(logits, batch["labels"].to(device))
+    labels = batch["labels"].to(device)  # also to the forward: BERT's MLM head runs on labelled positions only
+    return model.loss((forward or model)(batch["input_ids"].to(device), labels=labels), labels)
 
 
 @torch.no_grad()

@@ -251,7 +251,7 @@ class WorkerRun:
             if final and self.rank == 0:
                 config = self.cfg.model_config(self.data.vocab_size, self.sched.target)
                 card = snapshot.model_card(self.cfg, self.pos, self.tracker.run_id)
-                snapshot.export_model(tmp, module, config, self.cfg.export_hf, self.data.tokenizer, card)
+                snapshot.export_model(tmp, module, config, self.cfg.export_hf, self.data.tokenizer, card, state.params)
             self.session.report(self._metrics(), tmp, folder)
 
     # -- main loop -------------------------------------------------------------------------------------------

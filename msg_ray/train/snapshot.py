@@ -19,7 +19,7 @@ import torch
 from tokenizers import Tokenizer
 
 from msg_ray import growth as G
-from msg_ray.export import export_hf, export_plain
+from msg_ray.export import export_hf, export_plain, model_state
 from msg_ray.model import ModelConfig
 from msg_ray.train import checkpoint
 from msg_ray.train.config import RunConfig
@@ -146,17 +146,20 @@ def export_model(
     hf: bool,
     tokenizer: Tokenizer | None = None,
     card: dict[str, Any] | None = None,
+    params: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Final model as ``export_plain`` writes it (state_dict + config) into ``directory/export``, plus a Hugging
     Face checkpoint (with the run's tokenizer and a model card built from ``card``, see ``export.model_card``) in
-    ``export/hf`` when ``hf`` and the shapes allow. Never raises for a model it cannot export: it says why."""
+    ``export/hf`` when ``hf`` and the shapes allow. Never raises for a model it cannot export: it says why.
+    ``params``: the engine's fp32 masters by name (``TrainState.params``), written instead of the module's own
+    parameters (bf16-rounded under bf16, partitioned under ZeRO-3)."""
     try:
-        out = export_plain(module, Path(directory) / "export")
+        out = export_plain(module, Path(directory) / "export", params)
     except ValueError as exc:  # a run that ends mid-ramp: its checkpoint (with masks) is the model
         print(f"msg_ray: export skipped: {exc}", file=sys.stderr, flush=True)
         return
     if hf:  # the architecture's adapter refuses shapes its Hugging Face class cannot hold (ValueError)
-        sd = {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
+        sd = model_state(module, params)
         try:
             export_hf(sd, config, out / "hf", tokenizer=tokenizer, card=card)
         except Exception as exc:  # export is a convenience; never lose the run over it
