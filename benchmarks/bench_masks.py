@@ -12,8 +12,8 @@ Each variant's rate is its best round (other processes only ever slow a round do
 least disturbed one); the median/best spread is printed as a noise gauge. It also reports the worst function-preservation error of MSG per grown dimension
 (float64, random weights and inputs, GPT and BERT): max |logits_after - logits_before| / max |logits_before|.
 
-    python -m benchmarks.bench_masks.py            # mini target + a larger one (~1 min on 1 thread)
-    python -m benchmarks.bench_masks.py --quick    # mini target only, fewer rounds (~20 s)
+    python -m benchmarks.bench_masks            # mini target + a larger one (~1 min on 1 thread)
+    python -m benchmarks.bench_masks --quick    # mini target only, fewer rounds (~20 s)
 """
 
 from __future__ import annotations

@@ -6,11 +6,11 @@ chosen LR (and whether it is inside the grid), final val loss at equal FLOPs (me
 FLOPs-to-target speed-up, target = the tuned full run's final val loss. Runs many jobs side by side on one GPU
 (``--procs``) or on CPU cores. Studies are defined in ``benchmarks.plain_study``.
 
-    python -m benchmarks.bench_schedules.py --study gpt --device cuda --procs 12 --out results.jsonl
-    python -m benchmarks.bench_schedules.py --report full.jsonl growth.jsonl   # one table from several result files
-    python -m benchmarks.bench_schedules.py --study gpt-operators --resume --out ops.jsonl   # finish a cut-short sweep
-    python -m benchmarks.bench_schedules.py --study gpt-operators --downstream --out ops.jsonl   # + linear-probe scores
-    python -m benchmarks.bench_schedules.py --study gpt-warmup150 --only ffn-first-48 --lrs 8e-3 --budgets 0.5,0.6 \
+    python -m benchmarks.bench_schedules --study gpt --device cuda --procs 12 --out results.jsonl
+    python -m benchmarks.bench_schedules --report full.jsonl growth.jsonl   # one table from several result files
+    python -m benchmarks.bench_schedules --study gpt-operators --resume --out ops.jsonl   # finish a cut-short sweep
+    python -m benchmarks.bench_schedules --study gpt-operators --downstream --out ops.jsonl   # + linear-probe scores
+    python -m benchmarks.bench_schedules --study gpt-warmup150 --only ffn-first-48 --lrs 8e-3 --budgets 0.5,0.6 \
         --out budgets.jsonl   # growth at half and 0.6x full's FLOPs, each decayed at its own end
 """
 

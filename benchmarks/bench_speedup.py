@@ -6,8 +6,8 @@ against the full run's average step rate, next to the FLOPs-per-step ratio (the 
 small stages trail it most, because the LM head and per-step overheads do not shrink with the model).
 ``--from-mlflow EXPERIMENT`` prints the same tables for an existing comparison without training.
 
-    python -m benchmarks.bench_speedup.py --schedule mini-sch1-g --lrs 1e-3,2e-3,3e-3 --set data.seq_len=64
-    python -m benchmarks.bench_speedup.py --from-mlflow msg_ray --tracking-uri sqlite:////abs/mlruns.db
+    python -m benchmarks.bench_speedup --schedule mini-sch1-g --lrs 1e-3,2e-3,3e-3 --set data.seq_len=64
+    python -m benchmarks.bench_speedup --from-mlflow msg_ray --tracking-uri sqlite:////abs/mlruns.db
 """
 
 from __future__ import annotations

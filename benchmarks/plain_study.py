@@ -167,7 +167,7 @@ STUDIES: dict[str, Callable[[float], Study]] = {
         )
         for w in (50, 300, 600, 1000)
     },
-    # BERT MLM on the protocol of README's BERT table (4k BPE, seq 64, batch 16, warm-up 150, 2,000 full steps);
+    # BERT MLM on the protocol of docs/results/bert.md (4k BPE, seq 64, batch 16, warm-up 150, 2,000 full steps);
     # ffn-first-48 is the mini-bert-fast preset's shape; -72 / -84 end growth later (GPT's best at this budget)
     "bert-warmup150": lambda scale: _study(
         "bert",

@@ -153,7 +153,7 @@ DEFAULT_SCHEDULE: dict[str, str] = {"gpt": "mini-sch1-g", "bert": "mini-sch1-b",
 LLAMA_TWINS: dict[str, str] = {"mini-llama-sch1": "mini-sch1-g"}
 
 # "Fast" schedules: growth finished before half of training, one LR decay over the whole run (no reset), chosen
-# by measurement against a tuned full baseline at equal FLOPs (README, "Growth that pays"). Order of growths:
+# by measurement against a tuned full baseline at equal FLOPs (docs/results/gpt-equal-compute.md). Order of growths:
 # ffn, hidden, heads, layers, every dimension starting at half its target. Starts are fractions of the run; each
 # total_steps spends the FLOPs of ``full_steps`` steps of the target (msg_ray.flops.solve_total_steps) for the
 # data it names: mini = 4k byte-level BPE, seq 64; gpt-fast = GPT-2 BPE (50,257), seq 1024; bert-fast = BERT's

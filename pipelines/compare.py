@@ -2,7 +2,7 @@
 
     ray job submit --address http://HEAD:8265 --working-dir . \
         --runtime-env-json '{"env_vars": {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}}' \
-        -- python -m pipelines.compare.py --schedule mini-sch1-g --operators msg,net2net,nomask,full --seeds 3 \
+        -- python -m pipelines.compare --schedule mini-sch1-g --operators msg,net2net,nomask,full --seeds 3 \
            --lrs 1e-3,2e-3,3e-3 --lr-search-seeds 1 --evaluate --set storage_path=/shared/msg_ray
 
 Same flags as ``msg-ray compare``; the table is printed and logged to the MLflow parent run, and

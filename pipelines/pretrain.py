@@ -2,7 +2,7 @@
 
     ray job submit --address http://HEAD:8265 --working-dir . \
         --runtime-env-json '{"env_vars": {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}}' \
-        -- python -m pipelines.pretrain.py --schedule sch1-g --arch gpt --data openwebtext --workers 16 \
+        -- python -m pipelines.pretrain --schedule sch1-g --arch gpt --data openwebtext --workers 16 \
            --set use_gpu=true --set engine.precision=bf16 --set storage_path=/shared/msg_ray
 """
 

@@ -2,7 +2,7 @@
 
     ray job submit --address http://HEAD:8265 --working-dir . \
         --runtime-env-json '{"env_vars": {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}}' \
-        -- python -m pipelines.sweep.py --space structures --max-concurrent 8 --workers-per-trial 2 \
+        -- python -m pipelines.sweep --space structures --max-concurrent 8 --workers-per-trial 2 \
            --storage-path /shared/msg_ray --set run.use_gpu=true
 
 Re-running the same command (same ``--name``/space) resumes an interrupted sweep.

@@ -56,7 +56,7 @@ class RunConfig:
     lr_decay: str = "cosine"
     min_lr_ratio: float = 0.1
     # LR back to its peak at the first k growths (the paper's appendix D uses 2). Default 0: one decay over the
-    # run; resets made no difference beyond seed noise at equal FLOPs on the fast presets (msg_ray.train.lr, README).
+    # run; resets made no difference beyond seed noise at equal FLOPs on the fast presets (msg_ray.train.lr, docs/results/gpt-equal-compute.md).
     lr_reset_growths: int = 0
     lr_scale: str = "none"  # per-stage peak LR rule: none | width (x target hidden_dim / stage hidden_dim)
     # >0: train for this many wall seconds; stage starts, warm-up and LR decay are fractions of the nominal

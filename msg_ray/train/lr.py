@@ -5,7 +5,7 @@ Policies (both searchable in Tune spaces through ``run.lr_reset_growths`` / ``ru
 - ``reset_steps``: at these growth steps the LR jumps back to its peak and decays again to the run's end
   (the paper's appendix D, after Gu et al.: the 1st and 2nd growth). msg_ray's default is *no* reset: measured
   at equal FLOPs on the fast GPT preset, resets at the 1st/2nd growth changed the final loss by less than the
-  spread over seeds (README, "Growth that pays"), and one decay over the run is the simpler schedule;
+  spread over seeds (docs/results/gpt-equal-compute.md), and one decay over the run is the simpler schedule;
 - ``lr_scale="width"``: muP-style, the peak LR of a stage is multiplied by target hidden_dim / stage hidden_dim
   (Adam's best LR for hidden matrices scales like 1/width), so narrow early stages train at a larger LR.
 """
