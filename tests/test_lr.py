@@ -78,9 +78,8 @@ def test_width_rule_scales_peak_by_target_over_stage_hidden():
 def test_run_config_lr_policy_fields_validated_and_defaults():
     d = {"schedule": "mini-gpt-fast", "data": {"source": "wikitext2"}}
     cfg = RunConfig.from_dict(d)
-    assert (
-        cfg.lr_reset_growths == 0 and cfg.lr_scale == "none"
-    )  # defaults chosen by measurement (docs/results/gpt-equal-compute.md)
+    # defaults chosen by measurement (docs/results/gpt-equal-compute.md)
+    assert cfg.lr_reset_growths == 0 and cfg.lr_scale == "none"
     assert RunConfig.from_dict({**d, "lr_scale": "width"}).to_dict()["lr_scale"] == "width"
     with pytest.raises(ValueError, match="RunConfig.lr_scale"):
         RunConfig.from_dict({**d, "lr_scale": "muP"})
