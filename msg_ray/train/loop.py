@@ -433,6 +433,8 @@ class WorkerRun:
         if log_due:
             rates, loss_v = self.meter.rates(), h["train_loss"][-1]
             self.tracker.step(self.step, loss_v, self.wall, self.flops, rates, s)
+            self.tracker.metric("data/tokens_seen", self.loader.tokens_seen, self.step)  # all ranks together
+            self.tracker.metric("data/passes", self.loader.passes, self.step)  # > 1: the corpus repeats
             self.log.step(self.step, self.stage, s, loss_v, rates, self.wall)
         if self.step % self.cfg.eval_every == 0 or last:
             val = self._evaluate()
