@@ -77,7 +77,9 @@ def test_bpe_on_wikitext2_with_token_cap(shared_root: Path) -> None:
 
 
 def test_packing_eos_and_remainder(tmp_path: Path, cache: Path) -> None:
-    (tmp_path / "two.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in ["Hello world", "Hello world again"]))
+    (tmp_path / "two.jsonl").write_text(
+        "\n".join(json.dumps({"text": t}) for t in ["Hello world", "Hello world again"])
+    )
     (tmp_path / "valid.jsonl").write_text(json.dumps({"text": "Hello world"}))
     files = {"train": str(tmp_path / "two.jsonl"), "valid": str(tmp_path / "valid.jsonl")}
     data = prepare(_cfg("json", cache, data_files=files, seq_len=3))

@@ -45,7 +45,7 @@ CORE = {
     "validate",
 }
 FLOORS = ("core", "data", "train", "experiments", "faces")
-FACES = {"msg_ray.cli", "msg_ray.cli_args", "msg_ray.compare.cli", "msg_ray.tune.cli"}
+FACES = {"msg_ray.cli", "msg_ray.cli_args", "msg_ray.compare.cli", "msg_ray.data.cli", "msg_ray.tune.cli"}
 FRAMEWORKS = ("ray", "deepspeed", "mlflow")
 # imported inside functions on purpose: slow to import and not needed by most callers (each module says why)
 # torch._dynamo: ~4 s to import, needed only where an engine is built (engine.freeze_import_heap)
@@ -137,7 +137,6 @@ def test_no_import_cycles():
 def test_only_the_mlflow_backend_imports_mlflow():
     users = {m for m in MODULES for i, _ in imports(m) if i.split(".")[0] == "mlflow"}
     assert users and all(m.startswith("msg_ray.tracking.mlflow_") for m in users), sorted(users)
-
 
 
 def test_function_local_imports_only_defer_heavy_dependencies():

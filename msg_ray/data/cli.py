@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import os
 from dataclasses import fields
 
 from msg_ray.data.pipeline import DataConfig, describe, prepare
+from msg_ray.train.prepare import ray_executor
 
 
 def _value(text: str):
@@ -41,9 +41,7 @@ def data_config(args: argparse.Namespace) -> DataConfig:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     cfg = data_config(args)
-    data = prepare(
-        cfg, executor="local" if args.local else "ray", ray_address=args.address or os.environ.get("RAY_ADDRESS")
-    )
+    data = prepare(cfg, executor=None if args.local else ray_executor(args.address))
     print(describe(data))
     keep = ("train_tokens", "valid_tokens", "test_tokens", "train_blocks", "valid_blocks", "from_cache")
     print(json.dumps({"shards": data.config.shards, **{k: data.stats.get(k) for k in keep}}, indent=1))

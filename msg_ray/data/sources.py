@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from msg_ray.data.builtin import CORPORA, corpus_splits
 
 BUILDERS = {
@@ -167,8 +169,6 @@ def _check_file(path: Path, builder: str, column: str) -> None:
     if size == 0:
         raise ValueError(f"empty file: {path}")
     if builder == "parquet":
-        import pyarrow.parquet as pq
-
         try:
             names = pq.ParquetFile(path).schema_arrow.names
         except Exception as exc:  # pyarrow raises ArrowInvalid / OSError on a non-parquet file
@@ -223,8 +223,6 @@ def _file_chunks(split: str, path: Path, builder: str, column: str, chunk_bytes:
                 "end": min(size, start + chunk_bytes),
             }
     elif builder == "parquet":
-        import pyarrow.parquet as pq
-
         meta = pq.ParquetFile(path).metadata
         groups: list[int] = []
         size = 0
@@ -272,8 +270,6 @@ def read_records(task: dict[str, Any]) -> list[str]:
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise ValueError(f"could not read a record of {path} near byte {task['start']}: {exc!r}") from None
     elif kind == "parquet":
-        import pyarrow.parquet as pq
-
         table = pq.ParquetFile(path).read_row_groups(task["groups"], columns=[task["column"]])
         texts = table.column(0).to_pylist()
     else:

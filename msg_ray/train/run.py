@@ -17,6 +17,7 @@ from msg_ray.data import PreparedData, check_writable, prepare, resolve_paths
 from msg_ray.data.pipeline import describe
 from msg_ray.tracking import Tracker, find_runs, resolve_tracking_uri
 from msg_ray.train.config import RunConfig
+from msg_ray.train.prepare import ray_executor
 from msg_ray.train.progress import spool_dir
 from msg_ray.train.reporting import DIVERGED, TrainingDiverged
 from msg_ray.train.worker import torch_trainer
@@ -121,7 +122,7 @@ def run(cfg: RunConfig, *, ray_address: str | None = None) -> RunResult:
     check_storage(cfg)  # before anything starts: an unwritable MSG_RAY_HOME is one line, not a spool traceback
     address = ray_address or os.environ.get("RAY_ADDRESS")
     # Shards are written with Ray Data (Ray starts only if they are missing); source errors come before that.
-    data = prepare(cfg.data, executor="ray", ray_address=address)
+    data = prepare(cfg.data, executor=ray_executor(address))
     check_batches(cfg, data)
     cfg = replace(cfg, data=data.config)  # workers open these shards: they never resolve the source or tokenise
     print(f"[msg_ray {cfg.name}] data: {describe(data)}", flush=True)
