@@ -187,9 +187,21 @@ def test_ray_data_prepare_equals_in_process(corpus: Path, cache: Path, tmp_path:
     local = prepare(_cfg(corpus, cache, storage_path=str(tmp_path / "local"), **kw))  # in this process
     ray_cpus = ray_local.cluster_resources().get("CPU", 0)
     assert ray_cpus >= 2 and local.manifest["chunks"] >= 3  # map_batches tasks (num_cpus=1 each) run side by side
-    dist = prepare(_cfg(corpus, cache, storage_path=str(tmp_path / "ray"), **kw), executor=ray_executor())
+    dist = prepare(_cfg(corpus, cache, storage_path=str(tmp_path / "ray"), **kw), executor=ray_executor(local_below=0))
     assert dist.manifest["executor"] == "ray" and local.manifest["executor"] == "local"
     for split in ("train", "valid"):
         a, b = local.manifest["splits"][split], dist.manifest["splits"][split]
         assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]] and a["tokens"] == b["tokens"]
     assert torch.equal(local.train_blocks[:], dist.train_blocks[:])
+
+
+def test_data_prepare_command(corpus: Path, cache: Path, capsys) -> None:
+    from msg_ray.cli import main
+
+    argv = ["data", "prepare", "--data", str(corpus), "--tokenizer", "gpt2", "--seq-len", "16", "--local"]
+    assert main([*argv, "--set", f"cache_dir={cache}", "--set", "chunk_bytes=4096"]) == 0
+    out = capsys.readouterr().out
+    shards = out.split("--set data.shards=")[1].split()[0]
+    assert (Path(shards) / "manifest.json").is_file() and "train " in out and "tokens" in out
+    assert main([*argv, "--set", "text_colum=body"]) == 2  # a typo in a field name: one line, no traceback
+    assert "FIELD one of" in capsys.readouterr().err
