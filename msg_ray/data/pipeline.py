@@ -441,13 +441,12 @@ def open_prepared(cfg: DataConfig, root: Path | None = None) -> PreparedData:
 
 
 def _check_tokenizer(cfg: DataConfig, m: dict[str, Any], root: Path) -> None:
-    """The run's tokenizer must be the shards' one: same spec, and for GPT-2 / file tokenizers the same digest
-    (a BPE spec is trained per source; its digest is the manifest's by construction)."""
+    """The run's tokenizer must be the shards' one: the same spec (``gpt2`` is pinned and SHA-checked, a BPE spec
+    is trained per source, so the spec decides), and for a tokenizer file the same content digest."""
     made = m["tokenizer"]
     kind, _ = parse_spec(cfg.tokenizer)
-    if kind == "bpe":
-        same, mine = cfg.tokenizer == made["spec"], cfg.tokenizer
-    else:
+    same, mine = cfg.tokenizer == made["spec"], cfg.tokenizer
+    if kind == "file":
         digest = tokenizer_digest(load_tokenizer(cfg.tokenizer, root, "", list))
         same, mine = digest == made["digest"], f"{cfg.tokenizer} (digest {digest})"
     if not same:
