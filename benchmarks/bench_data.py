@@ -96,10 +96,12 @@ def run_prepare(code: str, args: list[str], env: dict, cpus: int, pin: bool) -> 
     cmd = [sys.executable, "-c", code, *args, str(SEQ_LEN)]
     if pin:  # the old path has no CPU knob: restrict the process (and its tokenizer threads) to ``cpus`` cores
         cmd = ["taskset", "-c", ",".join(str(i) for i in range(cpus)), *cmd]
+    load = os.getloadavg()[0]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    # the machine's 1-minute load average before and after: on a shared machine it says how noisy the number is
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "load": [round(load, 1), round(os.getloadavg()[0], 1)]}
 
 
 def _link_gpt2(cache: Path) -> None:
@@ -211,6 +213,7 @@ def run_train(pythonpath: str, home: Path, corpus: Path, data_sets: list[str], n
         return {"error": " | ".join(tail[-3:])}
     top = sorted(peaks.values(), reverse=True)[:2]
     return {
+        "load": round(os.getloadavg()[0], 1),
         "first_step_s": first[0] if first else None,
         "total_s": time.perf_counter() - start,
         "worker_rss_mb": [round(r / 1024) for r, _ in top],
@@ -233,8 +236,13 @@ def main(argv: list[str] | None = None) -> int:
         help="sizes at which to measure prepare with every --cpus (default all; else only the max)",
     )
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--tile", type=int, default=1, help="also train on the new shards listed K times (memory)")
+    parser.add_argument(
+        "--tile", type=int, nargs="*", default=[], help="also train on the new shards listed K times (memory only)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the shards/caches after measuring")
+    parser.add_argument("--reuse", action="store_true", help="train on kept shards/caches without preparing again")
+    parser.add_argument("--no-train", action="store_true", help="measure prepare only")
+    parser.add_argument("--old-cpus", type=int, nargs="*", default=None, help="CPU counts for the old path")
     parser.add_argument("--out", default="", help="append result rows (JSON lines) here")
     args = parser.parse_args(argv)
     work = Path(args.work)
@@ -250,11 +258,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.old and (args.old_sizes is None or size in args.old_sizes):
             paths.append(("old", args.old))
         for which, pythonpath in paths:
+            n_before = len(rows)
             home = work / f"home-{which}-{size:g}"
             shutil.rmtree(home, ignore_errors=True)
             row = {"path": which, "size_gb": size, "corpus_bytes": corpus.stat().st_size}
-            stores = {c: work / f"store-{which}-{size:g}-c{c}" for c in cpus}
-            for c in cpus:  # the first count's shards / cache are kept for training
+            counts = cpus if which == "new" or args.old_cpus is None else args.old_cpus
+            stores = {c: work / f"store-{which}-{size:g}-c{c}" for c in counts}
+            reuse = args.reuse and any(stores[counts[0]].glob("*/manifest.json"))
+            for c in [] if reuse else counts:  # the first count's shards / cache are kept for training
                 storage = stores[c]
                 shutil.rmtree(storage, ignore_errors=True)
                 if which == "new":
@@ -264,33 +275,40 @@ def main(argv: list[str] | None = None) -> int:
                     r = run_prepare(PREPARE_OLD, [str(corpus), str(storage)], _env(pythonpath, home), c, True)
                 row[f"prepare_{c}cpu"] = r
                 print(which, size, c, "cpu prepare", r, flush=True)
-                if c != cpus[0]:
+                if c != counts[0]:
                     shutil.rmtree(storage, ignore_errors=True)
-            storage = stores[cpus[0]]
+            storage = stores[counts[0]]
+            if args.no_train:
+                rows.append(row)
+                _append(args.out, rows[n_before:])
+                if not args.keep:
+                    shutil.rmtree(storage, ignore_errors=True)
+                continue
             data_sets = [f"data.storage_path={storage}"] if which == "new" else [f"data.cache_dir={storage}"]
             row["train"] = run_train(pythonpath, home, corpus, data_sets, f"bench-{which}-{size:g}", args.steps)
             print(which, size, "train", row["train"], flush=True)
             rows.append(row)
-            if which == "new" and args.tile > 1:
-                tiled = tile_shards(storage, args.tile, work / f"tiled-{size:g}")
-                tile_row = {
-                    "path": f"new, shards x{args.tile}",
-                    "size_gb": size * args.tile,
-                    "corpus_bytes": corpus.stat().st_size * args.tile,
-                }
+            for k in args.tile if which == "new" else []:
+                tiled = tile_shards(storage, k, work / f"tiled-{size:g}-x{k}")
+                size_k = round(size * k, 3)
+                tile_row = {"path": f"new, shards x{k}", "size_gb": size_k, "corpus_bytes": corpus.stat().st_size * k}
                 sets = [f"data.shards={tiled}"]
-                tile_row["train"] = run_train(pythonpath, home, corpus, sets, f"bench-tiled-{size:g}", args.steps)
-                print(which, size, f"x{args.tile} train", tile_row["train"], flush=True)
+                tile_row["train"] = run_train(pythonpath, home, corpus, sets, f"bench-tiled-{size:g}-{k}", args.steps)
+                print(which, size, f"x{k} train", tile_row["train"], flush=True)
                 rows.append(tile_row)
                 shutil.rmtree(tiled, ignore_errors=True)
-            if args.out:
-                with open(args.out, "a") as fh:
-                    fh.writelines(json.dumps(r) + "\n" for r in rows if r["size_gb"] in (size, size * args.tile))
+            _append(args.out, rows[n_before:])
             if not args.keep:
                 shutil.rmtree(storage, ignore_errors=True)
             shutil.rmtree(home, ignore_errors=True)
     print(table(rows))
     return 0
+
+
+def _append(out: str, rows: list[dict]) -> None:
+    if out:
+        with open(out, "a") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 def _tps(r: dict | None) -> str:
@@ -306,7 +324,7 @@ def table(rows: list[dict]) -> str:
     out = [head, "|" + "---|" * 8]
     for r in rows:
         tokens = next((p["tokens"] for k, p in r.items() if k.startswith("prepare_") and "tokens" in p), None)
-        tr = r["train"]
+        tr = r.get("train", {"error": "not run"})
         rss = "error" if "error" in tr else "/".join(map(str, tr["worker_rss_mb"]))
         anon = "error" if "error" in tr else "/".join(map(str, tr["worker_anon_mb"]))
         first = "error" if "error" in tr else f"{tr['first_step_s']:.1f}" if tr["first_step_s"] else "-"

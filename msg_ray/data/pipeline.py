@@ -66,7 +66,7 @@ class DataConfig:
     valid_fraction: float = 0.05
     storage_path: str | None = None
     shards: str | None = None
-    chunk_bytes: int = 32 << 20
+    chunk_bytes: int = 16 << 20
     streaming: bool = False
 
     def __post_init__(self) -> None:

@@ -22,7 +22,6 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,13 +100,29 @@ class Store:
 
 
 def check_writable(uri: str, what: str) -> None:
-    """Raise ValueError naming ``what`` unless a file can be created (and removed) under ``uri``."""
+    """Raise ValueError naming ``what`` unless a file can be created under ``uri``. Leaves nothing behind: the
+    probe file and any folders made for it are removed again."""
     try:
-        store = Store(uri)
-        store.write(f".write-check-{uuid.uuid4().hex[:8]}", b"ok")
-        for name in store.listdir(""):
-            if name.startswith(".write-check-"):
-                store.fs.delete_file(store.path(name))
+        if "://" in uri:
+            store = Store(uri)
+            probe = f".write-check-{uuid.uuid4().hex[:8]}"
+            store.write(probe, b"ok")
+            store.fs.delete_file(store.path(probe))
+            return
+        path = Path(uri).expanduser().resolve()
+        made, p = [], path
+        while not p.exists():
+            made.append(p)
+            p = p.parent
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".write-check-{uuid.uuid4().hex[:8]}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        finally:
+            for d in made:  # deepest first
+                if d.is_dir():
+                    d.rmdir()
     except OSError as exc:  # pyarrow's IO errors are OSErrors too
         raise ValueError(f"{what}: cannot write to {uri} ({type(exc).__name__}: {exc})") from None
 
@@ -148,14 +163,6 @@ def done_chunks(store: Store) -> dict[int, dict[str, Any]]:
         if all(s["blocks"] == 0 or store.size(s["file"]) == s["bytes"] for s in marker["shards"].values()):
             out[int(marker["index"])] = marker
     return out
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    file: str
-    blocks: int
-    sha256: str
-    bytes: int
 
 
 class ShardedBlocks:

@@ -54,7 +54,7 @@ def resolve_source(
     split_seed: int,
     valid_fraction: float,
     root: Path,
-    chunk_bytes: int = 32 << 20,
+    chunk_bytes: int = 16 << 20,
     streaming: bool = False,
 ) -> Source:
     """Decide what kind of source ``source`` names and how to cut it into chunks (local files are checked)."""
