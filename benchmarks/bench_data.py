@@ -179,7 +179,7 @@ def run_train(pythonpath: str, home: Path, corpus: Path, data_sets: list[str], n
     proc = subprocess.Popen(
         cmd, env=_env(pythonpath, home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    peaks: dict[int, tuple[int, int]] = {}
+    peaks: dict[int, tuple[int, ...]] = {}
     first: list[float] = []
     tail: list[str] = []
 
@@ -196,9 +196,9 @@ def run_train(pythonpath: str, home: Path, corpus: Path, data_sets: list[str], n
                         continue
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
-                rss, anon = _status_kb(p.pid, "VmRSS"), _status_kb(p.pid, "RssAnon")
-                old = peaks.get(p.pid, (0, 0))
-                peaks[p.pid] = (max(old[0], rss), max(old[1], anon))
+                now = [_status_kb(p.pid, k) for k in ("VmRSS", "RssAnon", "RssFile", "RssShmem")]
+                old = peaks.get(p.pid, (0, 0, 0, 0))
+                peaks[p.pid] = tuple(max(a, b) for a, b in zip(old, now, strict=True))
             time.sleep(0.25)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -216,8 +216,10 @@ def run_train(pythonpath: str, home: Path, corpus: Path, data_sets: list[str], n
         "load": round(os.getloadavg()[0], 1),
         "first_step_s": first[0] if first else None,
         "total_s": time.perf_counter() - start,
-        "worker_rss_mb": [round(r / 1024) for r, _ in top],
-        "worker_anon_mb": [round(a / 1024) for _, a in top],
+        "worker_rss_mb": [round(r[0] / 1024) for r in top],
+        "worker_anon_mb": [round(r[1] / 1024) for r in top],
+        "worker_file_mb": [round(r[2] / 1024) for r in top],  # mapped files: libraries, touched shard pages
+        "worker_shmem_mb": [round(r[3] / 1024) for r in top],  # shared memory: Ray's object store mappings
     }
 
 
