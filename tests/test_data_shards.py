@@ -15,7 +15,7 @@ import torch
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("MSG_RAY_QUIET", "1")
 
-from msg_ray.data import BlockLoader, DataConfig, cache_root, prepare, resolve_paths  # noqa: E402
+from msg_ray.data import BlockLoader, DataConfig, ShardedBlocks, cache_root, prepare, resolve_paths  # noqa: E402
 from msg_ray.data.builtin import ensure  # noqa: E402
 from msg_ray.data.loader import BlockPermutation  # noqa: E402
 
@@ -63,8 +63,13 @@ def test_layout_manifest_and_memmap_reads(corpus: Path, cache: Path) -> None:
             raw = (root / s["file"]).read_bytes()
             assert len(raw) == s["bytes"] == s["blocks"] * 16 * 2 and hashlib.sha256(raw).hexdigest() == s["sha256"]
             rows.append(np.frombuffer(raw, dtype="<u2").reshape(-1, 16))
-    # The memmapped split reads back exactly the shard bytes, in manifest order (train, then valid).
-    assert np.array_equal(np.concatenate(rows[: len(m["splits"]["train"]["shards"])]), data.train_blocks[:].numpy())
+    # The split reads back exactly the shard bytes, in manifest order (train, then valid), by pread or mmap.
+    train = np.concatenate(rows[: len(m["splits"]["train"]["shards"])])
+    assert np.array_equal(train, data.train_blocks[:].numpy())
+    tb = data.train_blocks
+    mapped = ShardedBlocks(tb.paths, tb.counts, 16, "uint16", mmap=True)
+    idx = torch.randint(len(tb), (200,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(tb[idx], mapped[idx]) and np.array_equal(train[idx.numpy()], tb[idx].numpy())
     # No validation file: each train chunk holds out 5% of its records (at least one), seeded.
     assert data.stats["train_records"] + data.stats["valid_records"] == 400
     assert m["chunks"] <= data.stats["valid_records"] <= 2 * m["chunks"]
