@@ -211,6 +211,8 @@ def run_train(pythonpath: str, home: Path, corpus: Path, data_sets: list[str], n
     thread.join()
     if proc.returncode != 0:
         return {"error": " | ".join(tail[-3:])}
+    if os.environ.get("BENCH_DATA_DEBUG"):
+        print("sampled", {pid: v for pid, v in peaks.items()}, "\n".join(tail), flush=True)
     top = sorted(peaks.values(), reverse=True)[:2]
     return {
         "load": round(os.getloadavg()[0], 1),
