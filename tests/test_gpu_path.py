@@ -33,6 +33,8 @@ def test_prefetcher_resumes_at_the_first_batch_training_did_not_use():
     expected = [next(straight)["input_ids"] for _ in range(14)]  # crosses an epoch (10 batches each)
     first = DevicePrefetcher(BlockLoader(blocks, batch_size=4, seed=3), "cpu")
     got = [next(first)["input_ids"] for _ in range(6)]
+    # data/tokens_seen and data/passes count what training used, not the batch held ahead
+    assert first.tokens_seen == 6 * 4 * 4 and first.passes == 6 * 4 / 40
     state = json.loads(json.dumps(first.state_dict()))  # what a checkpoint records (one batch is held ahead)
     resumed = DevicePrefetcher(BlockLoader(blocks, batch_size=4, seed=3), "cpu")
     resumed.load_state_dict(state)

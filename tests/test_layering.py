@@ -46,7 +46,7 @@ CORE = {
     "validate",
 }
 FLOORS = ("core", "data", "train", "experiments", "faces")
-FACES = {"msg_ray.cli", "msg_ray.cli_args", "msg_ray.compare.cli", "msg_ray.tune.cli"}
+FACES = {"msg_ray.cli", "msg_ray.cli_args", "msg_ray.compare.cli", "msg_ray.data.cli", "msg_ray.tune.cli"}
 FRAMEWORKS = ("ray", "deepspeed", "mlflow")
 # imported inside functions on purpose: slow to import and not needed by most callers (each module says why)
 # torch._dynamo: ~4 s to import, needed only where an engine is built (engine.freeze_import_heap)

@@ -36,7 +36,13 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     else:
         root = Path.home() / ".cache" / "msg_ray"
     root = root.expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        what = (
+            "data.cache_dir" if cache_dir is not None else f"${CACHE_ENV}" if os.environ.get(CACHE_ENV) else "~/.cache"
+        )
+        raise ValueError(f"{what}: cannot create the data cache {root} ({type(exc).__name__}: {exc})") from None
     return root
 
 

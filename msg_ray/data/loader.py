@@ -1,8 +1,10 @@
 """Deterministic, rank-sharded, resumable batch iterator over packed token blocks, with BERT-style MLM masking.
 
-Each epoch draws one permutation of all blocks from ``(seed, epoch)``; rank ``r`` of ``w`` takes every ``w``-th
-entry of it (trimmed so all ranks have the same count, hence step in lockstep and never overlap). MLM masking is
-drawn from a generator seeded by ``(seed, epoch, rank, step)``, so a resumed run sees exactly the same batches.
+Each epoch permutes all blocks with a permutation seeded by ``(seed, epoch)``; rank ``r`` of ``w`` takes every
+``w``-th entry of it (trimmed so all ranks have the same count, hence step in lockstep and never overlap). The
+permutation is a keyed Feistel network evaluated per batch (`BlockPermutation`), so no per-epoch index array of
+the whole corpus is held in memory: a worker's memory does not grow with the corpus. MLM masking is drawn from a
+generator seeded by ``(seed, epoch, rank, step)``, so a resumed run sees exactly the same batches.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
 IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default ignore_index
@@ -20,6 +23,43 @@ def _mix(*parts: object) -> int:
     """A 63-bit seed from several integers (stable across processes and Python versions, unlike hash())."""
     digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+_M64 = np.uint64((1 << 64) - 1)
+
+
+class BlockPermutation:
+    """A seeded bijection of ``[0, n)``: a 4-round Feistel network on the smallest even bit width covering ``n``,
+    cycle-walked back into range (at most ~4 rounds of walking on average). Evaluated on index arrays, O(len)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        self.n = n
+        self.half = max(1, ((n - 1).bit_length() + 1) // 2)
+        self.mask = np.uint64((1 << self.half) - 1)
+        self.keys = [np.uint64(_mix(seed, "feistel", r)) for r in range(4)]
+
+    def _f(self, x: np.ndarray, key: np.uint64) -> np.ndarray:
+        z = x + key  # splitmix64 finaliser: uint64 arithmetic wraps, which is the point
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return (z ^ (z >> np.uint64(31))) & self.mask
+
+    def _once(self, x: np.ndarray) -> np.ndarray:
+        left, right = x >> np.uint64(self.half), x & self.mask
+        for key in self.keys:
+            left, right = right, left ^ self._f(right, key)
+        return (left << np.uint64(self.half)) | right
+
+    def __call__(self, idx: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            x = self._once(np.asarray(idx, dtype=np.uint64))
+            out_of_range = x >= self.n
+            while out_of_range.any():
+                x[out_of_range] = self._once(x[out_of_range])
+                out_of_range = x >= self.n
+        return x.astype(np.int64)
 
 
 def mask_tokens(
@@ -46,13 +86,15 @@ def mask_tokens(
 class BlockLoader:
     """Infinite iterator of ``{"input_ids": [B, T] long, "labels": [B, T] long}`` batches for one rank.
 
+    ``blocks``: an ``[N, T]`` tensor or anything indexable like one (`shards.ShardedBlocks`, memory-mapped).
     ``objective="clm"``: labels equal input_ids (the model shifts). ``"mlm"``: masked inputs, labels -100 where
     not masked; needs ``mask_id``, ``vocab_size`` and ``special_ids`` (never masked, never drawn as random).
+    ``tokens_seen`` / ``passes`` count what all ranks together consumed (passes: over the split's blocks).
     """
 
     def __init__(
         self,
-        blocks: torch.Tensor,
+        blocks: Any,
         batch_size: int,
         seed: int = 0,
         rank: int = 0,
@@ -83,7 +125,7 @@ class BlockLoader:
         if objective == "mlm":
             self._init_mlm(mask_id, vocab_size, special_ids, mlm_probability)
         self.epoch, self.step = 0, 0
-        self._shard: torch.Tensor | None = None
+        self._perm: BlockPermutation | None = None
 
     def _init_mlm(self, mask_id: int | None, vocab_size: int | None, special_ids: Iterable[int], p: float) -> None:
         if mask_id is None or vocab_size is None:
@@ -95,21 +137,34 @@ class BlockLoader:
         every = torch.arange(vocab_size, dtype=torch.long)
         self.candidate_ids = every[~torch.isin(every, self.special_ids)]
 
-    def _epoch_shard(self) -> torch.Tensor:
-        if self._shard is None:
-            gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
-            perm = torch.randperm(self.blocks.shape[0], generator=gen)
-            self._shard = perm[: self.per_rank * self.world_size][self.rank :: self.world_size]
-        return self._shard
+    def _indices(self) -> torch.Tensor:
+        """Block ids of this rank's current batch: entries ``(step * B + i) * w + rank`` of the epoch's permutation."""
+        if self._perm is None:
+            self._perm = BlockPermutation(int(self.blocks.shape[0]), _mix(self.seed, self.epoch))
+        pos = (self.step * self.batch_size + np.arange(self.batch_size)) * self.world_size + self.rank
+        return torch.from_numpy(self._perm(pos))
+
+    @property
+    def samples_seen(self) -> int:
+        """Blocks consumed by all ranks together since the start of training."""
+        return (self.epoch * self.batches_per_epoch + self.step) * self.batch_size * self.world_size
+
+    @property
+    def tokens_seen(self) -> int:
+        return self.samples_seen * int(self.blocks.shape[1])
+
+    @property
+    def passes(self) -> float:
+        """Passes over the split (epochs, fractional): > 1 means blocks are being repeated."""
+        return self.samples_seen / int(self.blocks.shape[0])
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
         if self.step >= self.batches_per_epoch:
-            self.epoch, self.step, self._shard = self.epoch + 1, 0, None
-        idx = self._epoch_shard()[self.step * self.batch_size : (self.step + 1) * self.batch_size]
-        input_ids = self.blocks[idx].long()
+            self.epoch, self.step, self._perm = self.epoch + 1, 0, None
+        input_ids = self.blocks[self._indices()].long()
         if self.objective == "clm":
             batch = {"input_ids": input_ids, "labels": input_ids.clone()}
         else:
@@ -145,7 +200,7 @@ class BlockLoader:
             mine = self.seed if key == "seed" else int(self.blocks.shape[0])
             if state[key] != mine:
                 raise ValueError(f"loader state has {key}={state[key]}, this loader has {mine}")
-        self.epoch, self._shard = int(state["epoch"]), None
+        self.epoch, self._perm = int(state["epoch"]), None
         if state["batch_size"] == self.batch_size and state["world_size"] == self.world_size:
             self.step = int(state["step"])
         else:

@@ -373,6 +373,8 @@ class WorkerRun:
         if log_due:
             rates, loss_v = self.meter.rates(), h["train_loss"][-1]
             self.tracker.step(pos.step, loss_v, pos.wall, pos.flops, rates, s)
+            self.tracker.metric("data/tokens_seen", self.batches.tokens_seen, pos.step)  # all ranks together
+            self.tracker.metric("data/passes", self.batches.passes, pos.step)  # > 1: the corpus repeats
             self.log.step(pos.step, pos.stage, s, loss_v, rates, pos.wall)
         if pos.step % self.cfg.eval_every == 0 or last:
             val = self._evaluate(self.valid)

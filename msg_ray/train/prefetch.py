@@ -55,6 +55,21 @@ class DevicePrefetcher:
         self._ahead = self._fetch()
         return batch
 
+    @property
+    def samples_seen(self) -> int:
+        """Blocks all ranks together have trained on: the loader's count less the batch held ahead."""
+        held = self.loader.batch_size * self.loader.world_size if self._ahead is not None else 0
+        return self.loader.samples_seen - held
+
+    @property
+    def tokens_seen(self) -> int:
+        return self.samples_seen * int(self.loader.blocks.shape[1])
+
+    @property
+    def passes(self) -> float:
+        """Passes over the split (epochs, fractional): > 1 means blocks are being repeated."""
+        return self.samples_seen / int(self.loader.blocks.shape[0])
+
     def state_dict(self) -> dict[str, Any]:
         """The loader position of the first batch training has not used."""
         return self._ahead[0] if self._ahead is not None else self.loader.state_dict()

@@ -1,4 +1,4 @@
-"""Driver side of one training run: validate and prepare (before Ray), open the MLflow run, launch Ray Train.
+"""Driver side of one training run: validate, check storage, prepare shards, open the MLflow run, launch Ray Train.
 
 ``run(config) -> RunResult`` is the single entry the CLI, the pipelines, Tune and the comparison use.
 The MLflow run is created (or found again, by the run-name tag) here in the driver, so a Ray retry or a user
@@ -13,9 +13,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from msg_ray.data import prepare
+from msg_ray.data import PreparedData, check_writable, prepare, resolve_paths
+from msg_ray.data.pipeline import describe
 from msg_ray.tracking import RunTracker, find_runs, make_tracker, resolve_tracking_uri
 from msg_ray.train.config import RunConfig
+from msg_ray.train.prepare import ray_executor
 from msg_ray.train.progress import spool_dir
 from msg_ray.train.reporting import DIVERGED, TrainingDiverged
 from msg_ray.train.worker import torch_trainer
@@ -89,15 +91,43 @@ def check_resources(cfg: RunConfig, cluster: dict[str, float]) -> None:
         )
 
 
+def check_storage(cfg: RunConfig) -> None:
+    """Refuse (ValueError naming the field) storage the run cannot write: the run's ``storage_path`` (checkpoints,
+    tracking spool; default under ``$MSG_RAY_HOME``) and a local sqlite tracking store's folder."""
+    home = "" if os.environ.get("MSG_RAY_HOME") is None else f" (from MSG_RAY_HOME={os.environ['MSG_RAY_HOME']})"
+    check_writable(cfg.storage_path, f"RunConfig.storage_path{home}")
+    uri = cfg.tracking_uri or ""
+    if uri.startswith("sqlite:///"):
+        check_writable(str(Path(uri[len("sqlite:///") :].partition("?")[0]).parent), f"tracking_uri {uri}{home}")
+
+
+def check_batches(cfg: RunConfig, data: PreparedData) -> None:
+    """Refuse a corpus too small for one micro-batch on every worker (train, and valid for evaluation)."""
+    need = cfg.engine.micro_batch_size * cfg.workers
+    for split, blocks in (("train", data.train_blocks), ("valid", data.valid_blocks)):
+        if len(blocks) < need:
+            raise ValueError(
+                f"data.source: the {split} split of {cfg.data.source} has {len(blocks)} blocks of seq_len "
+                f"{cfg.data.seq_len}, fewer than one batch (engine.micro_batch_size {cfg.engine.micro_batch_size} x "
+                f"{cfg.workers} workers); add text, or lower the batch size, workers or seq_len"
+            )
+
+
 def run(cfg: RunConfig, *, ray_address: str | None = None) -> RunResult:
     """Train one schedule with Ray Train + DeepSpeed; returns where the results are."""
     import ray  # heavy: only when a run is launched
 
-    data = prepare(cfg.data)  # fetch/tokenise/pack in the driver: data errors surface before Ray starts
-    cfg = replace(cfg, tracking_uri=resolve_tracking_uri(cfg.tracking_uri))
-    print(f"[msg_ray {cfg.name}] data: {json.dumps(data.stats, default=str)}", flush=True)
+    # Paths made absolute here: Ray workers do not run in the caller's working directory.
+    cfg = replace(cfg, data=resolve_paths(cfg.data), tracking_uri=resolve_tracking_uri(cfg.tracking_uri))
+    check_storage(cfg)  # before anything starts: an unwritable MSG_RAY_HOME is one line, not a spool traceback
+    address = ray_address or os.environ.get("RAY_ADDRESS")
+    # Shards are written with Ray Data (Ray starts only if they are missing); source errors come before that.
+    data = prepare(cfg.data, executor=ray_executor(address))
+    check_batches(cfg, data)
+    cfg = replace(cfg, data=data.config)  # workers open these shards: they never resolve the source or tokenise
+    print(f"[msg_ray {cfg.name}] data: {describe(data)}", flush=True)
     if not ray.is_initialized():
-        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"))
+        ray.init(address=address)
     check_resources(cfg, ray.cluster_resources())  # before the MLflow run exists: a refused run leaves nothing
     run_id = _open_mlflow_run(cfg)
     trainer = torch_trainer(cfg, run_id)
