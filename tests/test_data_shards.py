@@ -18,6 +18,10 @@ os.environ.setdefault("MSG_RAY_QUIET", "1")
 from msg_ray.data import BlockLoader, DataConfig, ShardedBlocks, cache_root, prepare, resolve_paths  # noqa: E402
 from msg_ray.data.builtin import ensure  # noqa: E402
 from msg_ray.data.loader import BlockPermutation  # noqa: E402
+from msg_ray.presets import get_schedule  # noqa: E402
+from msg_ray.train.config import RunConfig  # noqa: E402
+from msg_ray.train.engine import EngineConfig  # noqa: E402
+from msg_ray.train.run import check_batches  # noqa: E402
 
 WORDS = "river stone lamp forest signal harbour copper meadow lantern orbit velvet thunder".split()
 
@@ -120,10 +124,6 @@ def test_errors_before_training(corpus: Path, cache: Path, tmp_path: Path) -> No
 
 
 def test_corpus_too_small_for_one_batch_is_refused(corpus: Path, cache: Path) -> None:
-    from msg_ray.schedule import get_schedule
-    from msg_ray.train.config import RunConfig
-    from msg_ray.train.engine import EngineConfig
-    from msg_ray.train.run import check_batches
 
     data = prepare(_cfg(corpus, cache))
     n = len(data.valid_blocks)
