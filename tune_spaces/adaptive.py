@@ -7,11 +7,7 @@ read off a ``structures`` sweep's table (row "target"; 0.02/s was measured for (
 2 shared cores); set your own with ``--set adaptive.target_gamma=<value>``.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import MINI_RUN  # noqa: E402
+from msg_ray.tune.space import MINI_RUN
 
 SPACE = {
     "kind": "adaptive",

@@ -8,11 +8,7 @@ and every trial (the reference too) gets the same 3-point LR grid, so each row h
 stopping: at an early rung a schedule that has not grown yet would be compared with one that has.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import MINI_RUN  # noqa: E402
+from msg_ray.tune.space import MINI_RUN
 
 SPACE = {
     "kind": "durations",

@@ -4,11 +4,7 @@ Uses the mini Sch1-G preset (6 stages, the paper's GPT schedule shape) at 600 st
 comparison study; ASHA is off so every operator's final loss is seen.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import MINI_RUN  # noqa: E402
+from msg_ray.tune.space import MINI_RUN
 
 SPACE = {
     "kind": "operators",

@@ -5,11 +5,7 @@ Equal compute: each trial is solved to the FLOPs of 600 target steps and ranked 
 against a full-training reference. ASHA is off: every φ must run to the end, since the table compares final losses.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import MINI_RUN  # noqa: E402
+from msg_ray.tune.space import MINI_RUN
 
 SPACE = {
     "kind": "phi",

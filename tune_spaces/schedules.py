@@ -6,11 +6,7 @@ from the same start (64, 256, 2, 2) at equal compute (each solved to the FLOPs o
 validation loss); "full" trains the target from scratch as the baseline.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import MINI_RUN  # noqa: E402
+from msg_ray.tune.space import MINI_RUN
 
 START, TARGET = [64, 256, 2, 2], [128, 512, 4, 4]
 

@@ -7,11 +7,7 @@ slowest learners at equal wall seconds. The best schedule written afterwards sta
 learned faster than the target and grows them back one per stage over ``best.total_steps`` steps.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import MINI_RUN  # noqa: E402
+from msg_ray.tune.space import MINI_RUN
 
 SPACE = {
     "kind": "structures",
