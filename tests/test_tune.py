@@ -121,7 +121,7 @@ def sweep(tmp_path_factory, ray_local):
     # Two structures x two LRs: the 1e-5 trials barely move from the initial loss, so whichever of them reaches
     # ASHA's first rung after better trials were recorded there is stopped -- deterministic, not a coin toss on
     # the noisy early losses of similar trials (which let all four run to the budget now and then).
-    space = {**TINY, "vary": {"hidden_dim": [16]}, "lrs": [3e-3, 1e-5]}
+    space = {**TINY, "vary": {"hidden_dim": [16]}, "lrs": [3e-3, 1e-5], "lr_extend": 0, "probes": []}
     cfg = SweepConfig(
         space=load_space(write_space(tmp / "tiny.py", space)),
         max_concurrent=2,
@@ -153,31 +153,124 @@ def test_sweep_runs_all_trials_and_asha_stops_some(sweep):
 
 
 @pytest.mark.slow
-def test_sweep_results_files_and_best_schedule_trains(sweep, tmp_path):
+def test_sweep_results_files_and_best_schedule(sweep):
+    _, _, r = sweep
+    csv_lines = (r.results_dir / "results.csv").read_text().strip().splitlines()
+    assert csv_lines[0].startswith("rank,label,status") and len(csv_lines) == 5
+    assert "speedup_vs_full" in csv_lines[0]  # computed against the chosen reference, no longer NaN everywhere
+    assert (r.results_dir / "gamma_vs_time.png").stat().st_size > 5000
+    assert (r.results_dir / "loss_vs_flops.png").stat().st_size > 5000
+    best = get_schedule(str(r.best_schedule))  # what `msg-ray train --schedule <file>` reads (training: below)
+    assert best.target.as_tuple() == (32, 64, 2, 2) and best.total_steps == 40
+    # lr_extend 0: the 1e-5 points never win, so every label's choice sits at the top edge and says so
+    rows = {row["label"]: row for row in r.rows}
+    assert {rows[x]["edge"] for x in rows if rows[x]["chosen"] == "yes"} <= {"high", "low"}  # 2 points: an edge
+    assert all(math.isnan(rows[x]["flops_to_target"]) for x in rows)
+
+
+# -- an equal-compute sweep: LR bracketing, probes, the claim, the best schedule as ranked ------------------------
+
+FLOPS = {
+    "kind": "durations",
+    "arch": "gpt",
+    "head_dim": 16,
+    "structures": [[16, 32, 1, 1], [32, 64, 2, 2]],
+    "splits": ["equal"],
+    "total_steps": 24,
+    "phi": 2,
+    "compute": "flops",
+    "lrs": [2e-4, 6e-4],  # far below this tiny model's best: the top point wins and the sweep adds one above
+    "lr_step": 3.0,
+    "lr_extend": 1,
+    "probes": ["bbc_news"],
+    "probe_examples": 24,
+    "run": {**RUN, "eval_every": 6, "warmup_steps": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def flops_sweep(tmp_path_factory, ray_local):
+    from msg_ray.tune import SweepConfig, run_sweep
+
+    tmp = tmp_path_factory.mktemp("tune-flops")
+    cfg = SweepConfig(
+        space=load_space(write_space(tmp / "tinyflops.py", FLOPS)),
+        max_concurrent=4,
+        storage_path=str(tmp / "ray"),
+        tracking_uri=sqlite_store(tmp / "mlruns.db"),
+        experiment="test-tune-flops",
+    )
+    t0 = time.perf_counter()
+    result = run_sweep(cfg)
+    print(f"equal-compute sweep with one LR round: {time.perf_counter() - t0:.1f}s")
+    return tmp, cfg, result
+
+
+@pytest.mark.slow
+def test_flops_sweep_brackets_lrs_and_states_its_claim(flops_sweep):
+    _, _, r = flops_sweep
+    assert not r.interrupted
+    labels = [t.spec.label for t in r.trials]
+    # round 0: 2 labels x 2 LRs; round 1: one point above the top edge per label (6e-4 x 3), and no further
+    assert labels[:4] == ["equal@lr0.0002", "equal@lr0.0006", "full@lr0.0002", "full@lr0.0006"]
+    assert sorted(labels[4:]) == ["equal@lr0.0018", "full@lr0.0018"]
+    rows = {row["label"]: row for row in r.rows}
+    chosen = [row for row in r.rows if row["chosen"] == "yes"]
+    assert len(chosen) == 2 and r.rows[:2] == chosen  # one chosen point per label, ranked first
+    for row in chosen:  # at the edge after the one allowed extension -> flagged, speed-up withheld
+        if row["lr"] == 1.8e-3:
+            assert row["edge"] == "high" and math.isnan(row["flops_to_target"])
+        assert row["val_mean"] == row["final_val"] and row["n_seeds"] == 1
+    md = (r.results_dir / "results.md").read_text()
+    claim = md.splitlines()[2]
+    assert claim.startswith("winner: ") and "(seed 0)" in claim and "budget axis: equal training FLOPs" in claim
+    assert ("bracketed in" in claim) or ("NOT bracketed" in claim and "speed-up withheld" in claim), claim
+    header = md.splitlines()[4]
+    assert "speedup_vs_full" in header and "bbc_news/probe_accuracy" in header
+    for c in header.strip("| ").split(" | "):  # no column is empty in every row
+        assert any(row.get(c) not in (None, "") and row.get(c) == row.get(c) for row in rows.values()), c
+    # every trial that trained to its end holds its probe scores
+    assert all(0.0 <= t.probes["bbc_news/probe_accuracy"] <= 1.0 for t in r.trials), [t.probes for t in r.trials]
+    assert (r.results_dir / "loss_vs_flops.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_flops_sweep_logs_probes_to_each_trial(flops_sweep):
+    from msg_ray.tracking import child_runs, load_run_metrics
+
+    _, _, r = flops_sweep
+    children = child_runs(r.tracking_uri, r.parent_run_id)
+    assert len(children) == 6
+    for c in children:
+        hist = load_run_metrics(r.tracking_uri, c["run_id"], ["probe/bbc_news/probe_accuracy", "tune/final_val"])
+        assert hist["probe/bbc_news/probe_accuracy"] and hist["tune/final_val"], c["tags"]
+
+
+@pytest.mark.slow
+def test_best_run_reproduces_the_ranked_loss(flops_sweep, tmp_path):
+    import yaml
+
     from msg_ray.train.config import RunConfig
     from msg_ray.train.run import run
 
-    tmp, _, r = sweep
-    csv_lines = (r.results_dir / "results.csv").read_text().strip().splitlines()
-    assert csv_lines[0].startswith("rank,label,status") and len(csv_lines) == 5
-    assert (r.results_dir / "gamma_vs_time.png").stat().st_size > 5000
+    tmp, _, r = flops_sweep
     best = Schedule.load(r.best_schedule)
-    assert best.target.as_tuple() == (32, 64, 2, 2) and best.total_steps == 40
-    sched = get_schedule(str(r.best_schedule))  # what `msg-ray train --schedule <file>` does
+    ranked = r.rows[0]
+    assert best.total_steps == ranked["steps"]  # the steps solved for equal FLOPs, not the space's total_steps
+    text = r.best_schedule.read_text()
+    assert f"lr {ranked['lr']:g}" in text and "msg-ray train --config best_run.yaml" in text
+    run_cfg = yaml.safe_load((r.results_dir / "best_run.yaml").read_text())
+    assert run_cfg["engine"]["lr"] == ranked["lr"] and run_cfg["schedule"]["total_steps"] == ranked["steps"]
     cfg = RunConfig.from_dict(
         {
-            **RUN,
-            "schedule": sched.to_dict(),
+            **run_cfg,
             "name": "best",
-            "workers": 1,
             "storage_path": str(tmp_path / "ray"),
             "tracking_uri": sqlite_store(tmp / "mlruns.db"),
-            "experiment": "test-tune-best",
-            "eval_every": 20,
         }
     )
     out = run(cfg)
-    assert len(out.history["train_loss"]) == 40 and out.history["train_loss"][-1] < out.history["train_loss"][0]
+    assert out.history["val_loss"][-1] == pytest.approx(ranked["final_val"], abs=1e-5)
 
 
 @pytest.mark.slow
