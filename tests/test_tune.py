@@ -91,7 +91,7 @@ def test_bad_schedule_spaces_raise_clear_errors(tmp_path):
 
 
 def test_builtin_spaces_plan_valid_trials():
-    counts = {"structures": 7, "durations": 18, "schedules": 5, "phi": 7, "operators": 4, "adaptive": 3}
+    counts = {"structures": 7, "durations": 12, "schedules": 15, "phi": 15, "operators": 12, "adaptive": 9}
     for name, n in counts.items():
         space = load_space(name)
         assert len(space.trials()) == n and space.doc
@@ -102,12 +102,12 @@ def test_builtin_spaces_plan_valid_trials():
         assert {llama.run_config(t, "x").schedule.arch for t in llama.trials()} == {"llama"}
         assert llama.run_config(llama.trials()[0], "x").data.objective == "clm"
     adaptive = load_space("adaptive", ["adaptive.target_gamma=0.5"])
-    fixed, online, full = (adaptive.run_config(t, "x") for t in adaptive.trials())
+    fixed, online, full = (adaptive.run_config(t, "x") for t in adaptive.trials()[::3])  # one LR each
     assert fixed.adaptive is None and full.adaptive is None and full.schedule.is_full
     assert online.adaptive["target_gamma"] == 0.5 and online.schedule.stages == fixed.schedule.stages
     with pytest.raises(ValueError, match="min_stage_steps must be >= phi"):
         bad = load_space("adaptive", ["adaptive.min_stage_steps=5"])
-        bad.run_config(bad.trials()[1], "x")
+        bad.run_config(bad.trials()[3], "x")
 
 
 # -- a real sweep -------------------------------------------------------------------------------------------
@@ -370,21 +370,41 @@ def test_nested_trial_resources_always_fit_two_cpus():
         plan_resources("inprocess", 2.0, 1, 2, 1.0)
 
 
+def test_gpu_trials_request_a_gpu_each_and_concurrency_follows_gpus():
+    from ray import tune
+
+    from msg_ray.tune.sweep import SweepConfig, trial_resources
+    from msg_ray.tune.trial import TRIAL_CPU, inprocess_trial
+
+    space = SearchSpace.from_dict({**TINY, "run": {**RUN, "use_gpu": True}}, name="g")
+    plan = {"trials": [{"run": space.run_config(space.trials()[0], "g").to_dict()}]}
+    res, _, k = trial_resources(SweepConfig(space=space), plan, {"CPU": 16.0, "GPU": 2.0})
+    assert res == {"CPU": 1.0, "GPU": 1.0} and k == 2  # 16 CPUs would fit 16 trials; 2 GPUs fit 2
+    # the bundle Tune asks Ray for (the same call the sweep makes)
+    assert tune.with_resources(inprocess_trial, res)._resources.bundles == [{"CPU": 1.0, "GPU": 1.0}]
+    nested = SweepConfig(space=space, workers_per_trial=2, mode="nested")  # the TorchTrainer asks 1 GPU per worker
+    assert trial_resources(nested, plan, {"CPU": 16.0, "GPU": 4.0})[::2] == ({"CPU": TRIAL_CPU}, 2)
+    with pytest.raises(ValueError, match="run.use_gpu: a trial needs 2 GPU"):
+        trial_resources(nested, plan, {"CPU": 16.0, "GPU": 1.0})
+    cpu_plan = {"trials": [{"run": {**plan["trials"][0]["run"], "use_gpu": False}}]}
+    assert trial_resources(SweepConfig(space=space), cpu_plan, {"CPU": 4.0, "GPU": 2.0}) == ({"CPU": 1.0}, 1.0, 4)
+
+
 def test_equal_compute_space_adds_reference_lr_grid_and_solves_flops():
     from msg_ray.flops import full_flops, schedule_flops
 
     space = load_space("durations")
     trials = space.trials()
     labels = {t.meta.get("base_label") for t in trials}
-    assert "full" in labels and len(labels) == 6  # 5 splits + the full reference
-    assert {t.meta["lr"] for t in trials} == {1.4e-3, 2e-3, 2.8e-3}  # one grid for every trial
+    assert "full" in labels and len(labels) == 4  # 3 splits + the full reference
+    assert {t.meta["lr"] for t in trials} == {1.4e-3, 2.8e-3, 5.6e-3}  # one grid for every trial
     ref = next(t for t in trials if t.meta["base_label"] == "full")
     assert ref.schedule.is_full and ref.schedule.target == space.reference_target()
     lr_trial = trials[1]
     cfg = space.run_config(lr_trial, "x", vocab_size=8192)
     assert cfg.engine.lr == lr_trial.meta["lr"] and cfg.engine.micro_batch_size == 16  # merged, not replaced
-    budget = full_flops(cfg.schedule, 600, 8192, 64)
-    assert cfg.schedule.total_steps > 600
+    budget = full_flops(cfg.schedule, 300, 8192, 64)
+    assert cfg.schedule.total_steps > 300
     assert abs(schedule_flops(cfg.schedule, 8192, 64, 1) - budget) <= full_flops(cfg.schedule, 1, 8192, 64)
     with pytest.raises(ValueError, match="asha: must be None with compute 'flops'"):
         load_space("durations", ["asha.grace=5"])
@@ -395,10 +415,17 @@ def test_equal_compute_space_adds_reference_lr_grid_and_solves_flops():
 
 
 def test_equal_compute_table_ranks_by_final_loss_with_flops_to_target():
-    from msg_ray.tune.results import TrialSeries, table
+    from msg_ray.tune.results import TrialSeries, choices, claim, extensions, table
 
     space = SearchSpace.from_dict(
-        {**TINY, "compute": "flops", "budget": {}, "asha": None, "lrs": [1e-3, 2e-3], "vary": {"hidden_dim": [16]}},
+        {
+            **TINY,
+            "compute": "flops",
+            "budget": {},
+            "asha": None,
+            "lrs": [1e-3, 2e-3, 4e-3],
+            "vary": {"hidden_dim": [16]},
+        },
         name="t",
     )
     specs = space.trials()
@@ -413,10 +440,24 @@ def test_equal_compute_table_ranks_by_final_loss_with_flops_to_target():
             "gamma": [0.1, 0.1, 0.1],
         }
 
-    finals = {"target@lr0.001": 4.5, "target@lr0.002": 4.0, "hidden16@lr0.001": 3.8, "hidden16@lr0.002": 4.2}
-    rows = table([TrialSeries(s, "completed", series(finals[s.label])) for s in specs], space, 256, 32)
-    assert [r["label"] for r in rows[:2]] == ["hidden16@lr0.001", "target@lr0.002"]  # chosen rows, by final loss
+    def run(finals: dict) -> tuple[list, list]:
+        trials = [TrialSeries(s, "completed", series(finals[s.label])) for s in specs]
+        return trials, table(trials, space, 256, 32)
+
+    finals = {"target@lr0.001": 4.5, "target@lr0.002": 4.0, "target@lr0.004": 4.3}
+    finals |= {"hidden16@lr0.001": 4.1, "hidden16@lr0.002": 3.8, "hidden16@lr0.004": 3.9}
+    trials, rows = run(finals)
+    assert [r["label"] for r in rows[:2]] == ["hidden16@lr0.002", "target@lr0.002"]  # chosen rows, by final loss
     best = rows[0]
-    assert best["chosen"] == "yes" and best["val_vs_full"] == pytest.approx(-0.2)
+    assert best["chosen"] == "yes" and best["edge"] == "" and best["val_vs_full"] == pytest.approx(-0.2)
     # the reference's final 4.0 is reached between (2.0, 5.0) and (3.0, 3.8): at 2 + 1/1.2 FLOPs
     assert best["flops_to_target"] == pytest.approx(3.0 / (2.0 + 1.0 / 1.2))
+    assert not extensions(choices(trials, space), space)  # both bracketed: nothing to add
+    line = claim(rows, trials, space, "equal FLOPs")
+    assert "winner: hidden16" in line and "bracketed in 0.001/0.002/0.004" in line and "FLOPs-to-target 1.06x" in line
+    # the same with hidden16's best at the top of the grid: flagged, speed-up withheld, one point added above
+    trials, rows = run({**finals, "hidden16@lr0.004": 3.7})
+    assert rows[0]["label"] == "hidden16@lr0.004" and rows[0]["edge"] == "high"
+    assert math.isnan(rows[0]["flops_to_target"]) and not math.isnan(rows[0]["val_vs_full"])
+    assert "speed-up withheld" in claim(rows, trials, space, "equal FLOPs")
+    assert extensions(choices(trials, space), space) == [{"base": "hidden16", "lr": 0.005657, "warmup": None}]
