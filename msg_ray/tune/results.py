@@ -383,15 +383,17 @@ def claim(rows: list[dict[str, Any]], trials: list[TrialSeries], space: SearchSp
     ref = next((chosen[x] for x in REFERENCES if x in chosen), None)
     if ref is not None and ref.label != c.label and not math.isnan(ref.mean):
         parts.append(f"vs {ref.label} {ref.mean:.4f} ({_lr_phrase(ref)}): Δ {c.mean - ref.mean:+.4f}")
-        ftt = top.get("flops_to_target", math.nan)
+        flops = space.compute == "flops"
+        x = top.get("flops_to_target" if flops else "speedup_vs_full", math.nan)
+        name = "FLOPs-to-target" if flops else "wall time-to-target"
         if c.edge or ref.edge:
             who = " and ".join(x.label for x in (c, ref) if x.edge)
             parts.append(f"speed-up withheld: the LR of {who} is at an edge of its grid")
-        elif not math.isnan(ftt):
-            how = "runs decayed at their own end" if space.budget_fracs else "its val curve (LR not decayed there)"
-            parts.append(f"FLOPs-to-target {ftt:.2f}x (from {how})")
+        elif not math.isnan(x):
+            how = "runs decayed at their own end" if space.budget_fracs else "its own curve (LR not decayed there)"
+            parts.append(f"{name} {x:.2f}x (from {how})" if flops else f"{name} {x:.2f}x (smoothed train loss)")
         else:
-            parts.append("FLOPs-to-target: the reference's final loss is not reached")
+            parts.append(f"{name}: the reference's loss is not reached")
     return "; ".join(parts)
 
 
