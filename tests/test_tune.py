@@ -5,6 +5,8 @@ Real Ray (the session's local cluster), real DeepSpeed (world size 1 per trial),
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import signal
@@ -200,15 +202,17 @@ def flops_sweep(tmp_path_factory, ray_local):
         tracking_uri=sqlite_store(tmp / "mlruns.db"),
         experiment="test-tune-flops",
     )
-    t0 = time.perf_counter()
-    result = run_sweep(cfg)
+    t0, out = time.perf_counter(), io.StringIO()
+    with contextlib.redirect_stdout(out):  # the plan and progress lines the driver prints
+        result = run_sweep(cfg)
+    print(out.getvalue())
     print(f"equal-compute sweep with one LR round: {time.perf_counter() - t0:.1f}s")
-    return tmp, cfg, result
+    return tmp, cfg, result, out.getvalue()
 
 
 @pytest.mark.slow
 def test_flops_sweep_brackets_lrs_and_states_its_claim(flops_sweep):
-    _, _, r = flops_sweep
+    _, _, r, _ = flops_sweep
     assert not r.interrupted
     labels = [t.spec.label for t in r.trials]
     # round 0: 2 labels x 2 LRs; round 1: one point above the top edge per label (6e-4 x 3), and no further
@@ -235,10 +239,20 @@ def test_flops_sweep_brackets_lrs_and_states_its_claim(flops_sweep):
 
 
 @pytest.mark.slow
+def test_flops_sweep_prints_its_plan_then_progress(flops_sweep):
+    out = flops_sweep[3]
+    plan = out.index("[msg_ray tune] plan: tinyflops (durations): 4 trials, 4 at a time")
+    assert "s/step for (32,64,2,2)" in out and " min per trial" in out and "up to 2 more trials" in out
+    lines = [x for x in out.splitlines() if " done " in x and "best so far" in x]
+    assert len(lines) == 6 and out.index(lines[0]) > plan  # one per finished trial, after the plan
+    assert lines[-1].startswith("[msg_ray tune] 6/6 done")
+
+
+@pytest.mark.slow
 def test_flops_sweep_logs_probes_to_each_trial(flops_sweep):
     from msg_ray.tracking import child_runs, load_run_metrics
 
-    _, _, r = flops_sweep
+    _, _, r, _ = flops_sweep
     children = child_runs(r.tracking_uri, r.parent_run_id)
     assert len(children) == 6
     for c in children:
@@ -253,7 +267,7 @@ def test_best_run_reproduces_the_ranked_loss(flops_sweep, tmp_path):
     from msg_ray.train.config import RunConfig
     from msg_ray.train.run import run
 
-    tmp, _, r = flops_sweep
+    tmp, _, r, _ = flops_sweep
     best = Schedule.load(r.best_schedule)
     ranked = r.rows[0]
     assert best.total_steps == ranked["steps"]  # the steps solved for equal FLOPs, not the space's total_steps
@@ -461,3 +475,65 @@ def test_equal_compute_table_ranks_by_final_loss_with_flops_to_target():
     assert math.isnan(rows[0]["flops_to_target"]) and not math.isnan(rows[0]["val_vs_full"])
     assert "speed-up withheld" in claim(rows, trials, space, "equal FLOPs")
     assert extensions(choices(trials, space), space) == [{"base": "hidden16", "lr": 0.005657, "warmup": None}]
+
+
+def test_seeds_warmups_and_budgets_on_the_grid():
+    from msg_ray.tune.results import TrialSeries, choices, table
+
+    base = {**TINY, "compute": "flops", "budget": {}, "asha": None, "vary": {"hidden_dim": [16]}}
+    space = SearchSpace.from_dict({**base, "lrs": [1e-3, 2e-3, 4e-3], "warmups": [0, 5]}, name="w")
+    trials = space.trials((0, 1))
+    assert len(trials) == 2 * 3 * 2 * 2 and trials[1].label == "target@lr0.001-wu5-s0"
+    assert space.run_config(trials[1], "w").warmup_steps == 5 and space.run_config(trials[1], "w").seed == 0
+    with pytest.raises(ValueError, match="warmups: needs an LR grid"):
+        SearchSpace.from_dict({**base, "warmups": [0, 5]}, name="w")
+
+    def series(final: float) -> dict:
+        return {"step": [1, 2], "wall_s": [1.0, 2.0], "flops": [1.0, 2.0], "loss_avg": [6.0, final]} | {
+            "val_loss": [6.0, final],
+            "gamma": [0.1, 0.1],
+        }
+
+    finals = {}
+    for t in trials:  # hidden16 is best at lr 2e-3 with warm-up 5; seed 1 a little worse than seed 0
+        lr, wu = t.meta["lr"], t.meta["warmup"]
+        gap = -0.1 if t.meta["base_label"] == "hidden16" else 0.0
+        finals[t.label] = 4.0 + gap + abs(lr - 2e-3) * 100 + (0 if wu == 5 else 0.1) + 0.02 * t.seed
+    series_ = [TrialSeries(t, "completed", series(finals[t.label])) for t in trials]
+    c = choices(series_, space)["hidden16"]
+    assert (c.lr, c.warmup, c.seeds, c.edge) == (2e-3, 5, [0, 1], "")
+    assert c.mean == pytest.approx(3.91) and c.std == pytest.approx(0.02 / 2**0.5)
+    rows = table(series_, space, 256, 32)
+    assert [r["label"] for r in rows[:2]] == ["hidden16@lr0.002-wu5-s0", "hidden16@lr0.002-wu5-s1"]
+    assert rows[0]["n_seeds"] == 2 and rows[0]["val_std"] == pytest.approx(0.02 / 2**0.5)
+
+    # budget fractions: each trial also solved to half the FLOPs; FLOPs-to-target from the decayed ends
+    space = SearchSpace.from_dict({**base, "lrs": [1e-3, 2e-3, 4e-3], "budget_fracs": [0.5, 1.0]}, name="b")
+    trials = space.trials()
+    assert len(trials) == 12 and trials[0].label == "target@lr0.001-b0.5"
+    half, whole = (space.run_config(t, "b", vocab_size=256).schedule.total_steps for t in trials[:2])
+    assert half < whole and abs(2 * half - whole) <= 2
+    finals = {t.label: (4.0 if t.meta["budget_frac"] == 1 else 4.6) + abs(t.meta["lr"] - 2e-3) * 100 for t in trials}
+    finals["hidden16@lr0.002-b0.5"], finals["hidden16@lr0.002-b1"] = 3.9, 3.7
+    series_ = [
+        TrialSeries(
+            t,
+            "completed",
+            {**series(finals[t.label]), "flops": [0.5, t.meta["budget_frac"] * 2.0]},
+        )
+        for t in trials
+    ]
+    best = table(series_, space, 256, 32)[0]
+    assert best["label"] == "hidden16@lr0.002-b1" and best["edge"] == ""
+    # hidden16's half-budget run (1.0 FLOPs) already reaches the reference's 4.0: speed-up >= 2.0 / 1.0
+    assert best["flops_to_target"] == pytest.approx(2.0)
+
+
+def test_plan_only_prints_the_plan_without_ray(tmp_path, capsys):
+    from msg_ray.tune import SweepConfig, run_sweep
+
+    space = load_space(write_space(tmp_path / "p.py", {**TINY, "lrs": [1e-3, 2e-3, 4e-3]}))
+    r = run_sweep(SweepConfig(space=space, storage_path=str(tmp_path / "ray")), plan_only=True)
+    out = capsys.readouterr().out
+    assert r.interrupted and not r.rows and not (tmp_path / "ray").exists()  # nothing ran, nothing written
+    assert "plan: p (structures): 12 trials" in out and "estimate" in out and "up to 8 more trials" in out
