@@ -561,11 +561,10 @@ def _write_best(
     path = sched.save(out / "best_schedule.yaml")
     top = R.best_trial(rows, trials)
     run = next(t["run"] for t in plan["trials"] if t["label"] == top.spec.label)
-    run = {k: v for k, v in run.items() if k not in _WHERE}
+    run = {k: v for k, v in run.items() if k not in _WHERE} | {"schedule": sched.to_dict()}
     if space.kind == "structures":  # a composed schedule: it was never trained as such
-        header = [f"# {space.name}-best: composed from the γ grid ({line})"]
+        header = [f"# {space.name}-best: composed from the γ grid, run settings of {top.spec.label} ({line})"]
     else:
-        run["schedule"] = sched.to_dict()
         header = [
             f"# ranked: {top.spec.label}: {sched.total_steps} steps, lr {run['engine']['lr']:g}, "
             f"warm-up {run['warmup_steps']}, seed {run['seed']}, final val loss {R.final_val(top):.6g}",
