@@ -3,7 +3,7 @@
 A :class:`SpaceKind` names the fields of a `SearchSpace` it reads and plans the trials of a space (a list of
 :class:`TrialSpec`, before the LR grid, seeds and the full reference are added). The built-in kinds register at
 the bottom of this module, one ``register_kind`` line each; adding a kind is a planning function plus that line
-(see docs/extending.md). Kinds (every trial is a growth `Schedule` trained with the space's run settings):
+(see docs/tune.md). Kinds (every trial is a growth `Schedule` trained with the space's run settings):
 
 - ``structures``: the paper's γ grid (section 3.2.1, figure 2): the ``target`` and, one dimension at a time,
   each value of ``vary`` (e.g. ``{"hidden_dim": [64, 96]}``), each trained as a one-stage run;

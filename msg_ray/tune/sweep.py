@@ -462,7 +462,7 @@ def run_sweep(cfg: SweepConfig, *, ray_address: str | None = None, plan_only: bo
     import ray
 
     plan, parent = _load_or_create_plan(cfg, path, uri, storage, data.vocab_size)
-    if not ray.is_initialized() and not address:  # a local Ray gets this machine's CPUs
+    if not ray.is_initialized() and address in (None, "", "local"):  # a new local Ray gets this machine's CPUs
         _print_plan(cfg, plan, first, data.vocab_size, {"CPU": float(os.cpu_count() or 1)}, "local Ray")
     if not ray.is_initialized():
         ray.init(address=address)
