@@ -18,7 +18,7 @@ from msg_ray.model import build_from_config
 from msg_ray.structure import Structure
 from msg_ray.train.config import RunConfig
 
-TRIAL_OVERHEAD_S = 20.0  # per trial: Tune actor start, imports, data load, engine init, checkpoints
+TRIAL_OVERHEAD_S = 30.0  # per trial: Tune actor start, imports, data load, engine init, checkpoints (30-70 s seen)
 PROBE_OVERHEAD_S = 8.0  # per probed trial: a Ray task, the model and the task texts loaded
 PROBE_SEQ_LEN = 64
 

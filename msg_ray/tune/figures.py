@@ -1,7 +1,8 @@
 """The sweep's headline figure: the loss each label's ranking rests on, against training FLOPs.
 
-One curve per label at its chosen LR/warm-up point (seed 0, or the lowest seed that ran), the full-training
-reference drawn black and dashed, each growth marked on its curve (a dot at the FLOPs where the stage began).
+One curve per label at its chosen LR/warm-up point (seed 0, or the lowest seed that ran; a dot per evaluation), the
+full-training reference drawn black and dashed, each growth a dotted vertical in its label's colour at the FLOPs
+where the stage began.
 Validation loss under compute 'flops' (what is ranked), the smoothed training loss otherwise. Drawn off-screen
 (an Agg canvas, no pyplot), like `msg_ray.plots`.
 """
@@ -30,7 +31,7 @@ def loss_vs_flops(trials: list[TrialSeries], chosen: dict[str, Choice], *, key: 
     fig = Figure(figsize=(8.0, 5.0), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    drawn = 0
+    drawn, curves = 0, []
     for label, c in chosen.items():
         runs = [
             t
@@ -49,21 +50,21 @@ def loss_vs_flops(trials: list[TrialSeries], chosen: dict[str, Choice], *, key: 
         ref = label in REFERENCES
         lr = "" if c.lr is None else f" lr {c.lr:.3g}" + (" (edge)" if c.edge else "")
         style = {"color": "black", "ls": "--", "lw": 1.8} if ref else {"color": f"C{drawn % 10}", "lw": 1.3}
-        ax.plot(x, y, label=f"{label}{lr}", **style)
+        ax.plot(x, y, marker=".", ms=5, label=f"{label}{lr}", **style)
+        curves.append(y)
         growths = t.trained.growth_steps()
-        if growths and t.series.get("step"):
-            gx = np.interp(growths, t.series["step"], t.series["flops"])
-            ax.plot(gx, np.interp(gx, x, y), "o", ms=4, color=style["color"])
+        if growths and t.series.get("step"):  # growth steps onto the FLOPs axis of this run
+            for gx in np.interp(growths, t.series["step"], t.series["flops"]):
+                ax.axvline(gx, color=style["color"], ls=":", lw=0.9, alpha=0.7)
         drawn += not ref
-    if not ax.lines:
+    if not curves:
         ax.text(0.5, 0.5, "no finished trial", ha="center", transform=ax.transAxes)
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("validation loss" if key == "val_loss" else "training loss (smoothed)")
-    ax.set_title("each label at its chosen LR; dots: growths; dashed: full training")
+    ax.set_title("each label at its chosen LR; dotted verticals: its growths; dashed: full training")
     ax.grid(alpha=0.3)
-    if ax.lines:
+    if curves:
         ax.legend(fontsize=8)
-        lo = min(float(np.nanmin(line.get_ydata())) for line in ax.lines)
-        ends = [float(line.get_ydata()[-1]) for line in ax.lines]
-        ax.set_ylim(lo - 0.05, max(ends) + 1.0)  # the end is what is ranked: do not let the first evals flatten it
+        lo, top = min(float(y.min()) for y in curves), max(float(y[-1]) for y in curves)
+        ax.set_ylim(lo - 0.05, top + 1.0)  # the end is what is ranked: do not let the first evals flatten it
     return fig

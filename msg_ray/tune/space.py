@@ -49,7 +49,7 @@ MINI_RUN: dict[str, Any] = {
     "gamma_window": 20,
     "report_every": 5,
     "log_every": 10,
-    "eval_every": 50,
+    "eval_every": 25,  # the validation curve FLOPs-to-target and the sweep's figure are read from
     "eval_batches": 4,
     "export_hf": False,
 }
