@@ -5,16 +5,16 @@ steps on random tokens (tokens/s while the masks ramp and after they fold), then
 growth event (``msg_ray.train.growth_event.grow_engine``), timing each part of it:
 
   gather   ``gather_state(engine)``: full fp32 masters + Adam moments by name
-  grow     rebuild the old model from the masters + ``grow(old, target, "msg")``
-  carry    ``carry_train_state`` (``msg_ray.optim_carry.carry_adam_state``): moments into the grown shapes
+  grow     rebuild the old model from the masters + ``grow_model``'s growth (``growth.expand``) and ramp start
+  carry    ``grow_model``'s carry (``msg_ray.optim_carry.carry_adam_state``): moments into the grown shapes
   release  ``release(engine)``;  build  ``build_engine(new)``;  restore  ``restore_state(engine, carried)``
 
 After the schedule's growths it keeps doing growth-like rebuilds at the final size (same steps, no size change)
 until 10 rebuilds have run, recording process RSS (psutil) before and after each so a leak shows as a trend.
 Each growth is checked like the loop does: the loss on a fixed batch before and after must agree (MSG).
 
-    python -m benchmarks.bench_growth.py                 # ZeRO-2, fp32, 1 thread (~30 s)
-    python -m benchmarks.bench_growth.py --zero 3 --precision bf16
+    python -m benchmarks.bench_growth                 # ZeRO-2, fp32, 1 thread (~30 s)
+    python -m benchmarks.bench_growth --zero 3 --precision bf16
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ import torch
 
 from msg_ray import growth as G
 from msg_ray.model import ModelConfig, build_from_config, with_structure
-from msg_ray.schedule import Schedule, get_schedule
+from msg_ray.presets import get_schedule
+from msg_ray.schedule import Schedule
 from msg_ray.train.engine import EngineConfig, build_engine, freeze_import_heap, release
 from msg_ray.train.growth_event import PARTS, grow_engine
 

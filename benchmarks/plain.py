@@ -1,9 +1,11 @@
 """A plain single-process reference trainer over the core: no Ray, no DeepSpeed, no MLflow.
 
-Two jobs: (1) the "any correct training loop" check of a growth schedule - the same schedule, LR rule and
-equal-FLOPs budget as the platform, in ~100 lines of plain torch (AdamW, moments carried by name at a growth,
-the MSG mask ramp); (2) fast schedule/LR sweeps on one GPU, many small runs side by side
-(``benchmarks/bench_schedules.py``). Everything is a function of a `PlainJob`, so results are reproducible.
+Two jobs: (1) the "any correct training loop" check of a growth schedule - the same schedule, LR rule,
+equal-FLOPs budget, growth event (``msg_ray.train.growth_event.grow_model``: grow, carry the AdamW moments by name
+and layout, start the mask ramp), validation set and evaluation (``msg_ray.train.evaluation``) and FLOPs axis
+(``msg_ray.flops.flops_per_step``) as the platform's DeepSpeed loop, in ~100 lines of plain torch (AdamW);
+(2) fast schedule/LR sweeps on one GPU, many small runs side by side (``benchmarks/bench_schedules.py``).
+Everything is a function of a `PlainJob`, so results are reproducible.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from typing import Any
 
 import torch
 
-from msg_ray import growth as G
-from msg_ray.flops import flops_per_token, solve_total_steps
+from msg_ray.flops import flops_per_step, solve_total_steps
 from msg_ray.model import ModelConfig, build_from_config
 from msg_ray.schedule import Schedule
+from msg_ray.train.evaluation import batch_loss, evaluate, valid_batches
+from msg_ray.train.growth_event import grow_model
 from msg_ray.train.lr import LRSchedule, stage_lr_multiplier
 from msg_ray.train.metrics import first_reach
 from msg_ray.train.optim import adamw, apply_lr, clipped_step, load_moments, moments
@@ -46,21 +49,15 @@ class PlainJob:
     budget_of: tuple[int, int, int, int] | None = None
 
 
-def _adamw(
-    model: torch.nn.Module, job: PlainJob, state: dict[str, dict] | None, step: int, layout: dict | None = None
-) -> torch.optim.AdamW:
+# valid_batches: the validation set of every loop (``msg_ray.train.evaluation``), re-exported for the studies
+__all__ = ["PlainJob", "flops_to_reach", "run_plain", "valid_batches"]
+
+
+def _adamw(model: torch.nn.Module, job: PlainJob, state: dict[str, dict] | None, step: int) -> torch.optim.AdamW:
     opt = adamw(model, job.lr, job.weight_decay)
-    if state:  # moments by parameter name (old coordinates in the leading slice, new ones zero)
-        load_moments(model, opt, state, step, layout)
+    if state:  # moments by parameter name, already in the model's shapes (carried by ``grow_model``)
+        load_moments(model, opt, state, step)
     return opt
-
-
-@torch.no_grad()
-def _evaluate(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], device: str) -> float:
-    model.eval()
-    losses = [model.loss(model(b["input_ids"].to(device)), b["labels"].to(device)).item() for b in batches]
-    model.train()
-    return sum(losses) / len(losses)
 
 
 def run_plain(
@@ -112,32 +109,32 @@ def run_plain(
         if stage + 1 < len(sched.stages) and step >= starts[stage]:
             stage += 1
             moms = moments(model, opt)
-            before = _evaluate(model, valid_batches[:1], device)
-            grown = G.expand(
+            before = evaluate(model, valid_batches[:1], device)
+            grown = grow_model(  # on the CPU: the same new weights whatever the device
                 model.cpu(),
+                moms,
                 sched.stages[stage].structure,
-                sched.operator,
+                step=step,
+                phi=sched.phi,
+                operator=sched.operator,
                 depth_init=sched.depth_init,
                 seed=job.seed * 1000 + stage,
             )
-            model = grown.model.to(device)
-            jumps.append(_evaluate(model, valid_batches[:1], device) - before)  # 0 for a preserving operator
-            opt = _adamw(model, job, moms, step, grown.layout)
-            ramp = G.MaskRamp(start_step=step, phi=sched.phi) if G.is_ramping(model) else None
+            model, ramp = grown.model.to(device), grown.ramp
+            jumps.append(evaluate(model, valid_batches[:1], device) - before)  # 0 for a preserving operator
+            opt = _adamw(model, job, grown.moments, step)
         if ramp is not None:
             ramp.apply(model, step)
         structure = sched.stages[stage].structure
         apply_lr(opt, lr(step) * stage_lr_multiplier(job.lr_scale, structure, sched.target))
         batch = next(loader)
-        loss = model.loss(model(batch["input_ids"].to(device)), batch["labels"].to(device))
-        clipped_step(model, opt, loss, grad_clip=1.0)
-        fpt = flops_per_token(sched.arch, structure, vocab, seq_len, sched.head_dim, sched.kv_group_size)
-        flops += fpt * job.batch_size * seq_len
+        clipped_step(model, opt, batch_loss(model, batch, device), grad_clip=1.0)
+        flops += flops_per_step(sched, structure, vocab, seq_len, job.batch_size * seq_len)
         if step + 1 in evals:
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             wall += time.perf_counter() - t0
-            val = _evaluate(model, valid_batches, device)
+            val = evaluate(model, valid_batches, device)
             if not math.isfinite(val):
                 break
             for k, v in (("step", step + 1), ("flops", flops), ("wall_s", wall), ("val_loss", val)):
@@ -154,12 +151,6 @@ def run_plain(
         finished = bool(curve["step"]) and curve["step"][-1] == total
         out["downstream"] = downstream(model.cpu()) if finished else None
     return out
-
-
-def valid_batches(data: Any, n_batches: int, batch_size: int = 32) -> list[dict[str, torch.Tensor]]:
-    """A fixed validation set (same blocks and MLM masks for every run)."""
-    loader = data.loader("valid", batch_size=batch_size, seed=1234)
-    return [next(loader) for _ in range(n_batches)]
 
 
 def flops_to_reach(result: dict, target: float) -> float:

@@ -15,8 +15,8 @@ from typing import Any
 
 from benchmarks.plain import PlainJob, flops_to_reach
 from msg_ray.growth import OPERATORS
-from msg_ray.presets import DEFAULT_SCHEDULE
-from msg_ray.schedule import FULL, Schedule, Stage, full, get_schedule
+from msg_ray.presets import DEFAULT_SCHEDULE, get_schedule
+from msg_ray.schedule import FULL, Schedule, Stage, full
 from msg_ray.train.metrics import decayed_reach
 
 _T = [128, 512, 4, 4]  # the mini target (head_dim 32)

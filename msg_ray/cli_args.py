@@ -14,7 +14,7 @@ import yaml
 
 from msg_ray import presets
 from msg_ray.model import ARCHS
-from msg_ray.schedule import OPERATORS, Schedule, get_schedule
+from msg_ray.schedule import OPERATORS, Schedule
 from msg_ray.train.config import RunConfig, apply_overrides
 
 
@@ -69,7 +69,7 @@ def build_run_config(args: argparse.Namespace) -> RunConfig:
             raise ValueError(f"--config: file not found: {path}")
         base = read_config_file(path)
     chosen = args.schedule or base.get("schedule") or presets.DEFAULT_SCHEDULE.get(args.arch or "gpt", "mini-sch1-g")
-    sched = Schedule.from_dict(chosen) if isinstance(chosen, dict) else get_schedule(chosen)
+    sched = Schedule.from_dict(chosen) if isinstance(chosen, dict) else presets.get_schedule(chosen)
     if args.operator:
         sched = sched.replace(operator=args.operator)
     if args.steps is not None:

@@ -5,7 +5,10 @@
 logits equal ours. The layout mapping (fused/transposed GPT-2 weights, BERT's token-type table, Llama's names)
 lives with each architecture; this module only strips masks, checks coverage and writes.
 
-transformers is imported only by the Hugging Face export and load paths (an optional, slow import).
+transformers is imported only by the Hugging Face export and load paths (an optional, slow import). Layering: this
+module reads weight files with ``msg_ray.train.checkpoint.read`` (the checkpoint format sits below it) and is
+called by the training run's ``msg_ray.train.snapshot`` at the end of a run (above it); ``tests/test_layering.py``
+keeps that order.
 """
 
 from __future__ import annotations

@@ -72,6 +72,14 @@ def _fpt(schedule: Schedule, structure: Structure, vocab_size: int, seq_len: int
     return flops_per_token(schedule.arch, structure, vocab_size, seq_len, schedule.head_dim, schedule.kv_group_size)
 
 
+def flops_per_step(
+    schedule: Schedule, structure: Structure, vocab_size: int, seq_len: int, tokens_per_step: int
+) -> float:
+    """Training FLOPs of one optimizer step of ``structure`` (``schedule``'s architecture, head_dim and key/value
+    groups) over ``tokens_per_step`` tokens: what every training loop adds to its FLOPs axis per step."""
+    return _fpt(schedule, structure, vocab_size, seq_len) * tokens_per_step
+
+
 def schedule_flops(schedule: Schedule, vocab_size: int, seq_len: int, tokens_per_step: int) -> float:
     """Total training FLOPs of a run: sum over stages of steps x tokens x FLOPs per token.
 

@@ -1,6 +1,6 @@
-"""Data for the preset schedules: the MSG paper's tables 2, 8 and 10, and their CPU-sized "mini" versions.
-
-Pure data (no imports): ``msg_ray.schedule`` turns it into validated ``Schedule`` objects (``PRESETS``).
+"""The preset schedules: the MSG paper's tables 2, 8 and 10, their CPU-sized "mini" versions and the "fast"
+schedules, built into validated ``Schedule`` objects (``PRESETS``); the run settings each cluster preset's step
+budget assumes (``SETTINGS``); and ``get_schedule``, which resolves a preset name or a schedule file.
 
 Readings of the paper (arXiv 2305.02869, tables 2/8/10, appendices D/J), where a table leaves room:
 - Sch1-B, Sch1-L, Sch0-B, Sch0-L: the last column ends at 900k, so ``total_steps = 900_000``. The Full
@@ -18,6 +18,17 @@ budget of ~1k steps. The same dimensions grow in the same order as in the paper 
 phi = 50, except mini Rapid-L whose 20k-step paper stages become 40 steps: phi = 20 there, keeping the
 smallest stage/phi ratio (2) of the other minis.
 """
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+from msg_ray.schedule import FIELDS, Schedule, Stage, full
+from msg_ray.structure import DIMENSIONS, Structure
 
 PAPER_PHI = 5000
 
@@ -210,3 +221,161 @@ FAST: dict[str, dict] = {
         "kv_group_size": 8,
     },
 }
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """What a cluster preset's step budget assumes about each optimizer step.
+
+    A preset's ``total_steps`` is a number of steps; what those steps cost and how much data they see follows
+    from the sequence length and the global batch (sequences per optimizer step, all workers together), so
+    ``tokens_per_step`` is the budget's unit. ``micro_batch`` is the per-worker batch the size fits on one
+    80 GB GPU in ``precision``; a run derives its gradient accumulation from it and its worker count. The run
+    config takes these as defaults (``msg_ray.train.config``) and warns when a run changes ``tokens_per_step``.
+    """
+
+    seq_len: int
+    global_batch: int
+    micro_batch: int
+    precision: str = "bf16"
+    zero_stage: int = 2
+    source: str = ""  # where the numbers come from (the paper's appendix, or our choice)
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "global_batch", "micro_batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"RunSettings.{name} must be an int >= 1, got {value!r}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"RunSettings.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.global_batch
+
+
+# The paper states sequence length and batch (appendices D and J) but not precision or ZeRO stage: bf16 (A100s and
+# later train in it without loss scaling) and ZeRO-2 (the run config's default; none of these sizes needs its
+# parameters sharded). Per-GPU batches are the paper's global batch over its GPU count where that divides.
+_BERT_D = RunSettings(
+    seq_len=128, global_batch=256, micro_batch=32, source="appendix D: batch 256, max sequence length 128, 8 A100s"
+)
+_GPT_D = RunSettings(
+    seq_len=1024, global_batch=140, micro_batch=10, source="appendix D: sequence length 1024, batch 140, 14 A100s"
+)
+_GPT_J = RunSettings(
+    seq_len=1024, global_batch=480, micro_batch=16, source="appendix J: batch 480, NanoGPT's sequence length 1024"
+)
+SETTINGS: dict[str, RunSettings] = {
+    **{name: _BERT_D for name in ("sch1-b", "sch1-l", "rapid-l", "sch0-b", "sch0-l", "full-bert-base")},
+    "full-bert-large": _BERT_D,
+    **{name: _GPT_D for name in ("sch1-g", "full-gpt2", "gpt-fast")},
+    "sch-gpt-new": _GPT_J,
+    # bert-fast's budget was solved at seq 512 (its docstring above), over the paper's BERT batch of 256
+    "bert-fast": RunSettings(
+        seq_len=512, global_batch=256, micro_batch=32, source="seq 512 as solved; appendix D's batch 256"
+    ),
+    # Not from the paper: 512 sequences of 2048 tokens (~1M tokens per step) for the 1B Llama at seq 2048
+    "llama-1b-fast": RunSettings(
+        seq_len=2048, global_batch=512, micro_batch=8, source="our choice: seq 2048 as solved, ~1M tokens per step"
+    ),
+}
+
+
+def preset_settings(name: str) -> RunSettings | None:
+    """The run settings preset ``name``'s budget assumes; None for the mini presets (CPU-sized, the run config's
+    own defaults) and for names that are not presets."""
+    return SETTINGS.get(name)
+
+
+# Per-dimension rounding grain for miniature structures (keeps sizes tidy and head counts whole).
+_MINI_GRAIN = {"hidden_dim": 16, "ffn_dim": 32, "head_num": 1, "layer_num": 1}
+
+
+def miniaturize(
+    schedule: Schedule,
+    *,
+    target: Structure,
+    total_steps: int,
+    phi: int,
+    head_dim: int,
+    name: str,
+) -> Schedule:
+    """A tiny copy of ``schedule``: same stage fractions and order of growths, sizes scaled to ``target``.
+
+    Each dimension is scaled by ``target / schedule.target`` and rounded to a grain; raises if rounding
+    would merge two sizes that the original schedule distinguishes (the growth order would change).
+    """
+    target = Structure.parse(target)
+    stages = []
+    for s in schedule.stages:
+        dims = {}
+        for d in DIMENSIONS:
+            grain = _MINI_GRAIN[d]
+            value = getattr(s.structure, d) * getattr(target, d) / getattr(schedule.target, d)
+            dims[d] = max(grain, int(round(value / grain)) * grain)
+        stages.append(Stage(structure=Structure(**dims), start=s.start))
+
+    def growths(seq: Any) -> list[list[str]]:
+        return [x.structure.grown_dims(y.structure) for x, y in pairwise(seq)]
+
+    if growths(stages) != growths(schedule.stages):
+        raise ValueError(f"miniaturize {schedule.name!r}: rounding to {target} changes which dimensions grow")
+    tiny = dataclasses.replace(schedule, stages=tuple(stages), head_dim=head_dim, name=name, phi=0)
+    return tiny.scaled(total_steps=total_steps, phi=phi)
+
+
+def _build_presets() -> dict[str, Schedule]:
+    out: dict[str, Schedule] = {}
+    for name, spec in PAPER.items():
+        out[name] = Schedule.from_dict({"name": name, "phi": PAPER_PHI, **spec})
+    for name, spec in PAPER_FULL.items():
+        out[name] = Schedule.from_dict({"name": name, **spec})
+    for name, (total, phi) in MINI.items():
+        out[f"mini-{name}"] = miniaturize(
+            out[name], target=MINI_TARGET, total_steps=total, phi=phi, head_dim=MINI_HEAD_DIM, name=f"mini-{name}"
+        )
+    for arch, total in MINI_FULL.items():
+        out[f"mini-full-{arch}"] = full(
+            arch, MINI_TARGET, total, phi=50, head_dim=MINI_HEAD_DIM, name=f"mini-full-{arch}"
+        )
+    for name, twin in LLAMA_TWINS.items():
+        out[name] = out[twin].replace(arch="llama", name=name)
+    for name, spec in FAST.items():
+        stages = [{"structure": st, "start": b} for st, b in zip(spec["structures"], FAST_STARTS, strict=True)]
+        keep = {k: spec[k] for k in ("arch", "total_steps", "phi", "head_dim", "kv_group_size") if k in spec}
+        out[name] = Schedule.from_dict({"name": name, "stages": stages, **keep})
+    return out
+
+
+PRESETS: dict[str, Schedule] = _build_presets()
+
+
+def get_schedule(name_or_path: str | Path | Schedule, **overrides: Any) -> Schedule:
+    """A preset by name, or a schedule file (.yaml/.yml/.json), with optional field overrides.
+
+    ``total_steps`` rescales the stage starts (same fractions, see :meth:`Schedule.scaled`); every other
+    override (``phi``, ``operator``, ``name``, ...) replaces the field as is.
+    """
+    if isinstance(name_or_path, Schedule):
+        schedule = name_or_path
+    elif isinstance(name_or_path, str) and name_or_path in PRESETS:
+        schedule = PRESETS[name_or_path]
+    elif Path(name_or_path).is_file():
+        schedule = Schedule.load(name_or_path)
+    else:
+        raise ValueError(
+            f"unknown schedule {str(name_or_path)!r}: not a preset and not a schedule file; "
+            f"presets: {', '.join(sorted(PRESETS))}"
+        )
+    total_steps = overrides.pop("total_steps", None)
+    phi = overrides.pop("phi", None)
+    bad = (set(overrides) - set(FIELDS)) | (set(overrides) & {"stages", "target"})
+    if bad:
+        raise ValueError(f"get_schedule: cannot override {sorted(bad)}")
+    # Budget and ramp change together so a shorter run with a shorter phi is validated as a whole.
+    if total_steps is not None or phi is not None:
+        schedule = schedule.scaled(total_steps=total_steps, phi=phi)
+    if overrides:
+        schedule = schedule.replace(**overrides)
+    return schedule

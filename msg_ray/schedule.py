@@ -1,24 +1,29 @@
-"""Growth schedules: validated stage lists (structure + start step), file I/O, presets and the paper's split rule."""
+"""Growth schedules: validated stage lists (structure + start step), file I/O, and the paper's stage-start rule.
+
+``Schedule`` is a validated list of ``Stage``s (a structure and the step it starts at); ``full`` is one-stage
+training; ``paper_stage_starts`` / ``schedule_from_structures`` split a step budget across a list of structures as
+section 3.2.1 does. The named presets (the paper's tables and their CPU-sized versions) and ``get_schedule``, which
+resolves a preset name or a schedule file, live in ``msg_ray.presets``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from msg_ray import presets
 from msg_ray.architecture import arch_names, check_kv_groups
 from msg_ray.growth import DEPTH_INITS, OPERATORS
 from msg_ray.operators import get_operator
-from msg_ray.structure import DIMENSIONS, Structure
+from msg_ray.structure import Structure
 
 FULL = "full"  # the name of full training (from scratch at the target) in comparisons, sweeps and studies
-_FIELDS = (
+# the fields a schedule file may hold (``target`` is informational, checked on load)
+FIELDS = (
     "name",
     "arch",
     "operator",
@@ -249,9 +254,9 @@ class Schedule:
     def from_dict(cls, d: dict[str, Any]) -> Schedule:
         if not isinstance(d, dict):
             raise ValueError(f"Schedule: expected a mapping, got {type(d).__name__}")
-        unknown = set(d) - set(_FIELDS)
+        unknown = set(d) - set(FIELDS)
         if unknown:
-            raise ValueError(f"Schedule: unknown field(s) {sorted(unknown)}; expected {list(_FIELDS)}")
+            raise ValueError(f"Schedule: unknown field(s) {sorted(unknown)}; expected {list(FIELDS)}")
         for required in ("arch", "stages", "total_steps"):
             if required not in d:
                 raise ValueError(f"Schedule.{required} is missing")
@@ -319,100 +324,43 @@ def full(arch: str, target: Structure | Any, total_steps: int, **kw: Any) -> Sch
     )
 
 
-# Per-dimension rounding grain for miniature structures (keeps sizes tidy and head counts whole).
-_MINI_GRAIN = {"hidden_dim": 16, "ffn_dim": 32, "head_num": 1, "layer_num": 1}
+def paper_stage_starts(total_steps: int, n_stages: int, early_weight: float = 1.2) -> list[int]:
+    """Start steps for ``n_stages`` stages splitting ``total_steps`` (paper section 3.2.1).
+
+    "Roughly equal number of steps, while slightly emphasizing the early stages": stage weights fall
+    linearly from ``early_weight`` (first stage) to 1 (last stage); ``early_weight=1`` gives equal splits.
+    """
+    if not _is_int(n_stages) or n_stages < 1:
+        raise ValueError(f"n_stages must be an int >= 1, got {n_stages!r}")
+    if not _is_int(total_steps) or total_steps < n_stages:
+        raise ValueError(f"total_steps must be an int >= n_stages={n_stages}, got {total_steps!r}")
+    if not early_weight >= 1.0:
+        raise ValueError(f"early_weight must be >= 1 (early stages are not shorter), got {early_weight}")
+    if n_stages == 1:
+        return [0]
+    weights = [early_weight - (early_weight - 1.0) * i / (n_stages - 1) for i in range(n_stages)]
+    total_weight = sum(weights)
+    starts, acc = [], 0.0
+    for w in weights:
+        starts.append(int(round(total_steps * acc / total_weight)))
+        acc += w
+    # Rounding may tie two starts on tiny budgets; push later ones forward so every stage has >= 1 step.
+    for i in range(1, n_stages):
+        starts[i] = max(starts[i], starts[i - 1] + 1)
+    if starts[-1] >= total_steps:
+        raise ValueError(f"total_steps={total_steps} is too small for {n_stages} stages")
+    return starts
 
 
-def miniaturize(
-    schedule: Schedule,
-    *,
-    target: Structure,
+def schedule_from_structures(
+    arch: str,
+    structures: list[Any],
     total_steps: int,
-    phi: int,
-    head_dim: int,
-    name: str,
+    *,
+    early_weight: float = 1.2,
+    **kw: Any,
 ) -> Schedule:
-    """A tiny copy of ``schedule``: same stage fractions and order of growths, sizes scaled to ``target``.
-
-    Each dimension is scaled by ``target / schedule.target`` and rounded to a grain; raises if rounding
-    would merge two sizes that the original schedule distinguishes (the growth order would change).
-    """
-    target = Structure.parse(target)
-    stages = []
-    for s in schedule.stages:
-        dims = {}
-        for d in DIMENSIONS:
-            grain = _MINI_GRAIN[d]
-            value = getattr(s.structure, d) * getattr(target, d) / getattr(schedule.target, d)
-            dims[d] = max(grain, int(round(value / grain)) * grain)
-        stages.append(Stage(structure=Structure(**dims), start=s.start))
-
-    def growths(seq: Any) -> list[list[str]]:
-        return [x.structure.grown_dims(y.structure) for x, y in pairwise(seq)]
-
-    if growths(stages) != growths(schedule.stages):
-        raise ValueError(f"miniaturize {schedule.name!r}: rounding to {target} changes which dimensions grow")
-    tiny = dataclasses.replace(schedule, stages=tuple(stages), head_dim=head_dim, name=name, phi=0)
-    return tiny.scaled(total_steps=total_steps, phi=phi)
-
-
-def _build_presets() -> dict[str, Schedule]:
-    out: dict[str, Schedule] = {}
-    for name, spec in presets.PAPER.items():
-        out[name] = Schedule.from_dict({"name": name, "phi": presets.PAPER_PHI, **spec})
-    for name, spec in presets.PAPER_FULL.items():
-        out[name] = Schedule.from_dict({"name": name, **spec})
-    for name, (total, phi) in presets.MINI.items():
-        paper = out[name]
-        out[f"mini-{name}"] = miniaturize(
-            paper,
-            target=presets.MINI_TARGET,
-            total_steps=total,
-            phi=phi,
-            head_dim=presets.MINI_HEAD_DIM,
-            name=f"mini-{name}",
-        )
-    for arch, total in presets.MINI_FULL.items():
-        out[f"mini-full-{arch}"] = full(
-            arch, presets.MINI_TARGET, total, phi=50, head_dim=presets.MINI_HEAD_DIM, name=f"mini-full-{arch}"
-        )
-    for name, twin in presets.LLAMA_TWINS.items():
-        out[name] = out[twin].replace(arch="llama", name=name)
-    for name, spec in presets.FAST.items():
-        stages = [{"structure": st, "start": b} for st, b in zip(spec["structures"], presets.FAST_STARTS, strict=True)]
-        keep = {k: spec[k] for k in ("arch", "total_steps", "phi", "head_dim", "kv_group_size") if k in spec}
-        out[name] = Schedule.from_dict({"name": name, "stages": stages, **keep})
-    return out
-
-
-PRESETS: dict[str, Schedule] = _build_presets()
-
-
-def get_schedule(name_or_path: str | Path | Schedule, **overrides: Any) -> Schedule:
-    """A preset by name, or a schedule file (.yaml/.yml/.json), with optional field overrides.
-
-    ``total_steps`` rescales the stage starts (same fractions, see :meth:`Schedule.scaled`); every other
-    override (``phi``, ``operator``, ``name``, ...) replaces the field as is.
-    """
-    if isinstance(name_or_path, Schedule):
-        schedule = name_or_path
-    elif isinstance(name_or_path, str) and name_or_path in PRESETS:
-        schedule = PRESETS[name_or_path]
-    elif Path(name_or_path).is_file():
-        schedule = Schedule.load(name_or_path)
-    else:
-        raise ValueError(
-            f"unknown schedule {str(name_or_path)!r}: not a preset and not a schedule file; "
-            f"presets: {', '.join(sorted(PRESETS))}"
-        )
-    total_steps = overrides.pop("total_steps", None)
-    phi = overrides.pop("phi", None)
-    bad = (set(overrides) - set(_FIELDS)) | (set(overrides) & {"stages", "target"})
-    if bad:
-        raise ValueError(f"get_schedule: cannot override {sorted(bad)}")
-    # Budget and ramp change together so a shorter run with a shorter phi is validated as a whole.
-    if total_steps is not None or phi is not None:
-        schedule = schedule.scaled(total_steps=total_steps, phi=phi)
-    if overrides:
-        schedule = schedule.replace(**overrides)
-    return schedule
+    """Schedule over ``structures`` with stage starts from :func:`paper_stage_starts`."""
+    starts = paper_stage_starts(total_steps, len(structures), early_weight)
+    stages = tuple(Stage(structure=s, start=b) for s, b in zip(structures, starts, strict=True))
+    return Schedule(arch=arch, stages=stages, total_steps=total_steps, **kw)

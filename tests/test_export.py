@@ -112,7 +112,7 @@ def test_hf_export_carries_tokenizer_and_card_and_runs_in_a_pipeline(arch: str, 
     from transformers import AutoTokenizer, pipeline
 
     from msg_ray.data.tokenizer import MASK, train_bpe
-    from msg_ray.schedule import get_schedule
+    from msg_ray.presets import get_schedule
 
     texts = ["the cat sat on the mat and the dog sat on the log"] * 50 + ["a growing model keeps its function"] * 50
     tok = train_bpe(texts, 300)

@@ -20,7 +20,8 @@ from msg_ray.flops import (
     solve_total_steps,
 )
 from msg_ray.model import build_model
-from msg_ray.schedule import PRESETS, Schedule, Stage
+from msg_ray.presets import PRESETS
+from msg_ray.schedule import Schedule, Stage
 from msg_ray.structure import DIMENSIONS, Structure
 
 SMALL = Structure(24, 40, 3, 2)  # attention width 3*8 = 24 with head_dim 8

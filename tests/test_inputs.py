@@ -30,6 +30,10 @@ CASES = [  # (argv, a fragment the one error line must contain)
     (["train", "--set", "engine.betas=[0.9, 1.5]"], "RunConfig.engine.betas"),
     (["train", "--set", "engine.weight_decay=-0.1"], "RunConfig.engine.weight_decay"),
     (["train", "--set", "engine.colour=red"], "RunConfig.engine: unknown field"),
+    (
+        ["train", "--set", "tracking.backend=wandb"],
+        "RunConfig.tracking.backend must be one of ('mlflow',), got 'wandb'",
+    ),
     (["train", "--set", "min_lr_ratio=low"], "RunConfig.min_lr_ratio: must be a finite number, got 'low'"),
     (["train", "--set", "min_lr_ratio=2"], "RunConfig.min_lr_ratio"),
     (["train", "--set", "kill_rank_at_step=5"], "RunConfig.kill_rank_at_step: must be a list of 2 values, got 5"),

@@ -1,7 +1,9 @@
 """The package's layering, checked on the source (an AST walk over msg_ray/, no imports executed).
 
 Floors, bottom up: core (pure torch) < data < train (+ tracking, plots, export) < experiments (compare, tune)
-< faces (CLIs). A module may import msg_ray modules of its own floor or lower, never higher; msg_ray imports form
+< faces (CLIs). A module may import msg_ray modules of its own floor or lower, never higher; inside the train
+floor the checkpoint format sits below the export (which reads checkpoint files) and the export below the rest of
+the floor (the loop that writes both); msg_ray imports form
 no cycle (function-local imports included, so a cycle cannot hide inside a function); the core and the data
 floor import no Ray, DeepSpeed or MLflow, anywhere; function-local imports are kept for heavy optional
 dependencies only (everything else is imported at the top).
@@ -39,7 +41,6 @@ CORE = {
     "growth",
     "optim_carry",
     "schedule",
-    "splits",
     "flops",
     "presets",
     "validate",
@@ -76,6 +77,14 @@ def floor(mod: str) -> int:
     raise AssertionError(f"{mod}: no floor assigned; add it to tests/test_layering.py")
 
 
+# the train floor's lower levels, bottom up; every other train-floor module sits above them
+TRAIN_LEVELS = ("msg_ray.train.checkpoint", "msg_ray.export")
+
+
+def train_level(mod: str) -> int:
+    return TRAIN_LEVELS.index(mod) if mod in TRAIN_LEVELS else len(TRAIN_LEVELS)
+
+
 def imports(mod: str) -> list[tuple[str, bool]]:
     """(imported module, at module level) for every import in ``mod``; ``from pkg import sub`` names ``pkg.sub``
     when ``sub`` is a module of the package."""
@@ -102,6 +111,18 @@ def test_every_module_has_a_floor_and_imports_only_downwards():
         if floor(i) > floor(m)
     ]
     assert not bad, "imports of a higher floor:\n" + "\n".join(sorted(bad))
+
+
+def test_checkpoint_sits_below_export_and_export_below_the_loop():
+    train = FLOORS.index("train")
+    bad = [
+        f"{m} -> {i}"
+        for m, deps in internal_edges().items()
+        for i in deps
+        if floor(m) == floor(i) == train and train_level(i) > train_level(m)
+    ]
+    assert not bad, "imports running back up the train floor (checkpoint < export < the rest):\n" + "\n".join(bad)
+    assert "msg_ray.train.checkpoint" in internal_edges()["msg_ray.export"]  # the order is a real one
 
 
 @pytest.mark.parametrize("floor_name", ["core", "data"])
@@ -137,7 +158,6 @@ def test_no_import_cycles():
 def test_only_the_mlflow_backend_imports_mlflow():
     users = {m for m in MODULES for i, _ in imports(m) if i.split(".")[0] == "mlflow"}
     assert users and all(m.startswith("msg_ray.tracking.mlflow_") for m in users), sorted(users)
-
 
 
 def test_function_local_imports_only_defer_heavy_dependencies():

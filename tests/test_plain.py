@@ -8,12 +8,19 @@ import sys
 from dataclasses import replace
 
 import pytest
+import torch
 
 from benchmarks.plain import PlainJob, flops_to_reach, run_plain, valid_batches
 from benchmarks.plain_study import FULL, STUDIES, at_budgets, budget_curve, pending, report, select, summarize
+from msg_ray import growth as G
 from msg_ray.data import DataConfig, prepare
+from msg_ray.model import build_model
 from msg_ray.operators import get_operator
 from msg_ray.schedule import Schedule, Stage, full
+from msg_ray.structure import Structure
+from msg_ray.train.evaluation import EVAL_SEED, evaluate
+from msg_ray.train.growth_event import grow_model
+from msg_ray.train.optim import adamw, clipped_step, moments
 
 GROW = Schedule(
     arch="gpt",
@@ -80,6 +87,38 @@ def test_downstream_scores_the_final_grown_model(data):
     assert r["downstream"] == {"movie_snippets/probe_accuracy": 0.5}
     assert seen == [(GROW.target, "cpu")]
     assert "downstream" not in run_plain(job, d, vb)  # not asked: not scored
+
+
+def test_the_growth_event_grows_carries_and_starts_the_ramp():
+    """``grow_model``, the growth both loops call: the grown function equals the old one (float64, MSG at c = 0),
+    old moments sit in the leading slices and new coordinates start at zero, the ramp starts at the growth step
+    (applied for it), φ = 0 folds at once, and a same-size call leaves model and moments as they are."""
+    torch.manual_seed(0)
+    model = build_model("gpt", Structure(16, 32, 1, 1), vocab_size=64, max_seq_len=8, head_dim=8, seed=0).double()
+    opt = adamw(model, 1e-2, 0.1)
+    ids = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": ids, "labels": ids}
+    for _ in range(2):
+        clipped_step(model, opt, model.loss(model(ids), ids), grad_clip=1.0)
+    old = moments(model, opt)
+    before = evaluate(model, [batch], "cpu")
+    target = Structure(24, 48, 2, 2)
+    g = grow_model(model, old, target, step=7, phi=4, seed=3)
+    assert g.model.structure == target and g.preserving and g.ramp == G.MaskRamp(start_step=7, phi=4)
+    assert G.mask_value(g.model) == 0.0 and abs(evaluate(g.model, [batch], "cpu") - before) < 1e-12
+    assert set(g.moments) == {n for n, _ in g.model.named_parameters()}
+    for name, m in old.items():
+        lead = tuple(slice(0, n) for n in m["exp_avg"].shape)
+        carried = g.moments[name]["exp_avg"].clone()
+        assert torch.equal(carried[lead], m["exp_avg"]) and m["exp_avg"].any()
+        carried[lead] = 0
+        assert not carried.any()  # new coordinates start at zero
+    assert not any(g.moments[n]["exp_avg"].any() for n in g.moments if n.startswith("blocks.1."))  # a new layer
+    folded = grow_model(model, old, target, step=7, phi=0, seed=3)
+    assert folded.ramp is None and not G.is_ramping(folded.model)  # φ = 0: c = 1 at once, masks folded
+    same = grow_model(g.model, g.moments, target, step=8, phi=4)
+    assert same.model is g.model and all(torch.equal(same.moments[n]["exp_avg"], g.moments[n]["exp_avg"]) for n in old)
+    assert EVAL_SEED == 1234  # the seed every recorded validation loss was drawn with
 
 
 def _result(label: str, lr: float, seed: int, vals: list[float]) -> dict:

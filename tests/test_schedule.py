@@ -7,15 +7,8 @@ from itertools import pairwise
 
 import pytest
 
-from msg_ray.schedule import (
-    PRESETS,
-    Schedule,
-    Stage,
-    full,
-    get_schedule,
-    miniaturize,
-)
-from msg_ray.splits import paper_stage_starts, schedule_from_structures
+from msg_ray.presets import PRESETS, get_schedule, miniaturize
+from msg_ray.schedule import Schedule, Stage, full, paper_stage_starts, schedule_from_structures
 from msg_ray.structure import Structure
 
 # Transcribed independently from the paper (tables 2, 8, 10; totals from appendix D/J), to check the presets.

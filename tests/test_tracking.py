@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,12 @@ from msg_ray.tracking import (
     default_tracking_uri,
     find_runs,
     load_run_metrics,
+    make_tracker,
+    register,
     resolve_tracking_uri,
+    tracker_names,
 )
+from msg_ray.tracking.registry import unregister
 
 # -- URI resolution ------------------------------------------------------------------------------------------
 
@@ -145,6 +150,116 @@ def test_disabled_tracker_does_nothing(store):
     tracker.log_metrics({"x": 1.0}, step=0)
     tracker.finish()
     assert find_runs(store, "off") == []
+
+
+def test_experiments_are_marked_for_model_training(store):
+    """MLflow 3's UI opens an experiment by its ``mlflow.experimentKind`` tag: msg_ray's say model training (read
+    back from the store); an experiment made before, without a kind, gets the mark; a kind someone chose stays."""
+    client = MlflowClient(tracking_uri=store)
+    Tracker(uri=store, experiment="kind-new", run_name="r").start()
+    assert client.get_experiment_by_name("kind-new").tags["mlflow.experimentKind"] == "custom_model_development"
+    old = client.create_experiment("kind-old")
+    genai = client.create_experiment("kind-genai", tags={"mlflow.experimentKind": "genai_development"})
+    for name in ("kind-old", "kind-genai"):
+        assert Tracker(uri=store, experiment=name, run_name="r").start()
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(genai).tags["mlflow.experimentKind"] == "genai_development"
+
+
+# -- the tracker registry: tracking.backend picks the tracker train and compare create ------------------------
+
+
+class JsonlTracker:
+    """A second tracker backend: every call a JSON line in ``<uri folder>/<run_name>.jsonl`` (``uri`` is
+    ``jsonl:///folder``); what a new backend registers."""
+
+    def __init__(self, *, uri, experiment, run_name, run_id=None, enabled=True, parent_run_id=None, tags=None, **kw):
+        self.path = Path(uri.removeprefix("jsonl://")) / f"{run_name}.jsonl"
+        self.run_id, self.enabled, self.healthy, self.error = run_id, enabled, enabled, None
+        self._write("init", experiment=experiment, parent=parent_run_id, tags=tags or {}, options=sorted(kw))
+
+    def _write(self, call: str, **data) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"call": call, **data}, default=str) + "\n")
+
+    def start(self):
+        self.run_id = self.run_id or f"jsonl-{self.path.stem}"
+        self._write("start", run_id=self.run_id)
+        return self.run_id if self.enabled else None
+
+    def log_params(self, params):
+        self._write("params", params=dict(params))
+
+    def log_metrics(self, metrics, step):
+        self._write("metrics", metrics=dict(metrics), step=step)
+
+    def set_tags(self, tags):
+        self._write("tags", tags=dict(tags))
+
+    def log_artifact(self, path, artifact_path=None):
+        self._write("artifact", path=str(path))
+
+    def log_dict(self, d, name):
+        self._write("dict", name=name)
+
+    def log_figure(self, fig, name):
+        self._write("figure", name=name)
+
+    def flush(self):
+        pass
+
+    def finish(self, status="FINISHED"):
+        self._write("finish", status=status)
+
+
+@pytest.fixture
+def jsonl_backend():
+    register("jsonl", JsonlTracker)
+    yield "jsonl"
+    unregister("jsonl")
+
+
+def test_tracking_backend_picks_the_tracker_train_and_compare_create(jsonl_backend, tmp_path):
+    from msg_ray.compare.mlflow_io import open_child, open_parent
+    from msg_ray.train.config import RunConfig
+    from msg_ray.train.progress import WorkerTracker
+    from msg_ray.train.run import _open_mlflow_run
+
+    uri = f"jsonl://{tmp_path}"
+    base = {"schedule": "mini-sch1-g", "data": {"source": "wikitext2"}, "storage_path": str(tmp_path / "ray")}
+    cfg = RunConfig.from_dict({**base, "name": "jr", "tracking_uri": uri, "tracking": {"backend": jsonl_backend}})
+    assert _open_mlflow_run(cfg) == "jsonl-jr"  # the driver opens the run in the configured backend
+    calls = _calls(tmp_path / "jr.jsonl")
+    params = next(c["params"] for c in calls if c["call"] == "params")
+    assert params["tracking"] == {"backend": "jsonl"} and params["phi"] == 50
+    assert {"call": "dict", "name": "resolved_config.json"} in calls
+    worker = WorkerTracker(cfg, "jsonl-jr", enabled=True)  # rank 0 logs into the same backend, with its spool
+    assert isinstance(worker.t, JsonlTracker) and worker.t.run_id == "jsonl-jr"
+    assert "spool_dir" in _calls(tmp_path / "jr.jsonl")[-1]["options"]
+
+    parent = open_parent(uri, "cmp", "cmp", {"compare.seeds": "0"}, cfg.tracking)  # a comparison: parent, child
+    assert isinstance(parent, JsonlTracker) and parent.run_id == "jsonl-cmp"
+    child = replace(cfg, name="cmp-msg")
+    assert open_child(child, parent.run_id, operator="msg", seed=0, lr=1e-3, flops_limit=1.5) == "jsonl-cmp-msg"
+    assert _calls(tmp_path / "cmp-msg.jsonl")[0]["parent"] == "jsonl-cmp"
+
+
+def _calls(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_unknown_tracking_backend_is_one_line_naming_the_field(jsonl_backend):
+    from msg_ray.train.config import RunConfig
+
+    assert tracker_names() == ("mlflow", "jsonl")
+    with pytest.raises(ValueError) as err:
+        RunConfig.from_dict({"schedule": "mini-sch1-g", "data": {"source": "x"}, "tracking": {"backend": "wandb"}})
+    assert str(err.value) == "RunConfig.tracking.backend must be one of ('mlflow', 'jsonl'), got 'wandb'"
+    with pytest.raises(ValueError, match=r"^tracking\.backend must be one of \('mlflow', 'jsonl'\), got 'x'$"):
+        make_tracker("x", uri=None, experiment="e", run_name="r")
+    with pytest.raises(ValueError, match="already registered"):
+        register("mlflow", JsonlTracker)
 
 
 # -- failures --------------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from netutil import sqlite_store
 
-from msg_ray.schedule import Schedule, get_schedule
+from msg_ray.presets import get_schedule
+from msg_ray.schedule import Schedule
 from msg_ray.tune.space import SearchSpace, load_space
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,6 +20,7 @@ from msg_ray.model import build_from_config
 from msg_ray.structure import Structure
 from msg_ray.train import checkpoint as C
 from msg_ray.train.config import RunConfig
+from msg_ray.train.evaluation import evaluate, valid_batches
 from msg_ray.train.lr import LRSchedule
 from msg_ray.train.optim import adamw, load_moments
 from msg_ray.train.steps import run_steps
@@ -57,6 +58,7 @@ def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threa
     )(cfg.total_steps)
     loader = data.loader("train", batch_size=e.micro_batch_size, seed=cfg.seed)
     loader.load_state_dict(loaded.rank_state["loader"])
+    valid = valid_batches(data, cfg.eval_batches, e.micro_batch_size)  # the training loop's validation set
     out: dict[str, list] = {"step": [], "wall_s": [], "train_loss": [], "val_step": [], "val_loss": []}
     clock = {"wall": float(meta["wall_s"]), "t0": time.perf_counter()}
 
@@ -68,7 +70,7 @@ def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threa
         reached = False
         if step % cfg.eval_every == 0:
             out["val_step"].append(step)
-            out["val_loss"].append(_validate(model, data, cfg))
+            out["val_loss"].append(evaluate(model, valid, "cpu"))
             reached = out["val_loss"][-1] <= target_loss
         clock["t0"] = time.perf_counter()
         return reached
@@ -85,17 +87,6 @@ def extend_run(checkpoint: str | Path, target_loss: float, max_steps: int, threa
         after_step=after_step,
     )
     return out
-
-
-@torch.no_grad()
-def _validate(model: torch.nn.Module, data, cfg) -> float:
-    """The training loop's validation: the same ``eval_batches`` batches (seed 1234) every time."""
-    model.eval()
-    loader = data.loader("valid", batch_size=cfg.engine.micro_batch_size, seed=1234)
-    losses = [
-        model.loss(model(b["input_ids"]), b["labels"]).item() for b in (next(loader) for _ in range(cfg.eval_batches))
-    ]
-    return sum(losses) / len(losses)
 
 
 def compact(ext: dict[str, list]) -> dict[str, list]:

@@ -14,12 +14,14 @@ from typing import Any
 from msg_ray.compare.report import RunRecord
 from msg_ray.tracking import (
     TERMINAL_STATUSES,
-    Tracker,
+    RunTracker,
+    TrackingConfig,
     child_runs,
     find_runs,
     get_run,
     load_json_artifact,
     load_run_metrics,
+    make_tracker,
     resolve_tracking_uri,
 )
 from msg_ray.train.run import log_run_config
@@ -29,8 +31,10 @@ OP, SEED, LR, LIMIT, BUDGET = (f"msg_ray.compare.{k}" for k in ("operator", "see
 RUN_TAG = "msg_ray.run_name"  # the tag msg_ray.train.run uses to find (and resume) a run by name
 
 
-def open_parent(uri: str, experiment: str, name: str, params: dict[str, Any]) -> Tracker:
-    tracker = Tracker(uri=uri, experiment=experiment, run_name=name, tags={KIND: "parent", NAME: name})
+def open_parent(
+    uri: str, experiment: str, name: str, params: dict[str, Any], tracking: TrackingConfig | str = "mlflow"
+) -> RunTracker:
+    tracker = make_tracker(tracking, uri=uri, experiment=experiment, run_name=name, tags={KIND: "parent", NAME: name})
     tracker.start()
     tracker.log_params(params)
     tracker.flush()
@@ -46,8 +50,13 @@ def open_child(
     to the worker, so either way training logs into this child.
     """
     tags = {RUN_TAG: cfg.name, KIND: "child", OP: operator, SEED: seed, LR: lr, LIMIT: flops_limit, BUDGET: budget}
-    tracker = Tracker(
-        uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.name, parent_run_id=parent_id, tags=tags
+    tracker = make_tracker(
+        cfg.tracking,
+        uri=cfg.tracking_uri,
+        experiment=cfg.experiment,
+        run_name=cfg.name,
+        parent_run_id=parent_id,
+        tags=tags,
     )
     run_id = tracker.start()
 
@@ -55,12 +64,14 @@ def open_child(
     return run_id
 
 
-def fail_unfinished(uri: str, experiment: str, run_ids: list[str | None]) -> None:
+def fail_unfinished(
+    uri: str, experiment: str, run_ids: list[str | None], tracking: TrackingConfig | str = "mlflow"
+) -> None:
     """Mark children that a failed comparison left RUNNING as FAILED (finished ones keep their status)."""
     for run_id in filter(None, run_ids):
         found = get_run(uri, run_id)
         if found and found["status"] == "RUNNING":
-            tracker = Tracker(uri=uri, experiment=experiment, run_name=found["name"], run_id=run_id)
+            tracker = make_tracker(tracking, uri=uri, experiment=experiment, run_name=found["name"], run_id=run_id)
             if tracker.start():  # reopen by id (finish needs an open client), then close as FAILED
                 tracker.finish("FAILED")
 
@@ -70,7 +81,8 @@ def append_metrics(run_config: dict[str, Any], run_id: str, series: dict[str, li
     uri, exp = run_config.get("tracking_uri"), run_config.get("experiment", "msg_ray")
     before = get_run(uri, run_id)
     status = before["status"] if before else "FINISHED"
-    tracker = Tracker(uri=uri, experiment=exp, run_name=run_config.get("name", "run"), run_id=run_id)
+    backend = (run_config.get("tracking") or {}).get("backend", "mlflow")  # configs saved before tracking.backend
+    tracker = make_tracker(backend, uri=uri, experiment=exp, run_name=run_config.get("name", "run"), run_id=run_id)
     if tracker.start() is None:
         return False
     for key, points in series.items():
@@ -164,7 +176,7 @@ def _history_from_metrics(uri: str | None, child: dict[str, Any]) -> dict[str, l
     }
 
 
-def log_report(tracker: Tracker, report) -> None:
+def log_report(tracker: RunTracker, report) -> None:
     """Table files and plots as parent artifacts; headline numbers as ``compare/<operator>/<column>`` metrics
     (with the decayed budget curve's ``speedup_flops_to_target_decayed`` where the comparison ran one)."""
     for f in report.files:

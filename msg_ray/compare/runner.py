@@ -222,7 +222,7 @@ def run_comparison(cfg: CompareConfig, *, ray_address: str | None = None) -> Com
     base = replace(cfg.base, tracking_uri=uri)
     cfg = replace(cfg, base=base)
     data = prepare(base.data)  # fetch/tokenise once, before any trial starts
-    parent = mlflow_io.open_parent(uri, base.experiment, cfg.name, _params(cfg))
+    parent = mlflow_io.open_parent(uri, base.experiment, cfg.name, _params(cfg), base.tracking)
     tag = (parent.run_id or "")[:8]
     search = cfg.seeds[: cfg.lr_search_seeds or len(cfg.seeds)]
     runs = _open_runs(
@@ -265,7 +265,7 @@ def run_comparison(cfg: CompareConfig, *, ray_address: str | None = None) -> Com
         report = write_report(records, out, title=title, zoom_window=cfg.zoom_window)
         mlflow_io.log_report(parent, report)
     except BaseException:
-        mlflow_io.fail_unfinished(uri, base.experiment, [r.run_id for r in runs])
+        mlflow_io.fail_unfinished(uri, base.experiment, [r.run_id for r in runs], base.tracking)
         parent.finish("FAILED")
         raise
     parent.finish("FINISHED")

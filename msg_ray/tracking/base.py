@@ -1,8 +1,8 @@
 """The tracking seam: what training and experiments need from a tracking backend, with no backend imported.
 
 - ``RunTracker``: the protocol every tracker satisfies (start or resume a run, log params/metrics/tags/artifacts,
-  flush, finish). ``msg_ray.tracking.mlflow_tracker.Tracker`` is the MLflow implementation; a durable local
-  spool or a test double plugs in by satisfying the same protocol.
+  flush, finish). ``msg_ray.tracking.mlflow_tracker.Tracker`` is the MLflow implementation; another backend plugs
+  in by satisfying the same protocol and registering a factory (``msg_ray.tracking.registry``).
 - Where the embedded store lives (``default_root``, ``default_tracking_uri``) and ``resolve_tracking_uri``, which
   makes a URI safe to hand to Ray workers.
 - ``flatten_params`` / ``plain``: configs as flat params and JSON-able dicts.
@@ -27,9 +27,12 @@ _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 
 
 class RunTracker(Protocol):
-    """One tracked run. Implementations never raise into training: a backend failure is a warning."""
+    """One tracked run. Implementations never raise into training: a backend failure is a warning, ``healthy``
+    turns False and ``error`` keeps the warning's text (the training output repeats it)."""
 
     run_id: str | None
+    healthy: bool
+    error: str | None
 
     def start(self) -> str | None: ...  # open (or resume, when constructed with a run_id) the run; its id
     def log_params(self, params: Mapping[str, Any]) -> None: ...

@@ -32,6 +32,11 @@ _SHORT_HTTP_ENV = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
+# MLflow 3's UI opens an experiment by its kind: without this tag it guesses, and a run with no traces can land in
+# the GenAI "Evaluation runs" view; "custom_model_development" (the UI's "Machine learning" kind) opens training
+# runs and their metric charts. The tag and value are the ones the UI's experiment-kind selector writes.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 # Error codes meaning "the store answered but refused this data": drop the data, keep tracking healthy.
 _DATA_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST"}
 _BATCHED = {"metrics": METRICS_PER_BATCH, "params": PARAMS_PER_BATCH, "tags": PARAMS_PER_BATCH}
@@ -60,16 +65,20 @@ def _client(uri: str):
 
 
 def _experiment_id(client, uri: str, name: str) -> str:
-    """Get or create an experiment; local stores keep artifacts next to the database, not in the cwd."""
+    """Get or create an experiment marked as model training (``EXPERIMENT_KIND``); local stores keep artifacts
+    next to the database, not in the cwd. An existing experiment without a kind gets the mark; one whose kind
+    someone chose is left as it is."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if EXPERIMENT_KIND_TAG not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:///"):
         db_dir = Path(uri[len("sqlite:///") :].partition("?")[0]).parent
         location = (db_dir / "artifacts" / re.sub(r"[^\w.\-]", "_", name)).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # another trial/rank created it between our two calls
         exp = client.get_experiment_by_name(name)
         if exp is None:

@@ -1,7 +1,10 @@
 """The typed configuration of one training run (schedule, data, engine, tracking), validated before Ray starts.
 
 ``RunConfig.to_dict()`` is the resolved config saved with every run and checkpoint; ``RunConfig.from_dict`` reads
-it back. ``apply_overrides`` implements the CLI's ``--set key=value`` (dotted keys into the nested dict).
+it back, and resolves a partial one: a cluster preset's run settings (``msg_ray.presets.SETTINGS``: sequence
+length, global batch, precision, ZeRO stage) fill what it leaves out, and a ``BudgetWarning`` says when the run's
+tokens per step differ from those the preset's step budget was solved for. ``apply_overrides`` implements the
+CLI's ``--set key=value`` (dotted keys into the nested dict).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import ast
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,13 +20,19 @@ from typing import Any
 from msg_ray.architecture import get_arch
 from msg_ray.data import DataConfig
 from msg_ray.model import ModelConfig
-from msg_ray.schedule import Schedule, get_schedule
+from msg_ray.presets import PRESETS, RunSettings, get_schedule, preset_settings
+from msg_ray.schedule import Schedule
 from msg_ray.structure import Structure
+from msg_ray.tracking import TrackingConfig
 from msg_ray.train.engine import EngineConfig
 from msg_ray.train.lr import LR_SCALES
 from msg_ray.validate import check_types
 
 LR_DECAYS = ("cosine", "linear", "constant")
+
+
+class BudgetWarning(UserWarning):
+    """A run trains a different number of tokens per step than its preset's step budget was solved for."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +47,10 @@ class RunConfig:
     storage_path: str = ""  # "" -> $MSG_RAY_HOME/ray or ./runs/ray, made absolute (shared storage on a cluster)
     tracking_uri: str | None = None  # None -> $MLFLOW_TRACKING_URI or the local sqlite store
     experiment: str = "msg_ray"
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # tracking.backend: a registered tracker
+    # tokens per optimizer step the schedule's step budget was solved for (its preset's seq_len x global batch);
+    # filled by from_dict for a cluster preset, None for schedules that state none
+    budget_tokens_per_step: int | None = None
     seed: int = 0
     warmup_steps: int = 50
     lr_decay: str = "cosine"
@@ -120,6 +134,8 @@ class RunConfig:
             raise bad("dropout", f"must be in [0, 1), got {self.dropout!r}")
         if not 0.0 < self.ln_eps < 1e-2:
             raise bad("ln_eps", f"must be in (0, 1e-2), got {self.ln_eps!r}")
+        if self.budget_tokens_per_step is not None and self.budget_tokens_per_step < 1:
+            raise bad("budget_tokens_per_step", f"must be None or an int >= 1, got {self.budget_tokens_per_step!r}")
         if self.cpus_per_worker <= 0:
             raise bad("cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
         if self.data.seq_len > 4096:
@@ -160,13 +176,27 @@ class RunConfig:
     def tokens_per_step(self) -> int:
         return self.engine.micro_batch_size * self.engine.grad_accum * self.workers * self.data.seq_len
 
+    def budget_mismatch(self) -> str | None:
+        """One line saying how this run's tokens per step differ from those its step budget was solved for; None
+        when they agree or the schedule states no budget."""
+        budget = self.budget_tokens_per_step
+        if budget is None or self.tokens_per_step == budget:
+            return None
+        e = self.engine
+        return (
+            f"RunConfig: schedule {self.schedule.name!r} was solved for {budget:,} tokens per step, this run trains "
+            f"{self.tokens_per_step:,} (data.seq_len {self.data.seq_len} x engine.micro_batch_size "
+            f"{e.micro_batch_size} x engine.grad_accum {e.grad_accum} x workers {self.workers}): its steps no longer "
+            "spend the FLOPs and tokens of the preset's budget; compare runs by FLOPs or tokens, not steps"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name == "schedule":
                 v = v.to_dict()
-            elif f.name in ("data", "engine"):
+            elif f.name in ("data", "engine", "tracking"):
                 v = asdict(v)
             out[f.name] = list(v) if isinstance(v, tuple) else v
         return out
@@ -181,15 +211,63 @@ class RunConfig:
             raise ValueError("RunConfig.schedule is required")
         sched = d["schedule"]
         d["schedule"] = Schedule.from_dict(sched) if isinstance(sched, dict) else get_schedule(sched)
+        settings = None if "budget_tokens_per_step" in d else _preset_of(d["schedule"])
+        if settings is not None:  # a partial config of a cluster preset: its run settings are the defaults
+            d = _preset_defaults(d, settings)
         data = d.get("data", {})
         if isinstance(data, dict) and "objective" not in data:  # the arch decides the objective
             data = {**data, "objective": get_arch(d["schedule"].arch).objective}
         d["data"] = _sub(DataConfig, data, "data")
         d["engine"] = _sub(EngineConfig, d.get("engine", {}), "engine")
+        d["tracking"] = _sub(TrackingConfig, d.get("tracking", {}), "tracking")
         for name in ("kill_rank_at_step", "stall_rank_at_step"):
             if isinstance(d.get(name), list):
                 d[name] = tuple(d[name])
-        return cls(**d)
+        cfg = cls(**d)
+        mismatch = cfg.budget_mismatch() if settings is not None else None
+        if mismatch:  # once, where the config is resolved (a resolved config carries budget_tokens_per_step)
+            warnings.warn(mismatch, BudgetWarning, stacklevel=2)
+        return cfg
+
+
+def _preset_of(schedule: Schedule) -> RunSettings | None:
+    """The run settings of the cluster preset ``schedule`` is (same name, arch and stage structures; its length
+    may be rescaled), or None."""
+    settings, preset = preset_settings(schedule.name), PRESETS.get(schedule.name)
+    if settings is None or preset is None or preset.arch != schedule.arch:
+        return None
+    same = [s.structure for s in preset.stages] == [s.structure for s in schedule.stages]
+    return settings if same else None
+
+
+def _preset_defaults(d: dict[str, Any], settings: RunSettings) -> dict[str, Any]:
+    """``d`` with the preset's run settings where it leaves them out: ``data.seq_len``, ``engine.precision`` and
+    ``engine.zero_stage`` as they are, and a micro-batch and gradient accumulation that make the preset's global
+    batch over ``workers`` (the largest per-worker batch up to the preset's that divides it exactly; rounded when
+    nothing does). Sections given as config objects rather than mappings count as fully given."""
+    d = {**d, "budget_tokens_per_step": settings.tokens_per_step}
+    data, engine = d.get("data", {}), d.get("engine", {})
+    if isinstance(data, dict):
+        d["data"] = {"seq_len": settings.seq_len, **data}
+    if not isinstance(engine, dict):
+        return d
+    engine = {"precision": settings.precision, "zero_stage": settings.zero_stage, **engine}
+    workers = d.get("workers", 1)
+    workers = workers if isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1 else 1
+    micro, accum = engine.get("micro_batch_size"), engine.get("grad_accum")
+    per_worker = settings.global_batch / workers
+    if micro is None and accum is None:
+        if settings.global_batch % workers == 0:
+            micro = max(m for m in range(1, settings.micro_batch + 1) if int(per_worker) % m == 0)
+        else:
+            micro = settings.micro_batch
+    if micro is None and isinstance(accum, int) and accum >= 1:
+        micro = max(1, round(per_worker / accum))
+    if accum is None and isinstance(micro, int) and micro >= 1:
+        accum = max(1, round(per_worker / micro))
+    engine.update({k: v for k, v in (("micro_batch_size", micro), ("grad_accum", accum)) if v is not None})
+    d["engine"] = engine
+    return d
 
 
 ADAPTIVE_KEYS = {"target_gamma", "window", "patience", "min_stage_steps", "margin"}

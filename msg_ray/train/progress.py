@@ -16,14 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer
 
 from msg_ray import plots
-from msg_ray.export import export_hf, export_plain
 from msg_ray.flops import peak_flops_per_gpu
-from msg_ray.model import ModelConfig
 from msg_ray.structure import Structure
-from msg_ray.tracking import Tracker, load_run_metrics
+from msg_ray.tracking import load_run_metrics, make_tracker
 
 _LOGGED = ("train/loss", "val/loss", "growth/stage")  # one key per kind of point the loop logs
 
@@ -40,7 +37,8 @@ def spool_dir(cfg, run_id: str | None) -> Path | None:
 class WorkerTracker:
     def __init__(self, cfg, run_id: str | None, enabled: bool) -> None:
         self.cfg, self.enabled = cfg, enabled
-        self.t = Tracker(
+        self.t = make_tracker(
+            cfg.tracking,
             uri=cfg.tracking_uri,
             experiment=cfg.experiment,
             run_name=cfg.name,
@@ -115,30 +113,6 @@ class WorkerTracker:
             event["step"],
         )
         self.t.set_tags({f"growth.{event['stage']}": json.dumps(event)})
-
-    def export(
-        self,
-        directory: str,
-        module: torch.nn.Module,
-        config: ModelConfig,
-        hf: bool,
-        tokenizer: Tokenizer | None = None,
-        card: dict[str, Any] | None = None,
-    ) -> None:
-        """Final model as ``export_plain`` writes it (state_dict + config), plus a Hugging Face checkpoint (with
-        the run's tokenizer and a model card built from ``card``, see ``export.model_card``) when the shapes
-        allow."""
-        try:
-            out = export_plain(module, Path(directory) / "export")
-        except ValueError as exc:  # a run that ends mid-ramp: its checkpoint (with masks) is the model
-            print(f"msg_ray: export skipped: {exc}", file=sys.stderr, flush=True)
-            return
-        if hf:  # the architecture's adapter refuses shapes its Hugging Face class cannot hold (ValueError)
-            sd = {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
-            try:
-                export_hf(sd, config, out / "hf", tokenizer=tokenizer, card=card)
-            except Exception as exc:  # export is a convenience; never lose the run over it
-                print(f"msg_ray: Hugging Face export skipped: {exc}", file=sys.stderr, flush=True)
 
     def finish(self, history: dict[str, list]) -> None:
         if not self.enabled:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from msg_ray.data import prepare
-from msg_ray.tracking import Tracker, find_runs, resolve_tracking_uri
+from msg_ray.tracking import RunTracker, find_runs, make_tracker, resolve_tracking_uri
 from msg_ray.train.config import RunConfig
 from msg_ray.train.progress import spool_dir
 from msg_ray.train.reporting import DIVERGED, TrainingDiverged
@@ -45,16 +45,16 @@ def _open_mlflow_run(cfg: RunConfig) -> str | None:
         found = []
     existing = [r for r in found if r.get("status") != "FINISHED"]
     kw = {"uri": cfg.tracking_uri, "experiment": cfg.experiment, "run_name": cfg.name, "tags": {RUN_TAG: cfg.name}}
-    tracker = Tracker(run_id=existing[0]["run_id"] if existing else None, **kw)
+    tracker = make_tracker(cfg.tracking, run_id=existing[0]["run_id"] if existing else None, **kw)
     run_id = tracker.start()
     if run_id is None:  # unreachable: the run's params go to the spool rank 0 continues (msg-ray sync ships it)
-        tracker = Tracker(spool_dir=spool_dir(cfg, None), **kw)
+        tracker = make_tracker(cfg.tracking, spool_dir=spool_dir(cfg, None), **kw)
         tracker.start()
     log_run_config(tracker, cfg)
     return run_id
 
 
-def log_run_config(tracker: Tracker, cfg: RunConfig) -> None:
+def log_run_config(tracker: RunTracker, cfg: RunConfig) -> None:
     """Params (flattened config plus the headline schedule fields) and the resolved config/schedule artifacts."""
     s = cfg.schedule
     tracker.log_params(
@@ -105,7 +105,9 @@ def run(cfg: RunConfig, *, ray_address: str | None = None) -> RunResult:
         result = trainer.fit()
     except Exception as e:
         text = str(e)
-        tracker = Tracker(uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.name, run_id=run_id)
+        tracker = make_tracker(
+            cfg.tracking, uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.name, run_id=run_id
+        )
         if tracker.start():  # reopen by id (finish needs an open client), record why, close as FAILED
             tracker.set_tags(
                 {"msg_ray.error": text.strip().splitlines()[-1][:500] if text.strip() else type(e).__name__}

@@ -21,8 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from msg_ray.schedule import FULL, OPERATORS, Schedule
-from msg_ray.splits import paper_stage_starts
+from msg_ray.schedule import FULL, OPERATORS, Schedule, paper_stage_starts
 from msg_ray.structure import DIMENSIONS, Structure
 
 # A kind's plan function takes the `msg_ray.tune.space.SearchSpace` being planned (typed Any here: space.py imports

@@ -36,8 +36,7 @@ from typing import Any
 import numpy as np
 
 from msg_ray.flops import schedule_flops
-from msg_ray.schedule import Schedule, full
-from msg_ray.splits import paper_stage_starts, schedule_from_structures
+from msg_ray.schedule import Schedule, full, paper_stage_starts, schedule_from_structures
 from msg_ray.structure import DIMENSIONS, Structure
 from msg_ray.train.metrics import decayed_reach, first_reach
 from msg_ray.tune.space import FULL, SearchSpace, TrialSpec

@@ -29,8 +29,8 @@ import yaml
 
 from msg_ray.data.downstream import CLASSIFICATION_TASKS
 from msg_ray.flops import equal_flops
-from msg_ray.schedule import FULL, Schedule, Stage, full, get_schedule
-from msg_ray.splits import paper_stage_starts
+from msg_ray.presets import get_schedule
+from msg_ray.schedule import FULL, Schedule, Stage, full, paper_stage_starts
 from msg_ray.train.config import RunConfig, apply_overrides, merge_dicts
 from msg_ray.tune.kinds import TrialSpec, get_kind, kind_fields, kind_names, structure_of
 
