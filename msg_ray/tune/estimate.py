@@ -1,19 +1,20 @@
-"""What a sweep will cost, said before Ray starts: one measured step of the largest structure, scaled per trial.
+"""What a sweep will cost, said before Ray starts: measured steps of each structure the trials train, summed per trial.
 
-``measure_step_seconds`` times a few optimizer steps of the space's target in this process (plain torch AdamW on
-random tokens at the run's micro-batch and sequence length, the thread count a trial gets); ``trial_seconds``
-scales it by each trial's FLOPs in target steps and adds evaluation, probes and a fixed start-up per trial;
-``plan_text`` is the lines the sweep prints. An estimate, not a promise: smaller stages run at a lower FLOP rate
-than the target on CPU, and a shared machine runs slower than when it was measured.
+``measure_step_seconds`` times a few optimizer steps of one structure in this process (plain torch AdamW on random
+tokens at the run's micro-batch and sequence length, the thread count a trial gets); ``step_times`` does it once
+per distinct structure of the plan (small stages run at a lower FLOP rate than the target on CPU, so FLOPs alone
+under-count them); ``trial_seconds`` sums each stage's steps at its structure's time and adds evaluation, probes
+and a fixed start-up per trial; ``plan_text`` is the lines the sweep prints. An estimate, not a promise: a shared
+machine runs slower than when it was measured, and the training engine adds its own overhead per step.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
 
-from msg_ray.flops import full_flops, schedule_flops
 from msg_ray.model import build_from_config
 from msg_ray.structure import Structure
 from msg_ray.train.config import RunConfig
@@ -23,8 +24,9 @@ PROBE_OVERHEAD_S = 8.0  # per probed trial: a Ray task, the model and the task t
 PROBE_SEQ_LEN = 64
 
 
-def measure_step_seconds(rc: RunConfig, structure: Structure, vocab_size: int, steps: int = 3) -> float:
-    """Seconds per optimizer step of ``structure`` under ``rc`` (micro-batch, seq_len, grad_accum, threads)."""
+def measure_step_seconds(rc: RunConfig, structure: Structure, vocab_size: int, steps: int = 5) -> float:
+    """Seconds per optimizer step of ``structure`` under ``rc`` (micro-batch, seq_len, grad_accum, threads): the
+    median of ``steps`` timed steps (one busy moment on a shared machine does not set the estimate)."""
     model = build_from_config(rc.model_config(vocab_size, structure), seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, vocab_size, (rc.engine.micro_batch_size, rc.data.seq_len))
@@ -32,33 +34,47 @@ def measure_step_seconds(rc: RunConfig, structure: Structure, vocab_size: int, s
     torch.set_num_threads(max(1, int(rc.cpus_per_worker)))
     try:
 
-        def step() -> None:
+        def step() -> float:
+            t0 = time.perf_counter()
             model.loss(model(x), x).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+            return time.perf_counter() - t0
 
         step()  # first step allocates Adam state and warms the allocator
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        return (time.perf_counter() - t0) / steps * rc.engine.grad_accum
+        return statistics.median(step() for _ in range(steps)) * rc.engine.grad_accum
     finally:
         torch.set_num_threads(threads)
 
 
+def step_times(rcs: list[RunConfig], vocab_size: int) -> dict[Structure, float]:
+    """Seconds per step of every distinct stage structure of ``rcs`` (measured once each, largest first)."""
+    structs: dict[Structure, RunConfig] = {}
+    for rc in rcs:
+        for st in rc.schedule.stages:
+            structs.setdefault(st.structure, rc)
+    order = sorted(structs, key=lambda s: s.as_tuple(), reverse=True)
+    return {s: measure_step_seconds(structs[s], s, vocab_size) for s in order}
+
+
 def trial_seconds(
-    rc: RunConfig, vocab_size: int, step_s: float, probes: int, probe_examples: int, wall_cap: float | None
+    rc: RunConfig,
+    step_s: dict[Structure, float],
+    probes: int,
+    probe_examples: int,
+    wall_cap: float | None,
 ) -> float:
-    """One trial's estimated seconds: its FLOPs in steps of its target at ``step_s``, plus evaluation passes
-    (forward only: a third of a step per batch), probes and start-up; ``wall_cap``: a wall-time budget."""
-    sched, seq = rc.schedule, rc.data.seq_len
-    target_steps = schedule_flops(sched, vocab_size, seq, 1) / full_flops(sched, 1, vocab_size, seq)
-    evals = (sched.total_steps // rc.eval_every + 1) * rc.eval_batches * step_s / 3
-    train = target_steps * step_s + evals
+    """One trial's estimated seconds: each stage's steps at its structure's measured ``step_s``, evaluation passes
+    of the target (forward only: a third of a step per batch), probes and start-up; ``wall_cap``: a wall budget."""
+    sched = rc.schedule
+    target_s = step_s[sched.target]
+    evals = (sched.total_steps // rc.eval_every + 1) * rc.eval_batches * target_s / 3
+    stages = zip(sched.stages, sched.stage_lengths(), strict=True)
+    train = sum(n * step_s[st.structure] for st, n in stages) + evals
     if wall_cap is not None:
         train = min(train, wall_cap)
-    probe_batches = probes * 3 * probe_examples * PROBE_SEQ_LEN / (rc.engine.micro_batch_size * seq)
-    probe = probes and probe_batches * step_s / 3 + PROBE_OVERHEAD_S
+    probe_batches = probes * 3 * probe_examples * PROBE_SEQ_LEN / (rc.engine.micro_batch_size * rc.data.seq_len)
+    probe = probes and probe_batches * target_s / 3 + PROBE_OVERHEAD_S
     return train + TRIAL_OVERHEAD_S + probe
 
 

@@ -417,12 +417,10 @@ def _print_plan(cfg: SweepConfig, plan: dict, first: RunConfig, vocab: int, clus
     space = cfg.space
     _, _, k = trial_resources(cfg, plan, cluster)
     target = space.reference_target()
-    step_s = E.measure_step_seconds(first, target, vocab)
+    rcs = [RunConfig.from_dict(t["run"]) for t in plan["trials"]]
+    step_s = E.step_times(rcs, vocab)
     wall = space.budget.get("wall_s")
-    secs = [
-        E.trial_seconds(RunConfig.from_dict(t["run"]), vocab, step_s, len(space.probes), space.probe_examples, wall)
-        for t in plan["trials"]
-    ]
+    secs = [E.trial_seconds(rc, step_s, len(space.probes), space.probe_examples, wall) for rc in rcs]
     labels = {t["meta"].get("base_label", t["label"]) for t in plan["trials"]}
     extra_max = space.lr_extend * len(labels) * cfg.num_samples * len(space.budget_fracs or [1]) if space.lrs else 0
     print(
@@ -432,7 +430,7 @@ def _print_plan(cfg: SweepConfig, plan: dict, first: RunConfig, vocab: int, clus
             len(plan["trials"]),
             k,
             where,
-            step_s,
+            step_s[target],
             target,
             first,
             secs,
