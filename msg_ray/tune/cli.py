@@ -19,8 +19,8 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--space",
         required=True,
-        help="space name in tune_spaces/ (structures, durations, schedules, "
-        "phi, operators) or a space file (.py defining SPACE, .yaml, .json)",
+        help="a built-in space (structures, durations, schedules, phi, operators, adaptive; docs/tune.md) "
+        "or a space file (.py defining SPACE, .yaml, .json)",
     )
     p.add_argument(
         "--arch",
@@ -46,11 +46,16 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
         help="override a space field, dotted (budget.wall_s=30, run.engine.lr=0.001)",
     )
     p.add_argument("--address", default=None, help="Ray cluster address (default: local or $RAY_ADDRESS)")
+    p.add_argument("--no-probes", action="store_true", help="skip the linear probes on each trial (space: probes=[])")
+    p.add_argument(
+        "--plan-only", action="store_true", help="print the plan and its time estimate, then stop (no Ray, no MLflow)"
+    )
 
 
 def sweep_config(args: argparse.Namespace):
 
-    space = load_space(args.space, args.overrides + ([f"arch={args.arch}"] if args.arch else []))
+    extra = ([f"arch={args.arch}"] if args.arch else []) + (["probes=[]"] if getattr(args, "no_probes", False) else [])
+    space = load_space(args.space, args.overrides + extra)
     return SweepConfig(
         space=space,
         name=args.name or "",
@@ -67,7 +72,9 @@ def sweep_config(args: argparse.Namespace):
 
 def cmd_tune(args: argparse.Namespace) -> int:
 
-    result = run_sweep(sweep_config(args), ray_address=args.address)
+    result = run_sweep(sweep_config(args), ray_address=args.address, plan_only=args.plan_only)
+    if args.plan_only:
+        return 0
     summary: dict[str, Any] = {
         "name": result.name,
         "interrupted": result.interrupted,
@@ -80,7 +87,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary, indent=1))
     if result.best_schedule:
-        print(f"train it: msg-ray train --schedule {result.best_schedule}")
+        run_file = result.best_schedule.parent / "best_run.yaml"
+        how = f"--config {run_file}" if run_file.is_file() else f"--schedule {result.best_schedule}"
+        print(f"train it: msg-ray train {how}")
     print(f"MLflow UI: mlflow ui --backend-store-uri {result.tracking_uri}")
     return 3 if result.interrupted else 0
 

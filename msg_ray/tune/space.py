@@ -1,19 +1,17 @@
 """Search spaces: load a ``tune_spaces/*.py`` (or YAML/JSON) study, validate it, and plan its trials.
 
-A space file defines ``SPACE``: a mapping (or a `SearchSpace`) with a ``kind`` and the fields of that kind; the
-module docstring documents the study. Kinds (every trial is a growth `Schedule` trained with the same run
-settings, ``run``):
-
-- ``structures``: the paper's γ grid (section 3.2.1, figure 2): the ``target`` and, one dimension at a time,
-  each value of ``vary`` (e.g. ``{"hidden_dim": [64, 96]}``), each trained as a one-stage run;
-- ``durations``: one ``structures`` sequence, several ``splits`` of the steps across its stages
-  (``"equal"``, ``"paper"`` (the paper's rule), ``"front"`` (front-loaded), or a list of start fractions);
-- ``schedules``: named whole schedules (a preset name, or ``{"structures": [...], "starts": [...]}``);
-- ``phi``: one ``schedule`` at several mask-ramp lengths ``values``;
-- ``operators``: one ``schedule`` under several ``operators`` (``msg``, ``net2net``, ``nomask``, ``full``).
+A space file defines ``SPACE``: a mapping (or a `SearchSpace`) with a ``kind`` (a registered
+`msg_ray.tune.kinds.SpaceKind`: structures, durations, schedules, phi, operators, adaptive) and the fields of that
+kind; the module docstring documents the study. On top of a kind's grid a space may add an LR grid (``lrs``; the
+sweep extends it by ``lr_step`` at an edge, at most ``lr_extend`` points per label), a warm-up grid (``warmups``),
+budgets (``budget_fracs``: each trial also run, its LR decayed at its own end, at fractions of the FLOPs budget)
+and the linear probes scored on every trial's final model (``probes``). Seeds come from the sweep.
 
 Everything is validated here, before Ray starts: unknown fields or dimensions, structures that would shrink,
 empty grids and invalid schedules/run configs raise ValueError naming the field.
+
+Built-in spaces live in the top-level ``tune_spaces/`` of a checkout and ship in the wheel as the
+``msg_ray.tune_spaces`` package (``pyproject.toml`` maps one onto the other).
 """
 
 from __future__ import annotations
@@ -29,44 +27,57 @@ from typing import Any
 
 import yaml
 
+from msg_ray.data.downstream import CLASSIFICATION_TASKS
 from msg_ray.flops import equal_flops
 from msg_ray.presets import get_schedule
-from msg_ray.schedule import FULL, OPERATORS, Schedule, Stage, full, paper_stage_starts
-from msg_ray.structure import DIMENSIONS, Structure
+from msg_ray.schedule import FULL, Schedule, Stage, full, paper_stage_starts
 from msg_ray.train.config import RunConfig, apply_overrides, merge_dicts
+from msg_ray.tune.kinds import TrialSpec, get_kind, kind_fields, kind_names, structure_of
 
-KINDS = ("structures", "durations", "schedules", "phi", "operators", "adaptive")
 COMPUTES = ("steps", "flops")
 TIME_ATTRS = ("wall_s", "flops")
-SPLITS = {"equal": 1.0, "paper": 1.2, "front": 2.0}  # early_weight of paper_stage_starts
-_KIND_FIELDS = {
-    "structures": {"target", "vary"},
-    "durations": {"structures", "splits"},
-    "schedules": {"schedules"},
-    "phi": {"schedule", "values"},
-    "operators": {"schedule", "operators"},
-    "adaptive": {"schedule", "adaptive"},
-}
-_SHORT = {"hidden_dim": "hidden", "ffn_dim": "ffn", "head_num": "heads", "layer_num": "layers"}
+PROBE_TASKS = ("movie_snippets", "bbc_news")
+LR_STEP = 2**0.5  # the next LR point beyond an edge of the grid: x or / sqrt(2)
 # Run settings every sweep starts from (a space's ``run`` overrides them): frequent Tune reports for ASHA.
 RUN_DEFAULTS: dict[str, Any] = {"report_every": 5, "log_every": 10, "gamma_window": 20, "warmup_steps": 10}
+# Run settings of the built-in spaces (``tune_spaces/``): mini scale on WikiText-2 (CPU minutes), one worker per
+# trial; a sweep overrides any of them with ``--set run.<key>=<value>``.
+MINI_RUN: dict[str, Any] = {
+    "data": {"source": "wikitext2", "tokenizer": "bpe8k", "seq_len": 64},
+    "engine": {"zero_stage": 0, "micro_batch_size": 16, "lr": 1e-3},
+    "warmup_steps": 20,
+    "gamma_window": 20,
+    "report_every": 5,
+    "log_every": 10,
+    "eval_every": 25,  # the validation curve FLOPs-to-target and the sweep's figure are read from
+    "eval_batches": 4,
+    "export_hf": False,
+}
 
 
 def spaces_dir() -> Path:
-    """Where named spaces live: ``$MSG_RAY_TUNE_SPACES`` or the repository's ``tune_spaces/``."""
+    """Where named spaces live: ``$MSG_RAY_TUNE_SPACES``, else the checkout's ``tune_spaces/``, else the installed
+    ``msg_ray.tune_spaces`` package (a non-editable ``pip install .``)."""
     env = os.environ.get("MSG_RAY_TUNE_SPACES")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "tune_spaces"
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[2] / "tune_spaces"
+    if checkout.is_dir():
+        return checkout
+    spec = importlib.util.find_spec("msg_ray.tune_spaces")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("no built-in spaces: neither a checkout's tune_spaces/ nor an installed msg_ray.tune_spaces")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
-@dataclass(frozen=True)
-class TrialSpec:
-    """One planned trial: a label, the schedule it trains, what it varies (``meta``) and its seed."""
+def known_spaces() -> list[str]:
+    """Names of the built-in spaces (files in `spaces_dir` not starting with ``_``)."""
+    return sorted(p.stem for p in spaces_dir().glob("*.py") if not p.stem.startswith("_"))
 
-    label: str
-    schedule: Schedule
-    meta: dict[str, Any]
-    seed: int = 0
-    run: dict[str, Any] = field(default_factory=dict)  # per-trial RunConfig overrides (e.g. adaptive growth)
+
+def lr_label(base: str, lr: float, warmup: int | None = None, frac: float | None = None) -> str:
+    """A trial's label on the LR/warm-up/budget grid, e.g. ``paper@lr0.002-wu20-b0.5``."""
+    return f"{base}@lr{lr:.3g}" + (f"-wu{warmup}" if warmup is not None else "") + (f"-b{frac:g}" if frac else "")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,21 +112,29 @@ class SearchSpace:
     # table gives each row its FLOPs-to-target speed-up. "steps": every trial trains total_steps (γ view).
     compute: str = "steps"
     lrs: list[float] | None = None  # the same LR grid for every trial (full reference included); best LR each
+    lr_step: float = LR_STEP  # factor to the next LR beyond an edge of the grid
+    lr_extend: int = 2  # at most this many LRs added per label (0: never extend; an edge choice is then flagged)
+    warmups: list[int] | None = None  # a warm-up grid crossed with lrs (None: run.warmup_steps for every trial)
+    budget_fracs: list[float] | None = None  # compute 'flops': also run each trial at these fractions of the budget
+    probes: list[str] = field(default_factory=lambda: list(PROBE_TASKS))  # linear probes per trial ([]: none)
+    probe_examples: int = 512  # probe examples per split (train/dev/test) and task
     doc: str = ""
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"space {self.name!r}: {name}: {why}")
 
-        if self.kind not in KINDS:
-            raise bad("kind", f"must be one of {KINDS}, got {self.kind!r}")
+        try:
+            kind = get_kind(self.kind)
+        except ValueError as e:
+            raise bad("kind", str(e)) from None
         if not self.name or any(c in self.name for c in "/\\ "):
             raise bad("name", "must be non-empty without '/', '\\' or spaces")
-        for other, names in _KIND_FIELDS.items():
-            for n in sorted(names - _KIND_FIELDS[self.kind]):
-                if getattr(self, n) is not None:
-                    raise bad(n, f"is a field of kind {other!r}, not of {self.kind!r}")
-        for n in _KIND_FIELDS[self.kind]:
+        for n in sorted(kind_fields() - kind.fields):
+            if getattr(self, n) is not None:
+                other = next(k for k in kind_names() if n in get_kind(k).fields)
+                raise bad(n, f"is a field of kind {other!r}, not of {self.kind!r}")
+        for n in sorted(kind.fields):
             if getattr(self, n) is None:
                 raise bad(n, f"is required for kind {self.kind!r}")
         if len(self.budget) > 1 or set(self.budget) - set(TIME_ATTRS):
@@ -123,6 +142,7 @@ class SearchSpace:
         if not all(_positive(v) for v in self.budget.values()):
             raise bad("budget", f"values must be positive numbers, got {self.budget!r}")
         self._check_compute()
+        self._check_grids()
         if self.asha is not None:
             unknown = set(self.asha) - {"time_attr", "grace", "max_t", "reduction_factor"}
             if unknown:
@@ -150,8 +170,8 @@ class SearchSpace:
             raise bad("lrs", f"must be a list of distinct positive learning rates, got {self.lrs!r}")
         if self.compute != "flops":
             return
-        if self.kind == "adaptive":
-            raise bad("compute", "'flops' needs fixed stage starts; kind 'adaptive' decides them online")
+        if not get_kind(self.kind).fixed_starts:
+            raise bad("compute", f"'flops' needs fixed stage starts; kind {self.kind!r} decides them online")
         if self.budget:
             raise bad("budget", "must be {} with compute 'flops': every trial runs to its own end at equal FLOPs")
         if self.asha is not None:
@@ -161,29 +181,71 @@ class SearchSpace:
                 "have grown with ones that have not, and final losses are what is ranked",
             )
 
-    # -- planning ---------------------------------------------------------------------------------------
-    def reference_target(self) -> Structure:
-        """The structure every trial is measured against (the largest target among the trials)."""
-        return max((t.schedule.target for t in getattr(self, f"_{self.kind}")()), key=lambda s: s.as_tuple())
+    def _check_grids(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"space {self.name!r}: {name}: {why}")
 
-    def trials(self, seeds: tuple[int, ...] = (0,)) -> list[TrialSpec]:
-        """Every trial of the grid, repeated per seed (labels get ``-s<seed>`` when there are several)."""
-        base = getattr(self, f"_{self.kind}")()
+        if not _positive(self.lr_step) or self.lr_step <= 1:
+            raise bad("lr_step", f"must be a number > 1 (the factor to the next LR), got {self.lr_step!r}")
+        if isinstance(self.lr_extend, bool) or not isinstance(self.lr_extend, int) or self.lr_extend < 0:
+            raise bad("lr_extend", f"must be an int >= 0, got {self.lr_extend!r}")
+        if self.warmups is not None:
+            if not self.lrs:
+                raise bad("warmups", "needs an LR grid (lrs): warm-up is chosen together with the LR")
+            ok = isinstance(self.warmups, list | tuple) and self.warmups and len(set(self.warmups)) == len(self.warmups)
+            if not ok or any(isinstance(w, bool) or not isinstance(w, int) or w < 0 for w in self.warmups):
+                raise bad("warmups", f"must be a list of distinct ints >= 0, got {self.warmups!r}")
+        if self.budget_fracs is not None:
+            if self.compute != "flops":
+                raise bad("budget_fracs", "needs compute 'flops' (each fraction is a budget every trial is solved to)")
+            fr = self.budget_fracs
+            if (
+                not isinstance(fr, list | tuple)
+                or 1.0 not in fr
+                or len(set(fr)) != len(fr)
+                or not all(_positive(x) and x <= 1 for x in fr)
+            ):
+                raise bad("budget_fracs", f"must be distinct fractions in (0, 1] including 1.0, got {fr!r}")
+        if not isinstance(self.probes, list | tuple) or set(self.probes) - set(CLASSIFICATION_TASKS):
+            raise bad("probes", f"must be a list of {sorted(CLASSIFICATION_TASKS)} ([]: none), got {self.probes!r}")
+        if (
+            isinstance(self.probe_examples, bool)
+            or not isinstance(self.probe_examples, int)
+            or self.probe_examples < 16
+        ):
+            raise bad("probe_examples", f"must be an int >= 16, got {self.probe_examples!r}")
+
+    # -- planning ---------------------------------------------------------------------------------------
+    def _kind_trials(self) -> list[TrialSpec]:
+        return get_kind(self.kind).plan(self)
+
+    def reference_target(self):
+        """The structure every trial is measured against (the largest target among the trials)."""
+        return max((t.schedule.target for t in self._kind_trials()), key=lambda s: s.as_tuple())
+
+    def base_trials(self) -> list[TrialSpec]:
+        """The kind's grid plus the full reference (compute 'flops'), before the LR/warm-up/budget grid."""
+        base = self._kind_trials()
         if not base:
             raise ValueError(f"space {self.name!r}: the grid is empty")
-        base = self._with_reference(base)
-        if self.lrs:  # the same LR grid for every trial, the reference included
-            base = [
-                TrialSpec(
-                    f"{t.label}@lr{lr:g}",
-                    t.schedule,
-                    {**t.meta, "lr": lr, "base_label": t.label},
-                    0,
-                    merge_dicts(t.run, {"engine": {"lr": lr}}),
-                )
-                for t in base
-                for lr in self.lrs
-            ]
+        return self._with_reference(base)
+
+    def trials(self, seeds: tuple[int, ...] = (0,), extra: list[dict[str, Any]] | None = None) -> list[TrialSpec]:
+        """Every trial of the grid, repeated per seed (labels get ``-s<seed>`` when there are several).
+
+        ``extra``: LR points the sweep added beyond the grid's edges, ``{"base": label, "lr": x, "warmup": w}`` each
+        (appended after the grid, in order, every budget and seed)."""
+        base = self.base_trials()
+        if self.lrs:  # the same LR (and warm-up) grid for every trial, the reference included
+            points = [(t, lr, w) for t in base for lr in self.lrs for w in (self.warmups or [None])]
+            by_label = {t.label: t for t in base}
+            for e in extra or []:
+                if e["base"] not in by_label:
+                    raise ValueError(f"space {self.name!r}: an added LR point names no trial: {e['base']!r}")
+                points.append((by_label[e["base"]], float(e["lr"]), e.get("warmup")))
+            base = [self._grid_point(t, lr, w, f) for t, lr, w in points for f in (self.budget_fracs or [None])]
+        elif self.budget_fracs:
+            base = [self._grid_point(t, None, None, f) for t in base for f in self.budget_fracs]
         labels = [t.label for t in base]
         if len(set(labels)) != len(labels):
             raise ValueError(
@@ -195,6 +257,18 @@ class SearchSpace:
                 label = t.label if len(seeds) == 1 else f"{t.label}-s{seed}"
                 out.append(TrialSpec(label, t.schedule, t.meta, seed, t.run))
         return out
+
+    @staticmethod
+    def _grid_point(t: TrialSpec, lr: float | None, warmup: int | None, frac: float | None) -> TrialSpec:
+        run, meta = dict(t.run), {**t.meta, "base_label": t.label}
+        if lr is not None:
+            run, meta["lr"] = merge_dicts(run, {"engine": {"lr": lr}}), lr
+        if warmup is not None:
+            run["warmup_steps"] = meta["warmup"] = warmup
+        if frac is not None:
+            meta["budget_frac"] = frac
+        label = lr_label(t.label, lr, warmup, frac) if lr is not None else f"{t.label}-b{frac:g}"
+        return TrialSpec(label, t.schedule, meta, 0, run)
 
     def _with_reference(self, base: list[TrialSpec]) -> list[TrialSpec]:
         """Under compute 'flops', a full-training reference joins the grid unless a trial already trains the target
@@ -214,7 +288,7 @@ class SearchSpace:
         )
         return [*base, TrialSpec(FULL, ref, {"reference": True})]
 
-    def _sched(self, label: str, stages: list[tuple[Any, int | float]], **kw: Any) -> Schedule:
+    def stage_schedule(self, label: str, stages: list[tuple[Any, int | float]], **kw: Any) -> Schedule:
         try:
             return Schedule(
                 arch=self.arch,
@@ -227,93 +301,7 @@ class SearchSpace:
         except ValueError as e:
             raise ValueError(f"space {self.name!r}: trial {label!r}: {e}") from e
 
-    def _structures(self) -> list[TrialSpec]:
-        target = _structure(self.target, f"space {self.name!r}: target")
-        if not isinstance(self.vary, dict):
-            raise ValueError(f"space {self.name!r}: vary: must map dimensions to lists of values")
-        out = [TrialSpec("target", self._sched("target", [(target, 0)], phi=0), {"dim": None, "value": None})]
-        for dim, values in self.vary.items():
-            if dim not in DIMENSIONS:
-                raise ValueError(f"space {self.name!r}: vary: unknown dimension {dim!r}; known: {DIMENSIONS}")
-            if not isinstance(values, list | tuple):
-                raise ValueError(f"space {self.name!r}: vary.{dim}: must be a list of ints, got {values!r}")
-            for v in values:
-                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                    raise ValueError(f"space {self.name!r}: vary.{dim}: values must be ints >= 1, got {v!r}")
-                if v >= getattr(target, dim):
-                    raise ValueError(
-                        f"space {self.name!r}: vary.{dim}={v} is not smaller than the target's {getattr(target, dim)}:"
-                        f" growing from it to the target would shrink (or not grow) {dim}"
-                    )
-                s = Structure(**{**target.as_dict(), dim: v})
-                label = f"{_SHORT[dim]}{v}"
-                out.append(TrialSpec(label, self._sched(label, [(s, 0)], phi=0), {"dim": dim, "value": v}))
-        return out if len(out) > 1 else []  # the target alone is no grid
-
-    def _durations(self) -> list[TrialSpec]:
-        structs = [_structure(s, f"space {self.name!r}: structures[{i}]") for i, s in enumerate(self.structures)]
-        if len(structs) < 2:
-            raise ValueError(f"space {self.name!r}: structures: need at least 2 stages to split")
-        out = []
-        for split in self.splits:
-            if isinstance(split, str):
-                if split not in SPLITS:
-                    raise ValueError(f"space {self.name!r}: splits: unknown split {split!r}; known: {list(SPLITS)}")
-                starts: list = paper_stage_starts(self.total_steps, len(structs), SPLITS[split])
-                label = split
-            else:
-                starts = [float(x) for x in split]
-                label = "split-" + "-".join(f"{x:g}" for x in starts)
-                if len(starts) != len(structs):
-                    raise ValueError(f"space {self.name!r}: splits: {split!r} needs {len(structs)} start fractions")
-            out.append(TrialSpec(label, self._sched(label, list(zip(structs, starts, strict=True))), {"split": label}))
-        return out
-
-    def _schedules(self) -> list[TrialSpec]:
-        if not isinstance(self.schedules, dict):
-            raise ValueError(f"space {self.name!r}: schedules: must map labels to schedules")
-        return [
-            TrialSpec(label, self._schedule_of(spec, label), {"schedule": label})
-            for label, spec in self.schedules.items()
-        ]
-
-    def _phi(self) -> list[TrialSpec]:
-        base = self._schedule_of(self.schedule, "base")
-        out = []
-        for v in self.values:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"space {self.name!r}: values: phi must be ints >= 0, got {v!r}")
-            try:
-                out.append(TrialSpec(f"phi{v}", base.replace(phi=v, name=f"phi{v}"), {"phi": v}))
-            except ValueError as e:
-                raise ValueError(f"space {self.name!r}: phi={v}: {e}") from e
-        return out
-
-    def _operators(self) -> list[TrialSpec]:
-        base = self._schedule_of(self.schedule, "base")
-        out = []
-        for op in self.operators:
-            if op not in (*OPERATORS, FULL):
-                raise ValueError(
-                    f"space {self.name!r}: operators: unknown operator {op!r}; known: {(*OPERATORS, FULL)}"
-                )
-            s = base.full_baseline(FULL) if op == FULL else base.replace(operator=op, name=op)
-            out.append(TrialSpec(op, s, {"operator": op}))
-        return out
-
-    def _adaptive(self) -> list[TrialSpec]:
-        """The same schedule with fixed stage starts and with online (adaptive) growth, plus full training."""
-        if not isinstance(self.adaptive, dict) or "target_gamma" not in self.adaptive:
-            raise ValueError(f"space {self.name!r}: adaptive: must be a mapping with at least target_gamma")
-        base = self._schedule_of(self.schedule, "base")
-        target = base.full_baseline(FULL)
-        return [
-            TrialSpec("fixed", base.replace(name="fixed"), {"mode": "fixed"}),
-            TrialSpec("adaptive", base.replace(name="adaptive"), {"mode": "adaptive"}, run={"adaptive": self.adaptive}),
-            TrialSpec(FULL, target, {"mode": FULL}),
-        ]
-
-    def _schedule_of(self, spec: Any, label: str) -> Schedule:
+    def schedule_of(self, spec: Any, label: str) -> Schedule:
         """A preset name/file (rescaled to total_steps, phi), or {"structures": [...], "starts": [...]}."""
         try:
             if isinstance(spec, str):  # a preset's stages on the space's arch (mini-sch1-g trains llama too)
@@ -323,10 +311,10 @@ class SearchSpace:
                 unknown = set(spec) - {"structures", "starts", "operator"}
                 if unknown:
                     raise ValueError(f"unknown key(s) {sorted(unknown)}")
-                structs = [_structure(x, f"structures[{i}]") for i, x in enumerate(spec["structures"])]
+                structs = [structure_of(x, f"structures[{i}]") for i, x in enumerate(spec["structures"])]
                 starts = spec.get("starts") or paper_stage_starts(self.total_steps, len(structs))
                 kw = {"operator": spec["operator"]} if "operator" in spec else {}
-                return self._sched(label, list(zip(structs, starts, strict=True)), **kw)
+                return self.stage_schedule(label, list(zip(structs, starts, strict=True)), **kw)
             if isinstance(spec, dict):
                 return Schedule.from_dict({**spec, "name": label})
         except ValueError as e:
@@ -337,7 +325,7 @@ class SearchSpace:
     def run_config(self, trial: TrialSpec, sweep_name: str, vocab_size: int | None = None, **extra: Any) -> RunConfig:
         """The trial's validated RunConfig: RUN_DEFAULTS < space.run < trial.run < extra; schedule, name, seed set
         here. With compute 'flops' and a ``vocab_size``, the schedule is solved to the FLOPs of ``total_steps``
-        steps of the space's target (without one, it is validated as written - the check before data exists)."""
+        (times the trial's ``budget_frac``) steps of the space's target (without one, it is validated as written - the check before data exists)."""
         d = merge_dicts(merge_dicts(merge_dicts(RUN_DEFAULTS, self.run), trial.run), extra)
         d.update(schedule=trial.schedule.to_dict(), name=f"{sweep_name}-{trial.label}", seed=trial.seed)
         data = dict(d.get("data") or {})
@@ -347,9 +335,8 @@ class SearchSpace:
         try:
             rc = RunConfig.from_dict(d)
             if self.compute == "flops" and vocab_size is not None:
-                solved = equal_flops(
-                    trial.schedule, self.total_steps, vocab_size, rc.data.seq_len, self.reference_target()
-                )
+                steps = max(1, round(self.total_steps * trial.meta.get("budget_frac", 1.0)))
+                solved = equal_flops(trial.schedule, steps, vocab_size, rc.data.seq_len, self.reference_target())
                 rc = RunConfig.from_dict({**rc.to_dict(), "schedule": solved.to_dict()})
             return rc
         except ValueError as e:
@@ -371,19 +358,12 @@ class SearchSpace:
         if unknown:
             raise ValueError(f"space {name!r}: unknown field(s) {sorted(unknown)}; known: {sorted(known - {'doc'})}")
         if "kind" not in d:
-            raise ValueError(f"space {name!r}: kind is required ({', '.join(KINDS)})")
+            raise ValueError(f"space {name!r}: kind is required ({', '.join(kind_names())})")
         return cls(**{"name": name, "doc": doc, **d})
 
 
 def _positive(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, int | float) and v > 0 and math.isfinite(v)
-
-
-def _structure(value: Any, where: str) -> Structure:
-    try:
-        return Structure.parse(value)
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from e
 
 
 def load_space(name_or_path: str | os.PathLike, overrides: list[str] | None = None) -> SearchSpace:
@@ -393,8 +373,7 @@ def load_space(name_or_path: str | os.PathLike, overrides: list[str] | None = No
     if not path.is_file():
         named = spaces_dir() / f"{name_or_path}.py"
         if not named.is_file():
-            known = sorted(p.stem for p in spaces_dir().glob("*.py") if not p.stem.startswith("_"))
-            raise ValueError(f"unknown space {str(name_or_path)!r}: not a file and not one of {known}")
+            raise ValueError(f"unknown space {str(name_or_path)!r}: not a file and not one of {known_spaces()}")
         path = named
     raw, doc = _read_space_file(path)
     if isinstance(raw, SearchSpace):

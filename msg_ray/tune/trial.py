@@ -6,7 +6,8 @@
 - ``nested_trial``: the trial launches a ``TorchTrainer`` whose rank 0 forwards its reports to Tune
   (``TuneReportCallback``). Resources are sized by ``plan_resources`` so that ``max_concurrent`` trials *and*
   their workers always fit in the cluster (a trial holding a whole CPU while its workers wait for more is how
-  concurrent nested trials deadlocked on 2 CPUs).
+  concurrent nested trials deadlocked on 2 CPUs); with ``run.use_gpu`` every worker holds one GPU and
+  concurrency is sized by the cluster's GPUs.
 
 Both add ``loss_avg`` (mean training loss over the γ window: ASHA's metric, far less noisy than one step's
 loss) to every report and flush the rank-0 MLflow buffer first, so a trial ASHA stops keeps its metrics.
@@ -45,24 +46,40 @@ def nested_trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
 
 
 def plan_resources(
-    mode: str, total_cpus: float, max_concurrent: int | None, workers: int, cpus_per_worker: float
+    mode: str,
+    total_cpus: float,
+    max_concurrent: int | None,
+    workers: int,
+    cpus_per_worker: float,
+    use_gpu: bool = False,
+    total_gpus: float = 0.0,
 ) -> tuple[dict[str, float], float, int]:
     """(trial resources, CPUs per Train worker, max concurrent trials) such that concurrent trials always fit.
 
-    in-process: the trial is the worker (``cpus_per_worker`` each). nested: each trial holds ``TRIAL_CPU`` and
-    its ``workers`` hold ``cpus_per_worker``, shrunk (to 0.01 CPU steps) when ``max_concurrent`` trials would not
-    fit otherwise; the Train controller itself holds no CPU in Ray Train V2.
+    in-process: the trial is the worker (``cpus_per_worker`` each, plus ``{"GPU": 1}`` with ``use_gpu``). nested:
+    each trial holds ``TRIAL_CPU`` and its ``workers`` hold ``cpus_per_worker`` (and one GPU each with ``use_gpu``,
+    requested by the trial's TorchTrainer), shrunk (to 0.01 CPU steps) when ``max_concurrent`` trials would not
+    fit otherwise; the Train controller itself holds no CPU in Ray Train V2. With ``use_gpu``, concurrency is also
+    capped by the cluster's GPUs (``total_gpus // workers``), and a cluster without enough GPUs is an error here,
+    before any trial waits forever for one.
     """
     if workers < 1:
         raise ValueError(f"workers_per_trial: must be >= 1, got {workers}")
-    if mode == "inprocess":
-        if workers != 1:
-            raise ValueError("mode 'inprocess' trains with one worker; use mode 'nested' for workers_per_trial > 1")
-        k = max_concurrent or max(1, int(total_cpus // cpus_per_worker))
-        return {"CPU": cpus_per_worker}, cpus_per_worker, k
-    if mode != "nested":
+    if mode not in ("inprocess", "nested"):
         raise ValueError(f"mode: must be 'inprocess' or 'nested', got {mode!r}")
+    if mode == "inprocess" and workers != 1:
+        raise ValueError("mode 'inprocess' trains with one worker; use mode 'nested' for workers_per_trial > 1")
+    gpu_k = int(total_gpus // workers) if use_gpu else None
+    if gpu_k is not None and gpu_k < 1:
+        raise ValueError(
+            f"run.use_gpu: a trial needs {workers} GPU(s) ({workers} worker(s) x 1), the cluster has {total_gpus:g}"
+        )
+    if mode == "inprocess":
+        k = max_concurrent or max(1, int(total_cpus // cpus_per_worker))
+        k = min(k, gpu_k) if gpu_k else k
+        return {"CPU": cpus_per_worker, **({"GPU": 1.0} if use_gpu else {})}, cpus_per_worker, k
     k = max_concurrent or max(1, int(total_cpus // (workers * cpus_per_worker + TRIAL_CPU)))
+    k = min(k, gpu_k) if gpu_k else k
     fit = (total_cpus / k - TRIAL_CPU) / workers
     per_worker = min(cpus_per_worker, math.floor(fit * 100) / 100)
     if per_worker < 0.01:
