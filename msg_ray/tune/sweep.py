@@ -36,7 +36,7 @@ from msg_ray import plots
 from msg_ray.data import prepare
 from msg_ray.flops import full_flops
 from msg_ray.schedule import Schedule
-from msg_ray.tracking import Tracker, resolve_tracking_uri
+from msg_ray.tracking import RunTracker, make_tracker, resolve_tracking_uri
 from msg_ray.train.config import RunConfig
 from msg_ray.tune import estimate as E
 from msg_ray.tune import figures
@@ -133,9 +133,15 @@ def plan_trials(
     return out
 
 
-def _open_parent(cfg: SweepConfig, uri: str, resumed_id: str | None) -> Tracker:
+def _backend(run: dict[str, Any]) -> str:
+    """The tracking backend of a planned trial's run config (plans written before ``tracking`` existed: MLflow)."""
+    return run.get("tracking", {}).get("backend", "mlflow")
+
+
+def _open_parent(cfg: SweepConfig, uri: str, resumed_id: str | None, backend: str) -> RunTracker:
     name = cfg.sweep_name
-    parent = Tracker(
+    parent = make_tracker(
+        backend,
         uri=uri,
         experiment=cfg.experiment,
         run_name=name,
@@ -169,7 +175,9 @@ def _open_child(trial: dict[str, Any], parent_id: str | None, uri: str, experime
         "msg_ray.tune.seed": trial["seed"],
         **{f"msg_ray.tune.{k}": v for k, v in trial["meta"].items()},
     }
-    t = Tracker(uri=uri, experiment=experiment, run_name=rc["name"], parent_run_id=parent_id, tags=tags)
+    t = make_tracker(
+        _backend(rc), uri=uri, experiment=experiment, run_name=rc["name"], parent_run_id=parent_id, tags=tags
+    )
     run_id = t.start()
     s = rc["schedule"]
     t.log_params(
@@ -180,7 +188,9 @@ def _open_child(trial: dict[str, Any], parent_id: str | None, uri: str, experime
     return run_id
 
 
-def _load_or_create_plan(cfg: SweepConfig, path: Path, uri: str, storage: str, vocab_size: int) -> tuple[dict, Tracker]:
+def _load_or_create_plan(
+    cfg: SweepConfig, path: Path, uri: str, storage: str, vocab_size: int
+) -> tuple[dict, RunTracker]:
     plan_file = path / PLAN
     trials = plan_trials(cfg, storage, uri, vocab_size)
     if plan_file.exists():
@@ -195,8 +205,8 @@ def _load_or_create_plan(cfg: SweepConfig, path: Path, uri: str, storage: str, v
             )
         for t in plan["trials"]:  # plans written before the key was renamed
             t.setdefault("run_id", t.pop("mlflow_run_id", None))
-        return plan, _open_parent(cfg, uri, plan["parent_run_id"])
-    parent = _open_parent(cfg, uri, None)
+        return plan, _open_parent(cfg, uri, plan["parent_run_id"], _backend(trials[0]["run"]))
+    parent = _open_parent(cfg, uri, None, _backend(trials[0]["run"]))
     for t in trials:
         t["run_id"] = _open_child(t, parent.run_id, uri, cfg.experiment)
     plan = {
@@ -394,7 +404,9 @@ def _probe_round(cfg: SweepConfig, plan: dict, path: Path, trials: dict[int, R.T
 def _finish_children(trials: list[R.TrialSeries], rows: list[dict], plan: dict, uri: str, experiment: str) -> None:
     rank = {r["label"]: r for r in rows}
     for t, p in zip(trials, plan["trials"], strict=True):
-        tr = Tracker(uri=uri, experiment=experiment, run_name=p["run"]["name"], run_id=p["run_id"])
+        tr = make_tracker(
+            _backend(p["run"]), uri=uri, experiment=experiment, run_name=p["run"]["name"], run_id=p["run_id"]
+        )
         tr.start()
         r = rank[t.spec.label]
         tr.log_metrics(
@@ -526,7 +538,7 @@ def _write_results(
     plan: dict,
     cfg: SweepConfig,
     out: Path,
-    parent: Tracker,
+    parent: RunTracker,
     line: str,
 ) -> Path | None:
     space = cfg.space
