@@ -107,11 +107,14 @@ def _operators(scale: float, lrs: list[float]) -> Study:
     base = candidates("gpt", n, phi=max(1, round(50 * min(1.0, scale))))["ffn-first-48"]
     scheds = {FULL: full("gpt", _T, n, head_dim=32, phi=50, name=FULL)}
     scheds.update({op: base.replace(operator=op, name=op) for op in OPERATORS})
-    data = {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}
+    data = _CLM_DATA
     jobs = _grid(scheds, lrs, [0, 1, 2], n, batch_size=16, warmup_steps=150)
     return Study(data=data, jobs=sorted(jobs, key=lambda j: j.seed))
 
 
+# WikiText-2 with a 4k BPE at seq 64: the data of every study below that names its data
+_CLM_DATA = {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"}
+_MLM_DATA = {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "mlm"}
 _GPT_LRS = [1.4e-3, 2e-3, 2.8e-3, 4e-3, 5.6e-3]
 _BERT_LRS = [5e-4, 1e-3, 1.4e-3, 2e-3, 2.8e-3]
 
@@ -141,7 +144,7 @@ STUDIES: dict[str, Callable[[float], Study]] = {
     # warm-up 150 (the tuned full baseline's warm-up), the LR grid widened to bracket growth's optimum
     "gpt-warmup150": lambda scale: _study(
         "gpt",
-        {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"},
+        _CLM_DATA,
         1500,
         [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2],
         ["ffn-first-48", "ffn-first-32", "ffn-first-60", "ffn-first-72", "ffn-first-84", "hidden-last-48"],
@@ -155,7 +158,7 @@ STUDIES: dict[str, Callable[[float], Study]] = {
         f"gpt-warmup{w}": (
             lambda scale, w=w: _study(
                 "gpt",
-                {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"},
+                _CLM_DATA,
                 1500,
                 [2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2],
                 ["ffn-first-48"],
@@ -171,7 +174,7 @@ STUDIES: dict[str, Callable[[float], Study]] = {
     # ffn-first-48 is the mini-bert-fast preset's shape; -72 / -84 end growth later (GPT's best at this budget)
     "bert-warmup150": lambda scale: _study(
         "bert",
-        {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "mlm"},
+        _MLM_DATA,
         2000,
         [5e-4, 1e-3, 2e-3, 4e-3],
         ["ffn-first-48", "ffn-first-72", "ffn-first-84"],
@@ -183,7 +186,7 @@ STUDIES: dict[str, Callable[[float], Study]] = {
     # the same with warm-up 50: with 150 and 600, a warm-up grid that can bracket each operator's optimum
     "bert-warmup50": lambda scale: _study(
         "bert",
-        {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "mlm"},
+        _MLM_DATA,
         2000,
         [5e-4, 1e-3, 2e-3, 4e-3],
         ["ffn-first-48"],
@@ -195,7 +198,7 @@ STUDIES: dict[str, Callable[[float], Study]] = {
     # the same with warm-up 600 (the GPT baseline's bracketed optimum), the LR grid shifted up one point
     "bert-warmup600": lambda scale: _study(
         "bert",
-        {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "mlm"},
+        _MLM_DATA,
         2000,
         [1e-3, 2e-3, 4e-3, 8e-3],
         ["ffn-first-48"],
@@ -207,7 +210,7 @@ STUDIES: dict[str, Callable[[float], Study]] = {
     # the llama architecture on the gpt-warmup150 protocol, the grid widened by one point on each side
     "llama-warmup150": lambda scale: _study(
         "llama",
-        {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"},
+        _CLM_DATA,
         1500,
         [2e-3, 2.8e-3, 4e-3, 5.6e-3, 8e-3, 1.12e-2],
         ["ffn-first-48"],
@@ -237,7 +240,7 @@ STUDIES: dict[str, Callable[[float], Study]] = {
         f"gpt-4x-warmup{w}": (
             lambda scale, w=w: _study(
                 "gpt",
-                {"source": "wikitext2", "tokenizer": "bpe:4096", "seq_len": 64, "objective": "clm"},
+                _CLM_DATA,
                 6000,
                 [2.8e-3, 4e-3, 5.6e-3, 8e-3],
                 ["ffn-first-48", "ffn-first-84"],
