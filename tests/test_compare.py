@@ -423,11 +423,20 @@ def test_lr_search_seeds_plan_and_validation(tmp_path):
         ("msg", 3e-3, 2),
     ]
     assert rest[1].config.engine.lr == 3e-3 and rest[1].config.data.seed == 1
-    assert (
-        len(plan(replace(cfg, lr_search_seeds=None), vocab_size=1024)) == 12
-    )  # every seed x every LR x every operator
+    # every seed x every LR x every operator
+    assert len(plan(replace(cfg, lr_search_seeds=None), vocab_size=1024)) == 12
     with pytest.raises(ValueError, match="lr_search_seeds"):
         replace(cfg, lr_search_seeds=4)
+
+
+def test_plan_resolves_a_relative_corpus_path_on_the_driver(tmp_path, monkeypatch):
+    """Trials run in Tune's own folders (maybe on other nodes): a relative ``--data`` must arrive absolute."""
+    monkeypatch.chdir(tmp_path)
+    Path("corpus.txt").write_text("some text\n")
+    base = base_config(tmp_path)
+    base = replace(base, data=replace(base.data, source="corpus.txt"))
+    runs = plan(CompareConfig(base=base, operators=("msg", "full"), seeds=(0,)), vocab_size=1024)
+    assert {r.config.data.source for r in runs} == {str(tmp_path / "corpus.txt")}
 
 
 def test_lr_of_runs_each_operator_at_its_own_lr(tmp_path):

@@ -538,3 +538,15 @@ def test_plan_only_prints_the_plan_without_ray(tmp_path, capsys):
     out = capsys.readouterr().out
     assert r.interrupted and not r.rows and not (tmp_path / "ray").exists()  # nothing ran, nothing written
     assert "plan: p (structures): 12 trials" in out and "estimate" in out and "up to 8 more trials" in out
+
+
+def test_planned_trials_carry_an_absolute_corpus_path(tmp_path, monkeypatch):
+    """Trials run in Tune's own folders (maybe on other nodes): a relative corpus path arrives absolute."""
+    from msg_ray.tune import SweepConfig
+    from msg_ray.tune.sweep import plan_trials
+
+    monkeypatch.chdir(tmp_path)
+    Path("corpus.txt").write_text("some text\n")
+    space = load_space(write_space(tmp_path / "p.py", TINY), ["run.data.source=corpus.txt"])
+    trials = plan_trials(SweepConfig(space=space, storage_path=str(tmp_path / "ray")), str(tmp_path), "sqlite:///x")
+    assert {t["run"]["data"]["source"] for t in trials} == {str(tmp_path / "corpus.txt")}

@@ -32,7 +32,7 @@ from msg_ray.compare.evaluate import EvalConfig, evaluate_many
 from msg_ray.compare.extend import compact, extend_run
 from msg_ray.compare.report import FULL, Report, RunRecord, best_lrs, reach_target, write_report
 from msg_ray.compare.resources import task_options, trial_concurrency, trial_resources, used_gpu
-from msg_ray.data import prepare
+from msg_ray.data import prepare, resolve_paths
 from msg_ray.flops import equal_flops, flops_ratio
 from msg_ray.schedule import OPERATORS
 from msg_ray.tracking import resolve_tracking_uri
@@ -168,8 +168,8 @@ def plan(
     if cfg.budget == "flops" and vocab_size is None:
         raise ValueError("plan: budget 'flops' needs the vocab_size to count FLOPs")
     base, sched = cfg.base, cfg.base.schedule
-    if base.data.cache_dir:  # Tune trials run in their own cwd
-        base = replace(base, data=replace(base.data, cache_dir=str(Path(base.data.cache_dir).resolve())))
+    # local paths made absolute here, on the driver: trials run in Tune's own folders, maybe on other nodes
+    base = replace(base, data=resolve_paths(base.data))
     schedules = {}
     for op in cfg.operators:
         if op == FULL:

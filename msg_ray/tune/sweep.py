@@ -26,14 +26,14 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from msg_ray import plots
-from msg_ray.data import prepare
+from msg_ray.data import prepare, resolve_paths
 from msg_ray.flops import full_flops
 from msg_ray.schedule import Schedule
 from msg_ray.tracking import RunTracker, make_tracker, resolve_tracking_uri
@@ -129,6 +129,7 @@ def plan_trials(
         if space.budget:  # a compute budget stops trials, so no final checkpoint is reported on the way
             over.setdefault("lr_decay", space.run.get("lr_decay", "constant"))
         rc = space.run_config(spec, cfg.sweep_name, vocab_size, **over)
+        rc = replace(rc, data=resolve_paths(rc.data))  # trials run in Tune's own folders, maybe on other nodes
         out.append({"label": spec.label, "seed": spec.seed, "meta": spec.meta, "run": rc.to_dict(), "run_id": None})
     return out
 
