@@ -158,9 +158,11 @@ def choices(trials: list[TrialSeries], space: SearchSpace) -> dict[str, Choice]:
             return math.nan if any(math.isnan(x) for x in s) else statistics.fmean(s)
 
         (lr, warmup), ts = min(by_point.items(), key=lambda kv: _nan_last(mean(kv[1])))
+        if math.isnan(mean(ts)):
+            continue  # no trial of this label finished its budget (ASHA stopped them all): nothing to choose
         tried = sorted({k[0] for k in by_point if k[1] == warmup and k[0] is not None})
         edge = ""
-        if lr is not None and not math.isnan(mean(ts)):
+        if lr is not None:
             edge = "low" if lr == tried[0] else "high" if lr == tried[-1] else ""
             if len(tried) == 1:
                 edge = "high"  # one point brackets nothing; the sweep tries above it first
