@@ -172,8 +172,8 @@ class ShardedBlocks:
     those rows); ``shape``, ``len`` and ``dim()`` behave like the ``[N, seq_len]`` tensor it stands for.
     Rows are read with ``pread`` by default: with ``np.memmap`` (``mmap=True``) every random block read maps
     the pages around it (the kernel's fault-around, 64 KiB), so a worker's resident set grows by ~64 KiB per
-    block touched until it holds the whole split (measured: +178 MB after 2,400 random block reads over 120
-    mapped shards; ``pread`` +0), which is what the flat-memory requirement rules out.
+    block touched until it holds the whole split (measurement in docs/results/data.md), which is what the
+    flat-memory requirement rules out.
     """
 
     def __init__(
