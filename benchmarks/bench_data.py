@@ -63,6 +63,13 @@ def make_corpus(path: Path, gigabytes: float, seed: int = 0) -> None:
     os.replace(tmp, path)
 
 
+def _check_code(module_file: str, checkout: str) -> None:
+    """The measured code must be ``checkout``'s: ``python -c``/``-m`` put the working directory first on
+    ``sys.path`` (before PYTHONPATH), so a run started from another checkout silently measures that one."""
+    if not Path(module_file).resolve().is_relative_to(Path(checkout).resolve()):
+        raise RuntimeError(f"measured msg_ray from {module_file}, expected the checkout {checkout}")
+
+
 def _env(pythonpath: str, home: Path) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=pythonpath, MSG_RAY_HOME=str(home), MSG_RAY_QUIET="1", RAY_AUTH_MODE="disabled")
     env.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
@@ -78,7 +85,9 @@ ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
 t = time.perf_counter()
 d = prepare(DataConfig(source=corpus, tokenizer="gpt2", seq_len=int(sys.argv[-1]), storage_path=storage), executor=ray_executor())
 s = d.stats
-print(json.dumps({"seconds": time.perf_counter() - t, "tokens": s["train_tokens"] + s["valid_tokens"]}))
+import msg_ray
+row = {"seconds": time.perf_counter() - t, "tokens": s["train_tokens"] + s["valid_tokens"], "code": msg_ray.__file__}
+print(json.dumps(row))
 """
 
 PREPARE_OLD = """
@@ -88,18 +97,21 @@ corpus, cache = sys.argv[1], sys.argv[2]
 t = time.perf_counter()
 d = prepare(DataConfig(source=corpus, tokenizer="gpt2", seq_len=int(sys.argv[-1]), cache_dir=cache))
 s = d.stats
-print(json.dumps({"seconds": time.perf_counter() - t, "tokens": s["train_tokens"] + s["valid_tokens"]}))
+import msg_ray
+row = {"seconds": time.perf_counter() - t, "tokens": s["train_tokens"] + s["valid_tokens"], "code": msg_ray.__file__}
+print(json.dumps(row))
 """
 
 
 def run_prepare(code: str, args: list[str], env: dict, cpus: int, pin: bool) -> dict:
     cmd = [sys.executable, "-c", code, *args, str(SEQ_LEN)]
-    if pin:  # the old path has no CPU knob: restrict the process (and its tokenizer threads) to ``cpus`` cores
+    if pin:  # restrict the process tree (and the tokenizer's threads) to ``cpus`` cores: a ``cpus``-core machine
         cmd = ["taskset", "-c", ",".join(str(i) for i in range(cpus)), *cmd]
     load = os.getloadavg()[0]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, cwd=env["PYTHONPATH"], capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
+    _check_code(json.loads(proc.stdout.strip().splitlines()[-1])["code"], env["PYTHONPATH"])
     # the machine's 1-minute load average before and after: on a shared machine it says how noisy the number is
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "load": [round(load, 1), round(os.getloadavg()[0], 1)]}
 
@@ -175,10 +187,14 @@ def run_train(pythonpath: str, home: Path, corpus: Path, data_sets: list[str], n
     ]
     for item in data_sets:
         cmd += ["--set", item]
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, env=_env(pythonpath, home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    env = _env(pythonpath, home)
+    probe = [sys.executable, "-c", "import msg_ray; print(msg_ray.__file__)"]
+    _check_code(
+        subprocess.run(probe, env=env, cwd=pythonpath, capture_output=True, text=True).stdout.strip(), pythonpath
     )
+    start = time.perf_counter()
+    # cwd: the checkout under test, which ``python -m`` (and Ray's workers after it) put first on sys.path
+    proc = subprocess.Popen(cmd, env=env, cwd=pythonpath, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peaks: dict[int, tuple[int, ...]] = {}
     first: list[float] = []
     tail: list[str] = []
@@ -248,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-train", action="store_true", help="measure prepare only")
     parser.add_argument("--old-cpus", type=int, nargs="*", default=None, help="CPU counts for the old path")
     parser.add_argument("--out", default="", help="append result rows (JSON lines) here")
+    parser.add_argument(
+        "--pin-new", action="store_true", help="also pin the new path's prepare to C cores (as a C-core machine)"
+    )
     args = parser.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -273,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
                 storage = stores[c]
                 shutil.rmtree(storage, ignore_errors=True)
                 if which == "new":
-                    r = run_prepare(PREPARE_NEW, [str(corpus), str(storage), str(c)], _env(pythonpath, home), c, False)
+                    r = run_prepare(
+                        PREPARE_NEW, [str(corpus), str(storage), str(c)], _env(pythonpath, home), c, args.pin_new
+                    )
                 else:
                     _link_gpt2(storage)
                     r = run_prepare(PREPARE_OLD, [str(corpus), str(storage)], _env(pythonpath, home), c, True)
