@@ -197,7 +197,7 @@ def prepare(cfg: DataConfig, *, executor: Executor | None = None) -> PreparedDat
     digest = tokenizer_digest(tok)
     tag = "".join(c if c.isalnum() else "_" for c in cfg.tokenizer)[-24:]
     key = f"{source.key}-{tag}-L{cfg.seq_len}-m{cfg.max_train_tokens}-c{cfg.chunk_bytes}-{digest[:8]}-v{_FORMAT}"
-    uri = f"{storage_root(cfg).rstrip('/')}/{key}"
+    uri = S.join(storage_root(cfg), key)
     store = S.Store(uri)
     from_cache = store.exists(S.MANIFEST)
     if not from_cache:

@@ -39,11 +39,18 @@ def dtype_for(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 1 << 16 else "uint32"
 
 
+def join(root: str, name: str) -> str:
+    """``root``/``name`` for a local path or a URI; a URI's query string (``?endpoint_override=...&scheme=http``,
+    how `pyarrow.fs` is pointed at an S3-compatible server such as MinIO) stays at the end."""
+    base, sep, query = root.partition("?") if "://" in root else (root, "", "")
+    return f"{base.rstrip('/')}/{name}{sep}{query}"
+
+
 class Store:
     """One prepared dataset's folder on a `pyarrow.fs` filesystem (local paths included), with atomic writes."""
 
     def __init__(self, uri: str) -> None:
-        self.uri = uri.rstrip("/")
+        self.uri = uri if "?" in uri else uri.rstrip("/")
         if "://" in self.uri:
             self.fs, self.base = pafs.FileSystem.from_uri(self.uri)
         else:

@@ -101,6 +101,8 @@ def _local_files(source: str, data_files: Any) -> dict[str, list[Path]] | None:
     if source in set(BUILDERS.values()):
         if data_files is None:
             raise ValueError(f"source {source!r} needs data_files (a path, list of paths or split->paths dict)")
+        if any("://" in item for item in _items(data_files)):
+            return None  # URLs (https://, s3://, hf://): `datasets` reads them through fsspec
         spec = data_files
     elif Path(source).expanduser().exists():
         if data_files is not None:
@@ -114,6 +116,12 @@ def _local_files(source: str, data_files: Any) -> dict[str, list[Path]] | None:
     if len(paths) > 1 and Path(str(spec)).is_dir():
         return _split_by_name(paths)
     return {"train": paths}
+
+
+def _items(spec: Any) -> list[str]:
+    """Every path or URL named in a ``data_files`` spec (a string, a list, or split -> string or list)."""
+    values = spec.values() if isinstance(spec, dict) else [spec]
+    return [str(x) for v in values for x in ([v] if isinstance(v, str | Path) else v)]
 
 
 def _split_name(name: str) -> str:
@@ -208,6 +216,15 @@ def _inline_chunks(split: str, records: Any, chunk_bytes: int) -> Iterator[dict[
             texts, size = [], 0
     if texts:
         yield {"split": split, "kind": "inline", "texts": texts}
+
+
+def _texts(rows: Any, column: str, what: str) -> Iterator[str]:
+    """The ``column`` of each row; a streaming dataset may not know its columns before the first row, so a missing
+    column is caught here as the same one-line error."""
+    for row in rows:
+        if column not in row:
+            raise ValueError(f"text column {column!r} not found in {what}; available columns: {sorted(row)}")
+        yield row[column]
 
 
 def _file_chunks(split: str, path: Path, builder: str, column: str, chunk_bytes: int) -> Iterator[dict[str, Any]]:
@@ -340,7 +357,7 @@ def _hub_source(name, config, data_files, column, seed, frac, chunk_bytes, strea
     def hub_tasks() -> Iterator[dict[str, Any]]:
         for split in ("train", "valid", "test"):
             if split in splits:
-                yield from _inline_chunks(split, (row[column] for row in splits[split]), chunk_bytes)
+                yield from _inline_chunks(split, _texts(splits[split], column, f"{name} {split}"), chunk_bytes)
 
     return Source(
         key, f"datasets {name}" + (f"/{config}" if config else ""), fingerprint, hub_tasks, "valid" not in splits
