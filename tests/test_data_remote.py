@@ -90,11 +90,20 @@ def test_prepare_into_s3_and_read_from_another_node(corpus: Path, s3: str, tmp_p
         a, b = local.manifest["splits"][split], remote.manifest["splits"][split]
         assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
         assert {s["file"] for s in b["shards"]} <= listed
-    # Another node: only data.shards (the URI) travels; the shards are mirrored into its cache and verified.
+    # Another node: only data.shards (the URI) travels. Opened for counts (a driver), nothing is downloaded;
+    # reading the train split brings exactly its shards into the node's cache.
     other = _cache(tmp_path, "c")
     opened = prepare(_cfg(str(corpus), other, shards=remote.config.shards))
+    assert len(opened.train_blocks) == len(local.train_blocks) and not list(other.glob("mirror/*/*/*.bin"))
     assert torch.equal(opened.train_blocks[:], local.train_blocks[:])
-    assert Path(opened.train_blocks.paths[0]).is_relative_to(other / "mirror")
+    mirrored = sorted(p.relative_to(other / "mirror" / remote.manifest["key"]) for p in other.glob("mirror/*/*/*.bin"))
+    assert [str(p) for p in mirrored] == sorted(s["file"] for s in remote.manifest["splits"]["train"]["shards"])
+    # A training worker (mirror="now") has every shard on its node before the first step.
+    worker = prepare(_cfg(str(corpus), _cache(tmp_path, "w"), shards=remote.config.shards), mirror="now")
+    assert len(list((tmp_path / "w" / "mirror").glob("*/*/*.bin"))) == len(
+        remote.manifest["splits"]["train"]["shards"]
+    ) + len(remote.manifest["splits"]["valid"]["shards"])
+    assert torch.equal(worker.valid_blocks[:], local.valid_blocks[:])
     # A re-run with the same storage_path finds the bucket's manifest and writes nothing.
     again = prepare(_cfg(str(corpus), _cache(tmp_path, "d"), storage_path=storage))
     assert again.stats["from_cache"] and again.manifest == remote.manifest
@@ -109,8 +118,16 @@ def test_corrupt_object_is_refused_naming_it(corpus: Path, s3: str, tmp_path: Pa
     raw[0] ^= 1  # same size, one bit flipped: only the SHA-256 can tell
     with fs.open_output_stream(f"{base}/{shard}") as fh:
         fh.write(bytes(raw))
+    # A training worker refuses it before the first step; a reader fetching on demand when it reaches that shard,
+    # leaving no file behind in its cache.
     with pytest.raises(ValueError, match=f"shard .*{shard} fails its SHA-256 check"):
-        prepare(_cfg(str(corpus), _cache(tmp_path, "b"), shards=remote.config.shards))
+        prepare(_cfg(str(corpus), _cache(tmp_path, "b"), shards=remote.config.shards), mirror="now")
+    lazy = prepare(_cfg(str(corpus), _cache(tmp_path, "c"), shards=remote.config.shards))
+    first = remote.manifest["splits"]["train"]["shards"][0]["blocks"]
+    assert lazy.train_blocks[:first].shape[0] == first  # shard 0 is intact
+    with pytest.raises(ValueError, match=f"shard .*{shard} fails its SHA-256 check"):
+        lazy.train_blocks[first]
+    assert not [p for p in (tmp_path / "c" / "mirror").rglob("*") if p.name.endswith(".bin") and shard in str(p)]
 
 
 @pytest.fixture(scope="module")

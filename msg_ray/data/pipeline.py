@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -37,6 +37,7 @@ _WAVE_CHARS = 256 << 20  # inline chunks (built-in, hub) are shipped to Ray in w
 _ENCODE_BATCH = 1000  # records per `encode_batch` call (bounds the Encoding objects alive at once)
 # Runs chunk tasks (JSON-serialisable dicts) with `run_chunk` somewhere and returns their results in any order.
 Executor = Callable[[list[dict[str, Any]], dict[str, Any]], list[dict[str, Any]]]
+Mirror = Literal["now", "on_read"]
 
 
 @dataclass(kw_only=True)
@@ -173,15 +174,16 @@ def storage_root(cfg: DataConfig) -> str:
     return cfg.storage_path or str(cache_root(cfg.cache_dir) / "shards")
 
 
-def prepare(cfg: DataConfig, *, executor: Executor | None = None) -> PreparedData:
-    """Shards for ``cfg`` (written once, resumed if interrupted) opened memory-mapped; raises ValueError naming
+def prepare(cfg: DataConfig, *, executor: Executor | None = None, mirror: Mirror = "on_read") -> PreparedData:
+    """Shards for ``cfg`` (written once, resumed if interrupted), opened for reading; raises ValueError naming
     any data problem. ``executor`` runs chunk tasks (`run_chunks` in this process when None; the Ray Data one
-    is `msg_ray.train.prepare.ray_executor`); it is used only when shards must be written."""
+    is `msg_ray.train.prepare.ray_executor`); it is used only when shards must be written. ``mirror``: when
+    should shards on remote storage be copied to this node (see `open_prepared`)."""
     start = time.perf_counter()
     cfg = resolve_paths(cfg)
     root = cache_root(cfg.cache_dir)
     if cfg.shards:
-        return open_prepared(cfg, root)
+        return open_prepared(cfg, root, mirror)
     source = resolve_source(
         cfg.source,
         cfg.data_files,
@@ -206,7 +208,7 @@ def prepare(cfg: DataConfig, *, executor: Executor | None = None) -> PreparedDat
         how = getattr(executor, "__name__", "custom")
         say(f"preparing {source.description} with tokenizer {cfg.tokenizer!r}, seq_len {cfg.seq_len} ({how})")
         _build(cfg, source, tok, store, key, executor)
-    data = open_prepared(replace(cfg, shards=uri), root)
+    data = open_prepared(replace(cfg, shards=uri), root, mirror)
     data.stats.update(from_cache=from_cache, prepare_seconds=round(time.perf_counter() - start, 3))
     return data
 
@@ -384,9 +386,16 @@ def _manifest(cfg, source: Source, tok: Tokenizer, key: str, markers: dict, n_ta
 
 
 # -- reading -------------------------------------------------------------------------------------------------------
-def open_prepared(cfg: DataConfig, root: Path | None = None) -> PreparedData:
+def open_prepared(cfg: DataConfig, root: Path | None = None, mirror: Mirror = "on_read") -> PreparedData:
     """Open the prepared folder ``cfg.shards`` after checking it matches ``cfg`` (seq_len, tokenizer) and that its
-    shards are intact (sizes always; SHA-256 once per node and shard set, remembered under ``<cache>/verified``)."""
+    shards are intact (sizes always; SHA-256 once per node and shard set, remembered under ``<cache>/verified``).
+
+    Shards on remote storage are copied into ``<cache>/mirror/<key>`` (once per node, each SHA-256-checked as it
+    arrives): all of them here with ``mirror="now"`` (training workers: no download inside a step, a corrupt
+    shard refused before the first one), else each on its first read, so a driver that only needs the counts
+    downloads nothing."""
+    if mirror not in ("now", "on_read"):
+        raise ValueError(f"mirror must be 'now' or 'on_read', got {mirror!r}")
     root = root or cache_root(cfg.cache_dir)
     store = S.Store(cfg.shards)
     if not store.exists(S.MANIFEST):
@@ -408,14 +417,31 @@ def open_prepared(cfg: DataConfig, root: Path | None = None) -> PreparedData:
         raise ValueError(f"data.shards: {store.path(S.TOKENIZER_FILE)} does not match its manifest's digest (corrupt)")
     _check_tokenizer(cfg, m, root)
     shards = [s for split in m["splits"].values() for s in split["shards"]]
-    if not store.local:
-        store = S.Store(str(S.mirror(store, shards, root / "mirror" / m["key"])))
-    _verify(store, shards, root / "verified" / f"{m['key']}.json", f"data.shards ({cfg.shards})")
+    what = f"data.shards ({cfg.shards})"
+    local_root, remote = root / "mirror" / m["key"], store
+    if not store.local and mirror == "now":
+        store = S.Store(str(S.mirror(store, shards, local_root)))
+    if store.local:
+        _verify(store, shards, root / "verified" / f"{m['key']}.json", what)
+    else:
+        S.verify(store, shards, full=False, what=what)  # sizes from a listing; hashes as each shard arrives
+
+    def on_read(info: dict[str, Any]) -> Callable[[int], None] | None:
+        if store.local:
+            return None
+
+        def fetch(i: int) -> None:
+            S.fetch(remote, info["shards"][i]["file"], local_root, info["shards"][i]["sha256"])
+
+        return fetch
+
     blocks = {}
     for split, info in m["splits"].items():
-        paths = [store.local_path(s["file"]) for s in info["shards"]]
+        paths = [store.local_path(s["file"]) if store.local else local_root / s["file"] for s in info["shards"]]
         counts = [s["blocks"] for s in info["shards"]]
-        blocks[split] = S.ShardedBlocks(paths, counts, m["seq_len"], m["dtype"], limit=info["blocks"])
+        blocks[split] = S.ShardedBlocks(
+            paths, counts, m["seq_len"], m["dtype"], limit=info["blocks"], fetch=on_read(info)
+        )
     ids = special_ids(tok)
     stats: dict[str, Any] = {}
     for split, info in m["splits"].items():

@@ -12,16 +12,17 @@ Layout of one prepared dataset ``<storage_path>/<key>/``::
 Every file is written to a temporary name and renamed into place; a chunk counts as done once its marker exists
 and a prepared dataset once its manifest exists, so a half-written prepare is never read and a re-run continues
 from the chunks already done. ``storage_path`` is a local/NFS path or a URI that `pyarrow.fs` understands
-(``s3://``, ``gs://``, ...); remote shards are mirrored into the local cache once before they are memory-mapped.
+(``s3://``, ``gs://``, ...); remote shards are copied into each node's cache once (see `fetch`) and read there.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,15 @@ class Store:
     def size(self, rel: str) -> int | None:
         info = self.fs.get_file_info(self.path(rel))
         return None if info.type == pafs.FileType.NotFound else info.size
+
+    def sizes(self, folders: set[str]) -> dict[str, int]:
+        """``{rel path: bytes}`` of the files in ``folders``: one listing per folder (not one request per file)."""
+        out = {}
+        for folder in folders:
+            for info in self.fs.get_file_info(pafs.FileSelector(self.path(folder), allow_not_found=True)):
+                if info.type == pafs.FileType.File:
+                    out[f"{folder}/{info.base_name}"] = info.size
+        return out
 
     def read(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self.path(rel)) as fh:
@@ -180,7 +190,8 @@ class ShardedBlocks:
     Rows are read with ``pread`` by default: with ``np.memmap`` (``mmap=True``) every random block read maps
     the pages around it (the kernel's fault-around, 64 KiB), so a worker's resident set grows by ~64 KiB per
     block touched until it holds the whole split (measurement in docs/results/data.md), which is what the
-    flat-memory requirement rules out.
+    flat-memory requirement rules out. ``fetch(i)``, when given, is called once before shard ``i`` is first read
+    (it puts a remote shard at ``paths[i]``).
     """
 
     def __init__(
@@ -191,8 +202,11 @@ class ShardedBlocks:
         dtype: str,
         limit: int | None = None,
         mmap: bool = False,
+        fetch: Callable[[int], None] | None = None,
     ) -> None:
         self.paths, self.counts, self.seq_len, self.dtype = paths, counts, seq_len, np.dtype(dtype).newbyteorder("<")
+        # fetch(i) puts shard i at paths[i] before its first read (remote shards mirrored on demand)
+        self.fetch, self._fetched = fetch, [fetch is None] * len(paths)
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         total = int(self.starts[-1])
         self.n = total if limit is None else min(limit, total)
@@ -222,6 +236,9 @@ class ShardedBlocks:
         out = np.empty((len(idx), self.seq_len), dtype=np.int32)
         which = np.searchsorted(self.starts, idx, side="right") - 1
         for shard in np.unique(which):
+            if not self._fetched[shard]:
+                self.fetch(int(shard))
+                self._fetched[shard] = True
             sel = which == shard
             local = idx[sel] - self.starts[shard]
             out[sel] = self._map(int(shard))[local] if self.mmap else self._pread(int(shard), local)
@@ -259,8 +276,9 @@ class ShardedBlocks:
 
 def verify(store: Store, shards: list[dict[str, Any]], full: bool, what: str) -> None:
     """Raise ValueError naming the shard if one is missing, has the wrong size or (``full``) the wrong SHA-256."""
+    sizes = store.sizes({s["file"].rsplit("/", 1)[0] for s in shards})
     for s in shards:
-        size = store.size(s["file"])
+        size = sizes.get(s["file"])
         if size is None:
             raise ValueError(f"{what}: shard {store.path(s['file'])} is missing; re-run `msg-ray data prepare`")
         if size != s["bytes"]:
@@ -276,15 +294,37 @@ def verify(store: Store, shards: list[dict[str, Any]], full: bool, what: str) ->
 
 
 def mirror(store: Store, shards: list[dict[str, Any]], local_root: Path) -> Path:
-    """Copy remote shards (and their manifest's tokenizer) into ``local_root`` once, verified; return that folder."""
-    for rel in [TOKENIZER_FILE, MANIFEST] + [s["file"] for s in shards]:
-        dst = local_root / rel
-        if dst.is_file():
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
+    """Copy remote shards (and their manifest's tokenizer) into ``local_root`` once, each checked against its
+    SHA-256 while it is copied; return that folder."""
+    fetch(store, TOKENIZER_FILE, local_root)
+    fetch(store, MANIFEST, local_root)
+    for s in shards:
+        fetch(store, s["file"], local_root, s["sha256"])
+    return local_root
+
+
+def fetch(store: Store, rel: str, local_root: Path, sha256: str | None = None) -> Path:
+    """``rel`` copied from ``store`` to ``local_root/rel`` unless already there. The processes of one node take
+    turns (a lock file per target), so a node downloads each file once, not once per worker; the copy is renamed
+    into place only after its SHA-256 (when given) matched."""
+    dst = local_root / rel
+    if dst.is_file():
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(dst.with_name(f".{dst.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if dst.is_file():  # another worker of this node fetched it while this one waited
+            return dst
         tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
+        digest = hashlib.sha256()
         with store.fs.open_input_stream(store.path(rel)) as src, open(tmp, "wb") as out:
             while chunk := src.read(1 << 24):
+                digest.update(chunk)
                 out.write(chunk)
+        if sha256 is not None and digest.hexdigest() != sha256:
+            tmp.unlink()
+            raise ValueError(
+                f"shard {store.path(rel)} fails its SHA-256 check (corrupt); delete the folder and prepare again"
+            )
         os.replace(tmp, dst)
-    return local_root
+    return dst

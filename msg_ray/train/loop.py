@@ -67,7 +67,8 @@ class WorkerRun:
         self.attempt_dir = Path(cfg.storage_path) / cfg.name
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
         self.cfg, self.sched = cfg, cfg.schedule
-        self.data = prepare(cfg.data)
+        # shards on remote storage are all on this node before the first step (none downloaded inside a step)
+        self.data = prepare(cfg.data, mirror="now")
         self.loader = self._loader("train", cfg.seed)
         self.batches: DevicePrefetcher  # the loader's batches on the engine's device, one ahead (set with the engine)
         self.valid = valid_batches(
