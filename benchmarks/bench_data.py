@@ -5,15 +5,19 @@ Corpora are generated locally (no download): WikiText-2 train sentences resample
 paragraphs of 3-12 sentences, one paragraph per line, so token statistics are WikiText-2's. Tokenizer GPT-2,
 seq_len 128. Every measurement runs in its own process (a fresh Ray per prepare, ``msg-ray train`` per training):
 
-- prepare: new path = `prepare` over Ray Data with ``ray.init(num_cpus=C)``; old path = ``git show main`` checkout's
-  single-process `prepare`, pinned to C cores with ``taskset`` (the tokenizer's own thread pool uses them).
-- training: ``msg-ray train --workers 2`` for ``--steps`` steps of mini-full-gpt (static) on the prepared data; every 0.25 s
-  the resident memory (RSS, and its anonymous part) of each Ray Train worker process is sampled; the peak per
-  worker is reported. Time to first step: launch of ``msg-ray train`` to its first step line (data already
-  prepared, so this is start-up + opening the data).
+- prepare: new path = `prepare` over Ray Data with ``ray.init(num_cpus=C)`` (``--pin-new``: the whole process tree
+  pinned to C cores with ``taskset``, i.e. a C-core machine); old path = the single-process `prepare` of commit
+  2c377b9 (the last one before token shards), pinned to C cores (the tokenizer's own thread pool uses them).
+- training: ``msg-ray train --workers 2`` for ``--steps`` steps of mini-full-gpt (static) on the prepared data;
+  every 0.25 s the resident memory (RSS, and its anonymous part) of each Ray Train worker process is sampled; the
+  peak per worker is reported. Time to first step: launch of ``msg-ray train`` to its first step line (data
+  already prepared, so this is start-up + opening the data).
+- each measurement runs in the folder of the checkout it measures and checks that ``msg_ray`` was imported from
+  there (``python -c``/``-m`` put the working directory on ``sys.path`` ahead of PYTHONPATH).
 
+    git archive 2c377b9 | tar -x -C /tmp/oldmain                            # the old path
     python -m benchmarks.bench_data --sizes 0.1 --old /tmp/oldmain          # develop
-    nice python -m benchmarks.bench_data --sizes 0.1 1 4 --old /tmp/oldmain --old-sizes 0.1 1
+    python -m benchmarks.bench_data --sizes 1 --cpus 2 1 --pin-new --old /tmp/oldmain --old-cpus 2
 """
 
 from __future__ import annotations
