@@ -205,7 +205,6 @@ class ShardedBlocks:
         fetch: Callable[[int], None] | None = None,
     ) -> None:
         self.paths, self.counts, self.seq_len, self.dtype = paths, counts, seq_len, np.dtype(dtype).newbyteorder("<")
-        # fetch(i) puts shard i at paths[i] before its first read (remote shards mirrored on demand)
         self.fetch, self._fetched = fetch, [fetch is None] * len(paths)
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         total = int(self.starts[-1])
