@@ -20,6 +20,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("MSG_RAY_QUIET", "1")
 
 from msg_ray.data import DataConfig, cache_root, prepare  # noqa: E402
+from msg_ray.data import shards as S  # noqa: E402
 from msg_ray.data.builtin import ensure  # noqa: E402
 from msg_ray.data.shards import join  # noqa: E402
 
@@ -77,7 +78,7 @@ def test_join_keeps_the_query_last() -> None:
     assert join("/shared/data/", "k") == "/shared/data/k" and join("gs://b/p", "k") == "gs://b/p/k"
 
 
-def test_prepare_into_s3_and_read_from_another_node(corpus: Path, s3: str, tmp_path: Path) -> None:
+def test_prepare_into_s3_and_read_from_another_node(corpus: Path, s3: str, tmp_path: Path, monkeypatch) -> None:
     storage = f"s3://{BUCKET}/run1/data?{s3}"
     local = prepare(_cfg(str(corpus), _cache(tmp_path, "a"), storage_path=str(tmp_path / "local")))
     remote = prepare(_cfg(str(corpus), _cache(tmp_path, "b"), storage_path=storage))
@@ -98,8 +99,12 @@ def test_prepare_into_s3_and_read_from_another_node(corpus: Path, s3: str, tmp_p
     assert torch.equal(opened.train_blocks[:], local.train_blocks[:])
     mirrored = sorted(p.relative_to(other / "mirror" / remote.manifest["key"]) for p in other.glob("mirror/*/*/*.bin"))
     assert [str(p) for p in mirrored] == sorted(s["file"] for s in remote.manifest["splits"]["train"]["shards"])
-    # A training worker (mirror="now") has every shard on its node before the first step.
+    # A training worker (mirror="now") has every shard on its node before the first step, each hashed once (as it
+    # arrived), not read back again to fill the node's verified stamp.
+    rehashed = []
+    monkeypatch.setattr(S.Store, "sha256", lambda self, rel: rehashed.append(rel) or "")
     worker = prepare(_cfg(str(corpus), _cache(tmp_path, "w"), shards=remote.config.shards), mirror="now")
+    assert not rehashed and (tmp_path / "w" / "verified" / f"{remote.manifest['key']}.json").is_file()
     assert len(list((tmp_path / "w" / "mirror").glob("*/*/*.bin"))) == len(
         remote.manifest["splits"]["train"]["shards"]
     ) + len(remote.manifest["splits"]["valid"]["shards"])

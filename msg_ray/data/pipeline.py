@@ -418,11 +418,12 @@ def open_prepared(cfg: DataConfig, root: Path | None = None, mirror: Mirror = "o
     _check_tokenizer(cfg, m, root)
     shards = [s for split in m["splits"].values() for s in split["shards"]]
     what = f"data.shards ({cfg.shards})"
-    local_root, remote = root / "mirror" / m["key"], store
+    local_root, remote, hashed = root / "mirror" / m["key"], store, frozenset()
     if not store.local and mirror == "now":
-        store = S.Store(str(S.mirror(store, shards, local_root)))
+        hashed = S.mirror(store, shards, local_root)
+        store = S.Store(str(local_root))
     if store.local:
-        _verify(store, shards, root / "verified" / f"{m['key']}.json", what)
+        _verify(store, shards, root / "verified" / f"{m['key']}.json", what, hashed)
     else:
         S.verify(store, shards, full=False, what=what)  # sizes from a listing; hashes as each shard arrives
 
@@ -482,13 +483,16 @@ def _check_tokenizer(cfg: DataConfig, m: dict[str, Any], root: Path) -> None:
         )
 
 
-def _verify(store: S.Store, shards: list[dict[str, Any]], stamp: Path, what: str) -> None:
-    """Sizes every time; SHA-256 only when the shard files' (size, mtime) differ from the last verified set."""
+def _verify(
+    store: S.Store, shards: list[dict[str, Any]], stamp: Path, what: str, hashed: frozenset[str] = frozenset()
+) -> None:
+    """Sizes every time; SHA-256 only when the shard files' (size, mtime) differ from the last verified set, and
+    not for the ``hashed`` ones (just fetched and checked)."""
     seen = {s["file"]: list(_stat(store.local_path(s["file"]))) for s in shards}
     if stamp.is_file() and json.loads(stamp.read_text()) == seen:
         S.verify(store, shards, full=False, what=what)
         return
-    S.verify(store, shards, full=True, what=what)
+    S.verify(store, shards, full=True, what=what, hashed=hashed)
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(seen))
 

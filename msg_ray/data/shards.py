@@ -273,8 +273,11 @@ class ShardedBlocks:
             yield self[i]
 
 
-def verify(store: Store, shards: list[dict[str, Any]], full: bool, what: str) -> None:
-    """Raise ValueError naming the shard if one is missing, has the wrong size or (``full``) the wrong SHA-256."""
+def verify(
+    store: Store, shards: list[dict[str, Any]], full: bool, what: str, hashed: frozenset[str] = frozenset()
+) -> None:
+    """Raise ValueError naming the shard if one is missing, has the wrong size or (``full``) the wrong SHA-256;
+    files in ``hashed`` were just checked against their SHA-256 (by `fetch`) and are not read again."""
     sizes = store.sizes({s["file"].rsplit("/", 1)[0] for s in shards})
     for s in shards:
         size = sizes.get(s["file"])
@@ -285,35 +288,33 @@ def verify(store: Store, shards: list[dict[str, Any]], full: bool, what: str) ->
                 f"{what}: shard {store.path(s['file'])} has {size} bytes, the manifest says {s['bytes']} (corrupt "
                 "or truncated); delete the folder and prepare again"
             )
-        if full and store.sha256(s["file"]) != s["sha256"]:
+        if full and s["file"] not in hashed and store.sha256(s["file"]) != s["sha256"]:
             raise ValueError(
                 f"{what}: shard {store.path(s['file'])} fails its SHA-256 check (corrupt); delete the folder and "
                 "prepare again"
             )
 
 
-def mirror(store: Store, shards: list[dict[str, Any]], local_root: Path) -> Path:
+def mirror(store: Store, shards: list[dict[str, Any]], local_root: Path) -> frozenset[str]:
     """Copy remote shards (and their manifest's tokenizer) into ``local_root`` once, each checked against its
-    SHA-256 while it is copied; return that folder."""
+    SHA-256 while it is copied; returns the shards this call copied (the others were there already)."""
     fetch(store, TOKENIZER_FILE, local_root)
     fetch(store, MANIFEST, local_root)
-    for s in shards:
-        fetch(store, s["file"], local_root, s["sha256"])
-    return local_root
+    return frozenset(s["file"] for s in shards if fetch(store, s["file"], local_root, s["sha256"]))
 
 
-def fetch(store: Store, rel: str, local_root: Path, sha256: str | None = None) -> Path:
-    """``rel`` copied from ``store`` to ``local_root/rel`` unless already there. The processes of one node take
-    turns (a lock file per target), so a node downloads each file once, not once per worker; the copy is renamed
-    into place only after its SHA-256 (when given) matched."""
+def fetch(store: Store, rel: str, local_root: Path, sha256: str | None = None) -> bool:
+    """Copy ``rel`` from ``store`` to ``local_root/rel`` unless already there; True if this call copied it. The
+    processes of one node take turns (a lock file per target), so a node downloads each file once, not once per
+    worker; the copy is renamed into place only after its SHA-256 (when given) matched."""
     dst = local_root / rel
     if dst.is_file():
-        return dst
+        return False
     dst.parent.mkdir(parents=True, exist_ok=True)
     with open(dst.with_name(f".{dst.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if dst.is_file():  # another worker of this node fetched it while this one waited
-            return dst
+            return False
         tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
         digest = hashlib.sha256()
         with store.fs.open_input_stream(store.path(rel)) as src, open(tmp, "wb") as out:
@@ -326,4 +327,4 @@ def fetch(store: Store, rel: str, local_root: Path, sha256: str | None = None) -
                 f"shard {store.path(rel)} fails its SHA-256 check (corrupt); delete the folder and prepare again"
             )
         os.replace(tmp, dst)
-    return dst
+    return True
