@@ -1,4 +1,5 @@
-"""A real ``ray start --head`` + ``ray job submit`` of pipelines/pretrain.py, tracked by a real ``mlflow server``."""
+"""A real ``ray start --head`` + ``ray job submit`` of pipelines/prepare.py and then pipelines/pretrain.py on the
+shards it wrote, tracked by a real ``mlflow server``."""
 
 from __future__ import annotations
 
@@ -108,7 +109,20 @@ def _stop_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)  # workers of the group that outlived the head
 
 
-def test_ray_job_submit_pretrain_with_mlflow_server(cluster, tmp_path):
+def _submit(cluster: dict, runtime_env: dict, args: list[str]) -> subprocess.CompletedProcess:
+    cmd = [BIN / "ray", "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT)]
+    cmd += ["--runtime-env-json", json.dumps(runtime_env), "--", "python", "-m", *args]
+    for _ in range(12):  # the head's dashboard answers before its job agent is ready to take submissions
+        out = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=900)
+        if "No available agent" not in out.stderr:
+            break
+        time.sleep(5)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert "succeeded" in out.stdout + out.stderr
+    return out
+
+
+def test_ray_job_submit_prepare_then_pretrain_with_mlflow_server(cluster, tmp_path):
     schedule = tmp_path / "sched.json"
     schedule.write_text(
         json.dumps(
@@ -123,52 +137,49 @@ def test_ray_job_submit_pretrain_with_mlflow_server(cluster, tmp_path):
         )
     )
     runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": cluster["mlflow"], "RAY_AUTH_MODE": "disabled"}}
-    cmd = [
-        BIN / "ray",
-        "job",
-        "submit",
-        "--address",
-        cluster["dashboard"],
-        "--working-dir",
-        str(ROOT),
-        "--runtime-env-json",
-        json.dumps(runtime_env),
-        "--",
-        "python",
-        "-m",
-        "pipelines.pretrain",
-        "--schedule",
-        str(schedule),
-        "--arch",
-        "gpt",
-        "--workers",
-        "2",
-        "--tokenizer",
-        "bpe:1024",
-        "--name",
-        "jobrun",
-        "--set",
-        f"storage_path={tmp_path / 'storage'}",
-        "--set",
-        "data.seq_len=32",
-        "--set",
-        "data.max_train_tokens=200000",
-        "--set",
-        "engine.micro_batch_size=4",
-        "--set",
-        "eval_every=8",
-        "--set",
-        "log_every=4",
-        "--set",
-        "experiment=jobs",
-    ]
-    for _ in range(12):  # the head's dashboard answers before its job agent is ready to take submissions
-        out = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=900)
-        if "No available agent" not in out.stderr:
-            break
-        time.sleep(5)
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    assert "succeeded" in out.stdout + out.stderr
+    shards = tmp_path / "shards"  # storage every node sees (here: one machine)
+    data = ["--data", "wikitext2", "--tokenizer", "bpe:1024"]
+    prepare = ["pipelines.prepare", *data, "--seq-len", "32", "--set", "max_train_tokens=200000"]
+    prepared = _submit(cluster, runtime_env, [*prepare, "--storage-path", str(shards)])
+    (manifest,) = shards.glob("*/manifest.json")
+    written = manifest.stat().st_mtime_ns
+    assert f"--set data.shards={manifest.parent}" in prepared.stdout
+    trained = _submit(
+        cluster,
+        runtime_env,
+        [
+            "pipelines.pretrain",
+            "--schedule",
+            str(schedule),
+            "--arch",
+            "gpt",
+            "--workers",
+            "2",
+            *data,
+            "--name",
+            "jobrun",
+            "--set",
+            f"storage_path={tmp_path / 'storage'}",
+            "--set",
+            "data.seq_len=32",
+            "--set",
+            "data.max_train_tokens=200000",
+            "--set",
+            f"data.storage_path={shards}",
+            "--set",
+            "engine.micro_batch_size=4",
+            "--set",
+            "eval_every=8",
+            "--set",
+            "log_every=4",
+            "--set",
+            "experiment=jobs",
+        ],
+    )
+    # The training job found the prepare job's shards by key (same source, tokenizer, seq_len, token cap) and
+    # wrote nothing to them.
+    assert f"data: {manifest.parent}" in trained.stdout and "preparing" not in trained.stdout
+    assert manifest.stat().st_mtime_ns == written and len(list(shards.glob("*/manifest.json"))) == 1
     client = mlflow.MlflowClient(cluster["mlflow"])
     exp = client.get_experiment_by_name("jobs")
     (run,) = client.search_runs([exp.experiment_id])
