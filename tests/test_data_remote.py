@@ -162,3 +162,28 @@ def test_url_data_files_streaming_and_whole_give_the_same_shards(http_corpus: st
         assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]] and a["tokens"] == b["tokens"]
     with pytest.raises(ValueError, match="text column 'body' not found in json train; available columns"):
         prepare(_cfg("json", _cache(tmp_path, "c"), data_files=files, streaming=True, text_column="body"))
+
+
+@pytest.mark.slow
+def test_two_workers_train_on_shards_in_a_bucket(corpus: Path, s3: str, tmp_path: Path, ray_local) -> None:
+    """`msg-ray train` with data.storage_path in the bucket: the driver prepares into it, both workers of the node
+    take the shards from it (one download per file, under the node's lock) and train; the credentials travel in
+    the URI, as the Ray workers do not carry the test's AWS environment."""
+    from test_train import tiny_config
+
+    from msg_ray.train.run import run
+
+    cache = _cache(tmp_path, "cache")
+    storage = f"s3://test:test@{BUCKET}/run3?{s3}"
+    data = {"source": str(corpus), "tokenizer": "gpt2", "seq_len": 32, "cache_dir": str(cache), "storage_path": storage}
+    out = run(tiny_config(tmp_path, "s3run", data=data, engine={"zero_stage": 0, "micro_batch_size": 4, "lr": 3e-3}))
+    assert len(out.history["train_loss"]) == 30 and all(np.isfinite(out.history["train_loss"]))
+    (folder,) = (cache / "mirror").iterdir()
+    fs, base = pafs.FileSystem.from_uri(f"s3://{BUCKET}/run3/{folder.name}?{s3}")
+    remote = sorted(
+        i.path.removeprefix(base + "/")
+        for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        if i.path.endswith(".bin")
+    )
+    local = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.bin"))
+    assert local == remote and not list(folder.rglob("*.partial-*"))
