@@ -45,7 +45,10 @@ def s3(tmp_path_factory) -> str:
     yield query
     server.stop()
     for k, v in saved.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        if v is None:
+            os.environ.pop(k)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
