@@ -267,11 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="train on kept shards/caches without preparing again")
     parser.add_argument("--no-train", action="store_true", help="measure prepare only")
     parser.add_argument("--old-cpus", type=int, nargs="*", default=None, help="CPU counts for the old path")
+    parser.add_argument("--old-only", action="store_true", help="measure only the old path (needs --old)")
     parser.add_argument("--out", default="", help="append result rows (JSON lines) here")
     parser.add_argument(
         "--pin-new", action="store_true", help="also pin the new path's prepare to C cores (as a C-core machine)"
     )
     args = parser.parse_args(argv)
+    if args.old_only and not args.old:
+        parser.error("--old-only needs --old (a checkout of the old path)")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -281,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         make_corpus(corpus, size)
         print(f"corpus {corpus}: {corpus.stat().st_size / 1e9:.2f} GB ({time.perf_counter() - t:.0f} s)", flush=True)
         cpus = args.cpus if args.prepare_cpus_for is None or size in args.prepare_cpus_for else [max(args.cpus)]
-        paths = [("new", str(ROOT))]
+        paths = [] if args.old_only else [("new", str(ROOT))]
         if args.old and (args.old_sizes is None or size in args.old_sizes):
             paths.append(("old", args.old))
         for which, pythonpath in paths:
