@@ -126,6 +126,26 @@ def test_resume_by_run_id_continues_the_same_run(store, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("spooled", [False, True])
+def test_uri_credentials_never_reach_the_tracking_server(store, tmp_path, spooled):
+    """A storage URI carrying ``KEY:SECRET@`` is logged (params, config artifacts, tags) with them masked, directly
+    and through the spool; the rest of the URI is kept."""
+    uri = "s3://AKIAEXAMPLE:s3cr3t%2Fx%2By@bucket/data?endpoint_override=minio:9000"  # secret URL-encoded
+    kw = {"spool_dir": tmp_path / "spool"} if spooled else {}
+    tracker = Tracker(uri=store, experiment="secrets", run_name="r", **kw)
+    run_id = tracker.start()
+    tracker.log_params({"data": {"storage_path": uri}})
+    tracker.log_dict({"data": {"storage_path": uri}, "list": [uri]}, "resolved_config.json")
+    tracker.set_tags({"msg_ray.error": f"OSError: cannot reach {uri}"})
+    tracker.finish()
+    client = MlflowClient(tracking_uri=store)
+    run = client.get_run(run_id)
+    masked = "s3://***@bucket/data?endpoint_override=minio:9000"
+    assert run.data.params["data.storage_path"] == masked and run.data.tags["msg_ray.error"].endswith(masked)
+    text = Path(client.download_artifacts(run_id, "resolved_config.json", str(tmp_path / "dl"))).read_text()
+    assert json.loads(text) == {"data": {"storage_path": masked}, "list": [masked]} and "s3cr3t" not in text
+
+
 def test_parent_and_child_runs(store):
     parent = Tracker(uri=store, experiment="compare", run_name="compare")
     parent_id = parent.start()

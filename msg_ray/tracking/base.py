@@ -5,7 +5,8 @@
   in by satisfying the same protocol and registering a factory (``msg_ray.tracking.registry``).
 - Where the embedded store lives (``default_root``, ``default_tracking_uri``) and ``resolve_tracking_uri``, which
   makes a URI safe to hand to Ray workers.
-- ``flatten_params`` / ``plain``: configs as flat params and JSON-able dicts.
+- ``flatten_params`` / ``plain``: configs as flat params and JSON-able dicts; ``public`` is ``plain`` with the
+  credentials of URIs (``s3://KEY:SECRET@bucket``) masked, for what a tracking server shows to everyone.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ MAX_TAG_VAL_LENGTH = 8000
 MAX_KEY_LENGTH = 250
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
+_URI_SECRET = re.compile(r"(\b[a-zA-Z][\w+.-]*://)[^/@\s:]+:[^/@\s]+@")  # scheme://user:password@
+
+
+def redact(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URI in it replaced by ``***@``."""
+    return _URI_SECRET.sub(r"\1***@", text)
 
 
 class RunTracker(Protocol):
@@ -91,7 +98,7 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
         if isinstance(value, Mapping) and value:
             flat.update(flatten_params(value, prefix=f"{name}."))
         else:
-            flat[clean_key(name)] = str(value)[:MAX_PARAM_VAL_LENGTH]
+            flat[clean_key(name)] = redact(str(value))[:MAX_PARAM_VAL_LENGTH]
     return flat
 
 
@@ -99,6 +106,16 @@ def clean_key(key: str) -> str:
     """A key MLflow accepts: allowed characters only, and a normalised relative path ("a//b" -> "a/b")."""
     key = posixpath.normpath(_BAD_KEY_CHARS.sub("_", str(key)) or "_").lstrip("/")
     return ("_" + key if key.startswith(".") else key)[:MAX_KEY_LENGTH]
+
+
+def public(d: Any) -> Any:
+    """``plain(d)`` with URI credentials masked in every string (configs logged as artifacts)."""
+    d = plain(d)
+    if isinstance(d, dict):
+        return {k: public(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [public(v) for v in d]
+    return redact(d) if isinstance(d, str) else d
 
 
 def plain(d: Any) -> Any:

@@ -22,7 +22,8 @@ from msg_ray.tracking.base import (
     TERMINAL_STATUSES,
     clean_key,
     flatten_params,
-    plain,
+    public,
+    redact,
     resolve_tracking_uri,
 )
 from msg_ray.tracking.mlflow_sync import (
@@ -244,6 +245,7 @@ class Tracker:
             del self._metrics[: len(chunk)]  # sent, or refused as bad data (retrying would not help)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        tags = {k: redact(str(v)) for k, v in tags.items()}  # error texts may quote a URI with its credentials
         if self.spool is not None and tags:
             self.spool.append("tags", tags={clean_key(k): str(v)[:MAX_TAG_VAL_LENGTH] for k, v in tags.items()})
             self.flush()
@@ -267,7 +269,7 @@ class Tracker:
         if self.spool is not None:
             self._spool_file("log dict", lambda: self.spool.add_dict(d, name))
         elif self._ready():
-            self._call("log dict", lambda: self._client.log_dict(self.run_id, plain(d), name))
+            self._call("log dict", lambda: self._client.log_dict(self.run_id, public(d), name))
 
     def log_figure(self, fig, name: str) -> None:
         """Store a matplotlib figure (e.g. from msg_ray.plots) as an image artifact; the figure stays open."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from msg_ray.tracking.base import plain
+from msg_ray.tracking.base import plain, public
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class Spool:
 
     def add_dict(self, d: Mapping[str, Any], name: str) -> int:
         """Spool a dict as `name` (YAML for .yaml/.yml, else JSON, as MLflow's log_dict writes it)."""
-        data = plain(d)
+        data = public(d)
 
         def write(dst: Path) -> None:
             with open(dst, "w") as fh:
