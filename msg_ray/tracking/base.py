@@ -110,11 +110,14 @@ def clean_key(key: str) -> str:
 
 def public(d: Any) -> Any:
     """``plain(d)`` with URI credentials masked in every string (configs logged as artifacts)."""
-    d = plain(d)
+    return _masked(plain(d))
+
+
+def _masked(d: Any) -> Any:
     if isinstance(d, dict):
-        return {k: public(v) for k, v in d.items()}
+        return {k: _masked(v) for k, v in d.items()}
     if isinstance(d, list):
-        return [public(v) for v in d]
+        return [_masked(v) for v in d]
     return redact(d) if isinstance(d, str) else d
 
 

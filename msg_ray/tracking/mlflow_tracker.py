@@ -245,7 +245,7 @@ class Tracker:
             del self._metrics[: len(chunk)]  # sent, or refused as bad data (retrying would not help)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        tags = {k: redact(str(v)) for k, v in tags.items()}  # error texts may quote a URI with its credentials
+        tags = {k: redact(str(v)) for k, v in (tags or {}).items()}  # error texts may quote a URI with credentials
         if self.spool is not None and tags:
             self.spool.append("tags", tags={clean_key(k): str(v)[:MAX_TAG_VAL_LENGTH] for k, v in tags.items()})
             self.flush()
