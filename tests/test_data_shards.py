@@ -208,5 +208,8 @@ def test_data_prepare_command(corpus: Path, cache: Path, capsys) -> None:
     out = capsys.readouterr().out
     shards = out.split("--set data.shards=")[1].split()[0]
     assert (Path(shards) / "manifest.json").is_file() and "train " in out and "tokens" in out
+    # --set values parse as in `msg-ray train --set` (lower-case booleans, none): the same shards, from the cache
+    again = [*argv, "--set", f"cache_dir={cache}", "--set", "chunk_bytes=4096", "--set", "streaming=false"]
+    assert main([*again, "--set", "max_train_tokens=none"]) == 0 and f"data.shards={shards}" in capsys.readouterr().out
     assert main([*argv, "--set", "text_colum=body"]) == 2  # a typo in a field name: one line, no traceback
     assert "FIELD one of" in capsys.readouterr().err

@@ -9,19 +9,12 @@ Without ``--address`` (or ``RAY_ADDRESS``) a local Ray is started; ``--local`` t
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 from dataclasses import fields
 
 from msg_ray.data.pipeline import DataConfig, describe, prepare
+from msg_ray.train.config import parse_value
 from msg_ray.train.prepare import ray_executor
-
-
-def _value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 def data_config(args: argparse.Namespace) -> DataConfig:
@@ -35,7 +28,7 @@ def data_config(args: argparse.Namespace) -> DataConfig:
         key = key.removeprefix("data.")
         if not sep or key not in names:
             raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(names)}")
-        kw[key] = _value(raw)
+        kw[key] = parse_value(raw)  # the same values as `msg-ray train --set` (true, none, 1e6, [..])
     return DataConfig(**kw)
 
 
