@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from msg_ray.registry import Registry
 from msg_ray.structure import Structure
 
 OBJECTIVES = ("clm", "mlm")
@@ -71,26 +72,10 @@ class Architecture:
             raise ValueError(f"Architecture {self.name!r}: objective must be one of {OBJECTIVES}")
 
 
-_REGISTRY: dict[str, Architecture] = {}
-
-
-def register(arch: Architecture) -> Architecture:
-    """Add ``arch`` to the registry (a name may be registered once)."""
-    if arch.name in _REGISTRY:
-        raise ValueError(f"architecture {arch.name!r} is already registered")
-    _REGISTRY[arch.name] = arch
-    return arch
-
-
-def arch_names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
-
-
-def get_arch(name: str) -> Architecture:
-    """The registered architecture ``name``; ValueError naming the known ones otherwise."""
-    if name not in _REGISTRY:
-        raise ValueError(f"arch must be one of {arch_names()}, got {name!r}")
-    return _REGISTRY[name]
+_ARCHS: Registry[Architecture] = Registry("architecture", "arch must be one of {names}, got {name!r}")
+register = _ARCHS.register
+arch_names = _ARCHS.names
+get_arch = _ARCHS.get
 
 
 def check_kv_groups(arch: str, head_num: int, kv_group_size: int, where: str = "structure") -> None:
@@ -118,7 +103,7 @@ class ModelConfig:
     rope_theta: float = 10000.0  # rotary base (llama)
 
     def __post_init__(self) -> None:
-        if self.arch not in _REGISTRY:
+        if self.arch not in _ARCHS:
             raise ValueError(f"ModelConfig.arch must be one of {arch_names()}, got {self.arch!r}")
         if not isinstance(self.structure, Structure):
             object.__setattr__(self, "structure", Structure.parse(self.structure))

@@ -43,6 +43,7 @@ CORE = {
     "schedule",
     "flops",
     "presets",
+    "registry",
     "validate",
 }
 FLOORS = ("core", "data", "train", "experiments", "faces")

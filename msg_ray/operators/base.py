@@ -24,6 +24,7 @@ from torch import Tensor
 
 from msg_ray.architecture import get_arch, with_structure
 from msg_ray.masked_layers import GrowableModel
+from msg_ray.registry import Registry
 from msg_ray.structure import DIMENSIONS, Structure
 
 
@@ -263,23 +264,7 @@ def build_like(model: GrowableModel, structure: Structure, gen: torch.Generator)
     return get_arch(model.config.arch).build(with_structure(model.config, structure), gen).to(ref.device, ref.dtype)
 
 
-_REGISTRY: dict[str, Operator] = {}
-
-
-def register(op: Operator) -> Operator:
-    """Add ``op`` to the registry (a name may be registered once)."""
-    if op.name in _REGISTRY:
-        raise ValueError(f"operator {op.name!r} is already registered")
-    _REGISTRY[op.name] = op
-    return op
-
-
-def operator_names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
-
-
-def get_operator(name: str) -> Operator:
-    """The registered operator ``name``; ValueError naming the known ones otherwise."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown operator {name!r}; expected one of {operator_names()}")
-    return _REGISTRY[name]
+_OPERATORS: Registry[Operator] = Registry("operator", "unknown operator {name!r}; expected one of {names}")
+register = _OPERATORS.register
+operator_names = _OPERATORS.names
+get_operator = _OPERATORS.get

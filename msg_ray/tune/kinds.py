@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from msg_ray.registry import Registry
 from msg_ray.schedule import FULL, OPERATORS, Schedule, paper_stage_starts
 from msg_ray.structure import DIMENSIONS, Structure
 
@@ -54,31 +55,15 @@ class SpaceKind:
     summary: str = ""
 
 
-_REGISTRY: dict[str, SpaceKind] = {}
-
-
-def register_kind(kind: SpaceKind) -> SpaceKind:
-    """Add ``kind`` to the registry (a name may be registered once)."""
-    if kind.name in _REGISTRY:
-        raise ValueError(f"space kind {kind.name!r} is already registered")
-    _REGISTRY[kind.name] = kind
-    return kind
-
-
-def kind_names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
-
-
-def get_kind(name: str) -> SpaceKind:
-    """The registered kind ``name``; ValueError naming the known ones otherwise."""
-    if name not in _REGISTRY:
-        raise ValueError(f"must be one of {kind_names()}, got {name!r}")
-    return _REGISTRY[name]
+_KINDS: Registry[SpaceKind] = Registry("space kind", "must be one of {names}, got {name!r}")
+register_kind = _KINDS.register
+kind_names = _KINDS.names
+get_kind = _KINDS.get
 
 
 def kind_fields() -> frozenset[str]:
     """Every field some registered kind reads (a field of another kind is an error in a space)."""
-    return frozenset().union(*(k.fields for k in _REGISTRY.values()))
+    return frozenset().union(*(k.fields for k in _KINDS.values()))
 
 
 def structure_of(value: Any, where: str) -> Structure:
